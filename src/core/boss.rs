@@ -1,0 +1,215 @@
+//! Placement and idle accounting for one boss (the server or a manager) over its employees.
+//!
+//! # Idle accounting with read receipts
+//! Every `Assign` to an employee carries a per-link sequence number. An employee reports
+//! `Waiting { idle, receipt }`, where `receipt` is the last batch it has read. Batches sent after
+//! the receipt are still in flight (or unread), so the boss counts
+//! `idle = reported - tasks in those batches`. This relies on FIFO delivery per link, which MPI
+//! guarantees per (source, tag, communicator). Employees never say "busy": the boss decrements
+//! idle counts when it assigns.
+//!
+//! # Placement
+//! Tasks fill idle worker slots first (employees shuffled by the seeded generator); the rest go
+//! one at a time to the employee with the smallest backlog per worker. A worker starts the last
+//! task of a batch and delays the rest, LIFO.
+//!
+//! # Stealing
+//! `backlog` estimates the tasks an employee holds beyond its idle capacity (overflow it was
+//! assigned since it last reported an idle worker). When this boss has idle workers and nothing to
+//! place, it asks the employees with the largest backlog to hand back delayed tasks
+//! (`Steal { max }`), at most one outstanding request per employee and never more tasks in total
+//! than there are idle workers. Handed-back tasks (`Stolen`) are placed like any other. A task is
+//! always in exactly one place (a queue or a message), so stealing never loses or duplicates one.
+
+use super::rng::Rng;
+use crate::protocol::{BatchSeq, Down, Msg, Rank, TaskMsg};
+use std::collections::{HashMap, VecDeque};
+
+/// Messages a core wants sent: `(destination, message)`.
+pub type Outbox = Vec<(Rank, Msg)>;
+
+#[derive(Debug)]
+pub(crate) struct Employee {
+    pub(crate) rank: Rank,
+    /// Workers under this employee (1 for a worker).
+    pub(crate) workers: u32,
+    /// Believed idle workers.
+    pub(crate) idle: u32,
+    /// Batches sent and not yet covered by a receipt: `(seq, tasks)`.
+    unreceipted: VecDeque<(BatchSeq, u32)>,
+    next_seq: u64,
+    /// Estimated delayed tasks held (overflow since the last idle report).
+    pub(crate) backlog: u64,
+    /// Size of the outstanding steal request, if any.
+    steal_pending: Option<u32>,
+    /// Tasks ever assigned (statistics).
+    pub(crate) assigned: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Boss {
+    pub(crate) employees: Vec<Employee>,
+    index: HashMap<Rank, usize>,
+    rng: Rng,
+}
+
+impl Boss {
+    /// `employees`: `(rank, workers under it)`.
+    pub(crate) fn new(employees: &[(Rank, u32)], seed: u64) -> Boss {
+        let employees: Vec<Employee> = employees
+            .iter()
+            .map(|&(rank, workers)| Employee {
+                rank,
+                workers,
+                idle: workers,
+                unreceipted: VecDeque::new(),
+                next_seq: 0,
+                backlog: 0,
+                steal_pending: None,
+                assigned: 0,
+            })
+            .collect();
+        let index = employees.iter().enumerate().map(|(i, e)| (e.rank, i)).collect();
+        Boss { employees, index, rng: Rng::new(seed) }
+    }
+
+    pub(crate) fn employee(&self, rank: Rank) -> Option<usize> {
+        self.index.get(&rank).copied()
+    }
+
+    pub(crate) fn idle_total(&self) -> u32 {
+        self.employees.iter().map(|e| e.idle).sum()
+    }
+
+    pub(crate) fn workers_total(&self) -> u32 {
+        self.employees.iter().map(|e| e.workers).sum()
+    }
+
+    /// An employee's `Waiting` report.
+    pub(crate) fn on_waiting(&mut self, e: usize, idle: u32, receipt: BatchSeq) {
+        let emp = &mut self.employees[e];
+        while emp.unreceipted.front().is_some_and(|&(seq, _)| seq <= receipt) {
+            emp.unreceipted.pop_front();
+        }
+        let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n)| u64::from(n)).sum();
+        emp.idle = (u64::from(idle.min(emp.workers))).saturating_sub(unaccounted) as u32;
+        if idle > 0 && unaccounted == 0 {
+            emp.backlog = 0;
+        }
+    }
+
+    /// Place tasks on idle slots only; returns what did not fit.
+    pub(crate) fn place_idle(&mut self, mut tasks: Vec<TaskMsg>, out: &mut Outbox) -> Vec<TaskMsg> {
+        let mut slots: Vec<usize> = Vec::new();
+        for (i, e) in self.employees.iter().enumerate() {
+            for _ in 0..e.idle {
+                slots.push(i);
+                if slots.len() >= tasks.len() {
+                    break;
+                }
+            }
+        }
+        if slots.is_empty() || tasks.is_empty() {
+            return tasks;
+        }
+        self.rng.shuffle(&mut slots);
+        let n = slots.len().min(tasks.len());
+        let rest = tasks.split_off(n);
+        let mut per: Vec<Vec<TaskMsg>> = (0..self.employees.len()).map(|_| Vec::new()).collect();
+        for (slot, task) in slots.into_iter().zip(tasks) {
+            per[slot].push(task);
+        }
+        self.send_batches(per, out);
+        rest
+    }
+
+    /// Place every task: idle slots first, then the least backlog per worker.
+    pub(crate) fn place_all(&mut self, tasks: Vec<TaskMsg>, out: &mut Outbox) {
+        let rest = self.place_idle(tasks, out);
+        if rest.is_empty() {
+            return;
+        }
+        let m = self.employees.len();
+        let mut per: Vec<Vec<TaskMsg>> = (0..m).map(|_| Vec::new()).collect();
+        let mut load: Vec<u64> = self.employees.iter().map(|e| e.backlog).collect();
+        let start = self.rng.below(m);
+        for task in rest {
+            // least backlog per worker; ties broken by a rotating random start
+            let mut best = start;
+            for k in 0..m {
+                let i = (start + k) % m;
+                let wi = u64::from(self.employees[i].workers.max(1));
+                let wb = u64::from(self.employees[best].workers.max(1));
+                if load[i] * wb < load[best] * wi {
+                    best = i;
+                }
+            }
+            load[best] += 1;
+            per[best].push(task);
+        }
+        for (i, batch) in per.iter().enumerate() {
+            // everything beyond the idle slots (already used above) is overflow
+            self.employees[i].backlog += batch.len() as u64;
+        }
+        self.send_batches(per, out);
+    }
+
+    fn send_batches(&mut self, per: Vec<Vec<TaskMsg>>, out: &mut Outbox) {
+        for (i, batch) in per.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let emp = &mut self.employees[i];
+            let k = batch.len() as u32;
+            emp.next_seq += 1;
+            let seq = BatchSeq(emp.next_seq);
+            emp.unreceipted.push_back((seq, k));
+            emp.idle = emp.idle.saturating_sub(k);
+            emp.assigned += u64::from(k);
+            out.push((emp.rank, Msg::Down(Down::Assign { seq, tasks: batch })));
+        }
+    }
+
+    /// Ask loaded employees for up to `capacity` delayed tasks in total, counting requests
+    /// already outstanding (`capacity` is this boss's idle workers, or an upstream request).
+    pub(crate) fn plan_steals(&mut self, capacity: u32, out: &mut Outbox) {
+        let requested: u32 = self.employees.iter().filter_map(|e| e.steal_pending).sum();
+        let mut budget = capacity.saturating_sub(requested);
+        if budget == 0 {
+            return;
+        }
+        let mut victims: Vec<usize> = (0..self.employees.len())
+            .filter(|&i| {
+                let e = &self.employees[i];
+                e.backlog > 0 && e.steal_pending.is_none() && e.idle == 0
+            })
+            .collect();
+        victims.sort_by_key(|&i| std::cmp::Reverse(self.employees[i].backlog));
+        for i in victims {
+            if budget == 0 {
+                break;
+            }
+            let e = &mut self.employees[i];
+            let want = (e.backlog.div_ceil(2)).min(u64::from(budget)).max(1) as u32;
+            e.steal_pending = Some(want);
+            budget -= want;
+            out.push((e.rank, Msg::Down(Down::Steal { max: want })));
+        }
+    }
+
+    /// Answer to a steal request from employee `e`.
+    pub(crate) fn on_stolen(&mut self, e: usize, got: usize) {
+        let emp = &mut self.employees[e];
+        let asked = emp.steal_pending.take().unwrap_or(0) as usize;
+        if got < asked {
+            emp.backlog = 0; // it had no more
+        } else {
+            emp.backlog = emp.backlog.saturating_sub(got as u64);
+        }
+    }
+
+    /// Steal requests outstanding.
+    pub(crate) fn steals_pending(&self) -> usize {
+        self.employees.iter().filter(|e| e.steal_pending.is_some()).count()
+    }
+}

@@ -1,0 +1,156 @@
+//! The server's state machine (sans-IO): jobs and the top of the scheduling tree.
+//!
+//! A job is a root task whose return address is a server mailbox `(0, job, 0)`. The server
+//! places tasks on its employees (managers, or workers directly on one node), tracks where each
+//! job's root task lives (from `Placed`), and turns the root's result or any task's failure into
+//! a [`ServerEvent`]. A failure fails the job and cancels its whole tree. Job records are freed
+//! as soon as the job ends; later messages for it are dropped (or, for `Placed`, answered with a
+//! cancel).
+
+use super::boss::{Boss, Outbox};
+use crate::protocol::{
+    Address, Failure, Format, JobId, LogRecord, LogSpec, MailboxAddr, MailboxId, Msg, Peer, Rank,
+    TaskMsg, Up,
+};
+use std::collections::HashMap;
+
+/// What a client asks for.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub function: String,
+    pub label: Option<String>,
+    pub args: Vec<u8>,
+    pub format: Format,
+    pub log: LogSpec,
+}
+
+/// What the server reports to the job owners' side (gateway or batch runner).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerEvent {
+    Finished { job: JobId, outcome: Result<Vec<u8>, Failure> },
+    Log { job: JobId, record: LogRecord },
+}
+
+#[derive(Debug)]
+struct Job {
+    locations: Vec<Rank>,
+}
+
+#[derive(Debug)]
+pub struct ServerCore {
+    pub(crate) boss: Boss,
+    next_job: u64,
+    jobs: HashMap<JobId, Job>,
+    events: Vec<ServerEvent>,
+}
+
+impl ServerCore {
+    /// `employees`: the ranks directly under the server with the workers under each.
+    pub fn new(employees: &[(Rank, u32)], seed: u64) -> ServerCore {
+        ServerCore { boss: Boss::new(employees, seed), next_job: 0, jobs: HashMap::new(), events: Vec::new() }
+    }
+
+    pub fn workers(&self) -> u32 {
+        self.boss.workers_total()
+    }
+
+    pub fn idle_workers(&self) -> u32 {
+        self.boss.idle_total()
+    }
+
+    /// Jobs not yet finished.
+    pub fn active_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn take_events(&mut self) -> Vec<ServerEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Start a job: its root task goes to the scheduling tree.
+    pub fn submit(&mut self, spec: JobSpec, out: &mut Outbox) -> JobId {
+        self.next_job += 1;
+        let job = JobId(self.next_job);
+        let task = TaskMsg {
+            addr: Address { rank: Rank::SERVER, mailbox: MailboxId(job.0), slot: 0 },
+            job,
+            function: spec.function,
+            label: spec.label,
+            args: spec.args,
+            format: spec.format,
+            breadcrumbs: Vec::new(),
+            log: spec.log,
+            context: Vec::new(),
+        };
+        self.jobs.insert(job, Job { locations: Vec::new() });
+        self.boss.place_all(vec![task], out);
+        job
+    }
+
+    /// Cancel a running job and its whole tree. False if the job is unknown or already ended.
+    pub fn cancel(&mut self, job: JobId, out: &mut Outbox) -> bool {
+        match self.jobs.remove(&job) {
+            Some(j) => {
+                Self::cancel_root(job, j, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn cancel_root(job: JobId, j: Job, out: &mut Outbox) {
+        let mailbox = MailboxAddr { rank: Rank::SERVER, mailbox: MailboxId(job.0) };
+        for at in j.locations {
+            out.push((at, Msg::Peer(Peer::Cancel { mailbox })));
+        }
+    }
+
+    /// A message from another rank.
+    pub fn handle(&mut self, from: Rank, msg: Msg, out: &mut Outbox) {
+        match msg {
+            Msg::Up(up) => {
+                let Some(e) = self.boss.employee(from) else {
+                    log::error!("server: {from} is not an employee of the server; message dropped");
+                    return;
+                };
+                match up {
+                    Up::Submit { tasks } => self.boss.place_all(tasks, out),
+                    Up::Waiting { idle, receipt } => self.boss.on_waiting(e, idle, receipt),
+                    Up::Stolen { tasks } => {
+                        self.boss.on_stolen(e, tasks.len());
+                        self.boss.place_all(tasks, out);
+                    }
+                }
+            }
+            Msg::Peer(Peer::Result { addr, value }) => {
+                let job = JobId(addr.mailbox.0);
+                if self.jobs.remove(&job).is_some() {
+                    self.events.push(ServerEvent::Finished { job, outcome: Ok(value) });
+                }
+            }
+            Msg::Peer(Peer::Placed { mailbox, at }) => match self.jobs.get_mut(&JobId(mailbox.mailbox.0)) {
+                Some(j) => {
+                    if !j.locations.contains(&at) {
+                        j.locations.push(at);
+                    }
+                }
+                None => out.push((at, Msg::Peer(Peer::Cancel { mailbox }))),
+            },
+            Msg::Peer(Peer::Failed { job, failure }) => {
+                if let Some(j) = self.jobs.remove(&job) {
+                    Self::cancel_root(job, j, out);
+                    self.events.push(ServerEvent::Finished { job, outcome: Err(failure) });
+                }
+            }
+            Msg::Peer(Peer::Log { job, record }) => {
+                if self.jobs.contains_key(&job) {
+                    self.events.push(ServerEvent::Log { job, record });
+                }
+            }
+            Msg::Peer(Peer::Cancel { .. }) | Msg::Down(_) => {
+                log::error!("server: unexpected message from {from}; dropped");
+            }
+        }
+        self.boss.plan_steals(self.boss.idle_total(), out);
+    }
+}

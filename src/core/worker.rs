@@ -1,0 +1,522 @@
+//! The worker's scheduling state machine (sans-IO).
+//!
+//! It owns the tasks this worker has started, its delayed queue, and the mailboxes that tasks
+//! here created. An executor (native futures, Python coroutines, or the simulator's scripted
+//! tasks) drives it: it asks [`WorkerCore::next_ready`] what to run, and reports what the running
+//! task does (`submit`, `wait`, `cancel`, `finish`). Messages from other ranks go to
+//! [`WorkerCore::handle`]. Nothing here touches MPI, threads or clocks.
+//!
+//! # Invariants
+//! * A task is *delayed* (bytes only, in `delayed`) or *started* (in `tasks`), never both, and
+//!   leaves both exactly once: finished, cancelled or stolen.
+//! * Each mailbox belongs to the started task that created it and dies with it: when a task
+//!   finishes, its mailboxes that were not awaited are cancelled.
+//! * `locations` of a mailbox is every rank that told us (`Placed`) it received tasks of that
+//!   mailbox. A cancel goes only there. A `Placed` for a mailbox that no longer exists is answered
+//!   with a `Cancel`, which closes every race between placement, stealing and cancellation
+//!   without tombstones: a `Cancel` for tasks a rank does not hold is a no-op.
+//! * A task that receives its last awaited result is queued once (`waiting` is cleared on wake).
+
+use super::boss::Outbox;
+use crate::protocol::{
+    Address, BatchSeq, Down, Failure, Format, JobId, LogRecord, LogSpec, MailboxAddr, MailboxId,
+    Msg, Peer, Rank, TaskMsg, Up,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use thiserror::Error;
+
+/// A started task on this worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey(pub u64);
+
+/// Errors a task gets back from runtime calls.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum CallError {
+    #[error("this future was cancelled or already consumed")]
+    Gone,
+    #[error("a future can only be awaited by the task that created it")]
+    NotOwner,
+    #[error("map needs at least one task")]
+    EmptyMap,
+    #[error("the calling task is no longer running (cancelled)")]
+    TaskGone,
+}
+
+/// One child to create with `submit`/`map`.
+#[derive(Clone, Debug)]
+pub struct ChildSpec {
+    pub function: String,
+    pub label: Option<String>,
+    pub args: Vec<u8>,
+    pub format: Format,
+    pub context: Vec<(String, String)>,
+}
+
+/// What the executor should run next.
+#[derive(Debug)]
+pub enum Ready {
+    /// Start a task: create its future from the function and arguments.
+    Start { key: TaskKey, function: String, args: Vec<u8>, format: Format },
+    /// Poll a suspended task again: a mailbox it waits on has what it wanted.
+    Resume(TaskKey),
+}
+
+/// How a task waits on a mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitKind {
+    /// Every result, in slot order; the mailbox is consumed.
+    All,
+    /// Results that arrived since the last `Next`, with their slots.
+    Next,
+}
+
+/// Outcome of [`WorkerCore::wait`].
+#[derive(Debug, PartialEq)]
+pub enum WaitPoll {
+    /// `All`: the values in slot order. `Next`: fresh `(slot, value)` pairs (empty when the
+    /// mailbox is complete and everything was already returned).
+    All(Vec<Vec<u8>>),
+    Next(Vec<(u32, Vec<u8>)>),
+    /// Not yet: the task is woken when it is.
+    Pending,
+}
+
+#[derive(Debug)]
+struct Started {
+    msg: TaskMsg,
+    owned: Vec<MailboxId>,
+}
+
+#[derive(Debug)]
+struct Mailbox {
+    owner: TaskKey,
+    results: Vec<Option<Vec<u8>>>,
+    received: u32,
+    fresh: Vec<u32>,
+    waiting: Option<WaitKind>,
+    locations: Vec<Rank>,
+}
+
+impl Mailbox {
+    fn complete(&self) -> bool {
+        self.received as usize == self.results.len()
+    }
+}
+
+/// Counters for tests, `top` and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub started: u64,
+    pub finished: u64,
+    pub failed: u64,
+    pub cancelled_started: u64,
+    pub cancelled_delayed: u64,
+    pub stolen_from: u64,
+    pub received: u64,
+}
+
+#[derive(Debug)]
+pub struct WorkerCore {
+    rank: Rank,
+    boss: Rank,
+    next_key: u64,
+    next_mailbox: u64,
+    tasks: HashMap<TaskKey, Started>,
+    by_parent: HashMap<MailboxAddr, Vec<TaskKey>>,
+    delayed: VecDeque<TaskMsg>,
+    ready: VecDeque<TaskKey>,
+    mailboxes: HashMap<MailboxId, Mailbox>,
+    receipt: BatchSeq,
+    last_waiting: Option<BatchSeq>,
+    dropped: Vec<TaskKey>,
+    pub stats: WorkerStats,
+}
+
+impl WorkerCore {
+    pub fn new(rank: Rank, boss: Rank) -> WorkerCore {
+        WorkerCore {
+            rank,
+            boss,
+            next_key: 0,
+            next_mailbox: 0,
+            tasks: HashMap::new(),
+            by_parent: HashMap::new(),
+            delayed: VecDeque::new(),
+            ready: VecDeque::new(),
+            mailboxes: HashMap::new(),
+            receipt: BatchSeq(0),
+            last_waiting: None,
+            dropped: Vec::new(),
+            stats: WorkerStats::default(),
+        }
+    }
+
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    /// A started task's description (arguments already handed to the executor).
+    pub fn task(&self, key: TaskKey) -> Option<&TaskMsg> {
+        self.tasks.get(&key).map(|t| &t.msg)
+    }
+
+    /// Started tasks cancelled since the last call: the executor drops their futures.
+    pub fn take_dropped(&mut self) -> Vec<TaskKey> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Nothing started, delayed or owned: the state a worker must return to when idle.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+            && self.delayed.is_empty()
+            && self.mailboxes.is_empty()
+            && self.by_parent.is_empty()
+    }
+
+    pub fn delayed_len(&self) -> usize {
+        self.delayed.len()
+    }
+
+    pub fn started_len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn mailboxes_len(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// A message from another rank.
+    pub fn handle(&mut self, msg: Msg, out: &mut Outbox) {
+        match msg {
+            Msg::Down(Down::Assign { seq, tasks }) => self.on_assign(seq, tasks, out),
+            Msg::Down(Down::Steal { max }) => {
+                let n = (max as usize).min(self.delayed.len());
+                let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
+                self.stats.stolen_from += tasks.len() as u64;
+                out.push((self.boss, Msg::Up(Up::Stolen { tasks })));
+            }
+            Msg::Down(Down::Shutdown) => {}
+            Msg::Up(_) => {
+                log::error!("{}: a worker got a message meant for a boss; ignored", self.rank)
+            }
+            Msg::Peer(Peer::Result { addr, value }) => self.deposit(addr, value),
+            Msg::Peer(Peer::Placed { mailbox, at }) => self.on_placed(mailbox.mailbox, at, out),
+            Msg::Peer(Peer::Cancel { mailbox }) => self.cancel_closure(vec![mailbox], out),
+            Msg::Peer(Peer::Failed { .. } | Peer::Log { .. }) => {
+                log::error!("{}: a worker got a message meant for the server; ignored", self.rank)
+            }
+        }
+    }
+
+    fn on_assign(&mut self, seq: BatchSeq, tasks: Vec<TaskMsg>, out: &mut Outbox) {
+        self.receipt = seq;
+        self.stats.received += tasks.len() as u64;
+        let mut told: HashSet<MailboxAddr> = HashSet::new();
+        for task in tasks {
+            let parent = task.addr.mailbox_addr();
+            if parent.rank == self.rank {
+                match self.mailboxes.get_mut(&parent.mailbox) {
+                    Some(mb) => {
+                        if !mb.locations.contains(&self.rank) {
+                            mb.locations.push(self.rank);
+                        }
+                    }
+                    None => {
+                        // its parent's future is gone: it must never start
+                        self.stats.cancelled_delayed += 1;
+                        continue;
+                    }
+                }
+            } else if told.insert(parent) {
+                out.push((parent.rank, Msg::Peer(Peer::Placed { mailbox: parent, at: self.rank })));
+            }
+            self.delayed.push_back(task);
+        }
+    }
+
+    fn on_placed(&mut self, mailbox: MailboxId, at: Rank, out: &mut Outbox) {
+        match self.mailboxes.get_mut(&mailbox) {
+            Some(mb) => {
+                if !mb.locations.contains(&at) {
+                    mb.locations.push(at);
+                }
+            }
+            None => {
+                let mailbox = MailboxAddr { rank: self.rank, mailbox };
+                if at == self.rank {
+                    self.cancel_closure(vec![mailbox], out);
+                } else {
+                    out.push((at, Msg::Peer(Peer::Cancel { mailbox })));
+                }
+            }
+        }
+    }
+
+    fn deposit(&mut self, addr: Address, value: Vec<u8>) {
+        let Some(mb) = self.mailboxes.get_mut(&addr.mailbox) else {
+            return; // cancelled: the result is dropped
+        };
+        let Some(slot) = mb.results.get_mut(addr.slot as usize) else {
+            panic!("bqrt bug: result for slot {} of a {}-slot mailbox", addr.slot, mb.results.len());
+        };
+        assert!(slot.is_none(), "bqrt bug: task {addr} delivered two results (ran twice)");
+        *slot = Some(value);
+        mb.received += 1;
+        mb.fresh.push(addr.slot);
+        let wake = match mb.waiting {
+            Some(WaitKind::Next) => true,
+            Some(WaitKind::All) => mb.complete(),
+            None => false,
+        };
+        if wake {
+            mb.waiting = None;
+            self.ready.push_back(mb.owner);
+        }
+    }
+
+    /// What to run next. When there is nothing, tells the boss this worker is idle (once per
+    /// batch read) and returns `None`.
+    pub fn next_ready(&mut self, out: &mut Outbox) -> Option<Ready> {
+        while let Some(key) = self.ready.pop_front() {
+            if self.tasks.contains_key(&key) {
+                return Some(Ready::Resume(key));
+            }
+        }
+        if let Some(mut msg) = self.delayed.pop_back() {
+            self.next_key += 1;
+            let key = TaskKey(self.next_key);
+            let args = std::mem::take(&mut msg.args);
+            let function = msg.function.clone();
+            let format = msg.format;
+            self.by_parent.entry(msg.addr.mailbox_addr()).or_default().push(key);
+            self.tasks.insert(key, Started { msg, owned: Vec::new() });
+            self.stats.started += 1;
+            return Some(Ready::Start { key, function, args, format });
+        }
+        if self.last_waiting != Some(self.receipt) {
+            self.last_waiting = Some(self.receipt);
+            out.push((self.boss, Msg::Up(Up::Waiting { idle: 1, receipt: self.receipt })));
+        }
+        None
+    }
+
+    /// True when `next_ready` would return something.
+    pub fn has_ready(&self) -> bool {
+        !self.delayed.is_empty() || self.ready.iter().any(|k| self.tasks.contains_key(k))
+    }
+
+    /// A running task submits children; they go to the boss for placement. Returns the new
+    /// mailbox, which has one slot per child in order.
+    pub fn submit(
+        &mut self,
+        parent: TaskKey,
+        children: Vec<ChildSpec>,
+        out: &mut Outbox,
+    ) -> Result<MailboxId, CallError> {
+        if children.is_empty() {
+            return Err(CallError::EmptyMap);
+        }
+        let rank = self.rank;
+        let Some(p) = self.tasks.get_mut(&parent) else {
+            return Err(CallError::TaskGone);
+        };
+        self.next_mailbox += 1;
+        let mailbox = MailboxId(self.next_mailbox);
+        p.owned.push(mailbox);
+        let mut breadcrumbs = p.msg.breadcrumbs.clone();
+        breadcrumbs.push(p.msg.addr);
+        let n = children.len();
+        let tasks: Vec<TaskMsg> = children
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut context = p.msg.context.clone();
+                for (k, v) in c.context {
+                    match context.iter_mut().find(|(ek, _)| *ek == k) {
+                        Some(e) => e.1 = v,
+                        None => context.push((k, v)),
+                    }
+                }
+                TaskMsg {
+                    addr: Address { rank, mailbox, slot: i as u32 },
+                    job: p.msg.job,
+                    function: c.function,
+                    label: c.label,
+                    args: c.args,
+                    format: c.format,
+                    breadcrumbs: breadcrumbs.clone(),
+                    log: p.msg.log,
+                    context,
+                }
+            })
+            .collect();
+        self.mailboxes.insert(
+            mailbox,
+            Mailbox {
+                owner: parent,
+                results: (0..n).map(|_| None).collect(),
+                received: 0,
+                fresh: Vec::new(),
+                waiting: None,
+                locations: Vec::new(),
+            },
+        );
+        out.push((self.boss, Msg::Up(Up::Submit { tasks })));
+        Ok(mailbox)
+    }
+
+    /// A running task awaits a mailbox.
+    pub fn wait(&mut self, task: TaskKey, mailbox: MailboxId, kind: WaitKind) -> Result<WaitPoll, CallError> {
+        let Some(mb) = self.mailboxes.get_mut(&mailbox) else {
+            return Err(CallError::Gone);
+        };
+        if mb.owner != task {
+            return Err(CallError::NotOwner);
+        }
+        match kind {
+            WaitKind::All if mb.complete() => {
+                let mb = self.mailboxes.remove(&mailbox).ok_or(CallError::Gone)?;
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.owned.retain(|&m| m != mailbox);
+                }
+                let values = mb.results.into_iter().map(|r| r.unwrap_or_default()).collect();
+                Ok(WaitPoll::All(values))
+            }
+            WaitKind::Next if !mb.fresh.is_empty() || mb.complete() => {
+                let fresh = std::mem::take(&mut mb.fresh);
+                let pairs = fresh
+                    .into_iter()
+                    .map(|s| (s, mb.results[s as usize].clone().unwrap_or_default()))
+                    .collect();
+                Ok(WaitPoll::Next(pairs))
+            }
+            _ => {
+                mb.waiting = Some(kind);
+                Ok(WaitPoll::Pending)
+            }
+        }
+    }
+
+    /// A running task cancels one of its futures: its mailbox goes away now (later results are
+    /// dropped) and the cancel goes to every rank holding its tasks.
+    pub fn cancel(&mut self, task: TaskKey, mailbox: MailboxId, out: &mut Outbox) -> Result<(), CallError> {
+        match self.mailboxes.get(&mailbox) {
+            None => return Err(CallError::Gone),
+            Some(mb) if mb.owner != task => return Err(CallError::NotOwner),
+            Some(_) => {}
+        }
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.owned.retain(|&m| m != mailbox);
+        }
+        let mut local = Vec::new();
+        self.drop_mailbox(mailbox, &mut local, out);
+        self.cancel_closure(local, out);
+        Ok(())
+    }
+
+    /// Remove a mailbox and send its cancel where its tasks live (`local` collects this rank).
+    fn drop_mailbox(&mut self, mailbox: MailboxId, local: &mut Vec<MailboxAddr>, out: &mut Outbox) {
+        if let Some(mb) = self.mailboxes.remove(&mailbox) {
+            let target = MailboxAddr { rank: self.rank, mailbox };
+            for at in mb.locations {
+                if at == self.rank {
+                    local.push(target);
+                } else {
+                    out.push((at, Msg::Peer(Peer::Cancel { mailbox: target })));
+                }
+            }
+        }
+    }
+
+    /// Cancel, on this rank, every task whose return address is in one of `roots` and every
+    /// descendant reachable from them; remote descendants get a `Cancel` message.
+    fn cancel_closure(&mut self, roots: Vec<MailboxAddr>, out: &mut Outbox) {
+        let mut work = roots;
+        let mut all: HashSet<MailboxAddr> = HashSet::new();
+        while let Some(mb) = work.pop() {
+            if !all.insert(mb) {
+                continue;
+            }
+            for key in self.by_parent.remove(&mb).unwrap_or_default() {
+                if let Some(t) = self.tasks.remove(&key) {
+                    self.stats.cancelled_started += 1;
+                    self.dropped.push(key);
+                    for m in t.owned {
+                        self.drop_mailbox(m, &mut work, out);
+                    }
+                }
+            }
+        }
+        let before = self.delayed.len();
+        self.delayed.retain(|t| !all.contains(&t.addr.mailbox_addr()));
+        self.stats.cancelled_delayed += (before - self.delayed.len()) as u64;
+    }
+
+    /// A started task finished. Its un-awaited children are cancelled; its result goes to its
+    /// return address, or its failure to the server.
+    pub fn finish(&mut self, key: TaskKey, outcome: Result<Vec<u8>, String>, out: &mut Outbox) {
+        let Some(t) = self.tasks.remove(&key) else {
+            return; // cancelled while running: the result is dropped
+        };
+        let parent = t.msg.addr.mailbox_addr();
+        if let Some(v) = self.by_parent.get_mut(&parent) {
+            v.retain(|&k| k != key);
+            if v.is_empty() {
+                self.by_parent.remove(&parent);
+            }
+        }
+        let mut local = Vec::new();
+        for m in t.owned {
+            self.drop_mailbox(m, &mut local, out);
+        }
+        self.cancel_closure(local, out);
+        match outcome {
+            Ok(value) => {
+                self.stats.finished += 1;
+                if t.msg.addr.rank == self.rank {
+                    self.deposit(t.msg.addr, value);
+                } else {
+                    out.push((t.msg.addr.rank, Msg::Peer(Peer::Result { addr: t.msg.addr, value })));
+                }
+            }
+            Err(message) => {
+                self.stats.failed += 1;
+                let failure = Failure {
+                    task: t.msg.name().to_string(),
+                    addr: t.msg.addr,
+                    message,
+                    rank: self.rank,
+                };
+                out.push((Rank::SERVER, Msg::Peer(Peer::Failed { job: t.msg.job, failure })));
+            }
+        }
+    }
+
+    /// A log record from a running task, if its job's filter lets it through.
+    pub fn log(&mut self, key: TaskKey, level: u8, target: &str, message: String, out: &mut Outbox) {
+        let Some(t) = self.tasks.get(&key) else { return };
+        if !log_enabled(&t.msg.log, t.msg.depth(), level) {
+            return;
+        }
+        let record = LogRecord {
+            level,
+            target: target.to_string(),
+            message,
+            task: t.msg.name().to_string(),
+            depth: t.msg.depth(),
+            rank: self.rank,
+            context: t.msg.context.clone(),
+        };
+        out.push((Rank::SERVER, Msg::Peer(Peer::Log { job: t.msg.job, record })));
+    }
+
+    /// The job and log filter of a started task.
+    pub fn log_filter(&self, key: TaskKey) -> Option<(JobId, LogSpec, u32)> {
+        self.tasks.get(&key).map(|t| (t.msg.job, t.msg.log, t.msg.depth()))
+    }
+}
+
+/// Whether a record at `level` from a task at `depth` passes the job's filter.
+pub fn log_enabled(spec: &LogSpec, depth: u32, level: u8) -> bool {
+    level != 0 && level <= spec.level && spec.max_depth.is_none_or(|d| depth <= d)
+}

@@ -1,0 +1,10 @@
+//! bqrt: a runtime for compile-time parallelism on supercomputers.
+//!
+//! One binary runs under the MPI launcher: rank 0 is the server, per-node leaders are managers,
+//! every other rank is a worker. Tasks are `async fn`s that submit and await child tasks; see
+//! [`Registry`] and [`Ctx`].
+
+pub mod core;
+pub mod protocol;
+pub mod sim;
+pub mod topology;

@@ -1,0 +1,608 @@
+//! Deterministic simulation of a whole cluster in one process.
+//!
+//! The real server, manager and worker state machines ([`crate::core`]) run against a virtual
+//! clock. Every message goes through the wire codec and is delivered after a seeded random delay;
+//! delivery order is FIFO per (sender, receiver) link, as MPI guarantees, and arbitrary across
+//! links. Tasks are scripts ([`Script`]) carried in their own arguments: they compute for a while
+//! (the worker is busy), submit or map children, await them (`All` or a `Next` loop), cancel
+//! them, abandon them, or fail. Each task returns the number of tasks in its awaited subtree, so
+//! a job's result checks that nothing was lost or counted twice.
+//!
+//! [`Sim::check_quiescent`] verifies the end state: no task, mailbox or job record left anywhere,
+//! and every boss's idle accounting back to "all idle".
+
+use crate::core::{ChildSpec, JobSpec, ManagerCore, Ready, ServerCore, ServerEvent, TaskKey, WaitKind, WaitPoll, WorkerCore};
+use crate::core::Outbox;
+use crate::protocol::{codec, Address, Format, JobId, LogSpec, MailboxId, Msg, Rank};
+use crate::topology::{layout, Role};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+/// A scripted task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    /// Virtual time it computes before acting.
+    pub work: u32,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Leaf,
+    /// Map the children, await all.
+    MapAll(Vec<Script>),
+    /// Map the children, collect with `next` until all arrived, then await.
+    MapNext(Vec<Script>),
+    /// Submit each child separately, await each in order.
+    SubmitEach(Vec<Script>),
+    /// Map the children and cancel the future at once.
+    CancelMap(Vec<Script>),
+    /// Map the children and finish without awaiting (they are cancelled).
+    Abandon(Vec<Script>),
+    /// Fail the job.
+    Fail,
+}
+
+impl Script {
+    pub fn leaf(work: u32) -> Script {
+        Script { work, action: Action::Leaf }
+    }
+
+    /// The job result this script must produce, or `None` if it fails.
+    pub fn expected(&self) -> Option<u64> {
+        Some(
+            1 + match &self.action {
+                Action::Leaf | Action::CancelMap(_) | Action::Abandon(_) => 0,
+                Action::MapAll(c) | Action::MapNext(c) | Action::SubmitEach(c) => {
+                    let mut s = 0;
+                    for x in c {
+                        s += x.expected()?;
+                    }
+                    s
+                }
+                Action::Fail => return None,
+            },
+        )
+    }
+
+    /// Tasks that certainly run (awaited subtrees).
+    pub fn size(&self) -> u64 {
+        1 + match &self.action {
+            Action::MapAll(c) | Action::MapNext(c) | Action::SubmitEach(c) | Action::CancelMap(c) | Action::Abandon(c) => {
+                c.iter().map(Script::size).sum()
+            }
+            _ => 0,
+        }
+    }
+
+    /// A random tree of about `budget` tasks. `fail`: allow failing tasks.
+    pub fn random(seed: u64, budget: u64, fail: bool) -> Script {
+        let mut rng = SimRng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+        Self::gen(&mut rng, budget, 0, fail)
+    }
+
+    fn gen(rng: &mut SimRng, budget: u64, depth: u32, fail: bool) -> Script {
+        let work = rng.below(20) as u32;
+        if budget <= 1 || depth > 12 {
+            return Script::leaf(work);
+        }
+        let k = 1 + rng.below(budget.min(16)) as usize;
+        let per = (budget - 1) / k as u64;
+        let kind = rng.below(100);
+        // a failure under a cancelled subtree may or may not run: keep the outcome determined
+        let mut kids = |f: bool| -> Vec<Script> { (0..k).map(|_| Self::gen(rng, per.max(1), depth + 1, f)).collect() };
+        let action = match kind {
+            0..=39 => Action::MapAll(kids(fail)),
+            40..=59 => Action::MapNext(kids(fail)),
+            60..=79 => Action::SubmitEach(kids(fail)),
+            80..=89 => Action::CancelMap(kids(false)),
+            90..=97 => Action::Abandon(kids(false)),
+            _ if fail => Action::Fail,
+            _ => Action::MapAll(kids(fail)),
+        };
+        Script { work, action }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match bincode::serde::encode_to_vec(self, bincode::config::standard()) {
+            Ok(v) => v,
+            Err(e) => panic!("script encodes: {e}"),
+        }
+    }
+}
+
+struct SimRng(u64);
+impl SimRng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Shape and randomness of a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub workers: u32,
+    /// Workers per node (a node also gets a manager rank when there are several nodes).
+    pub per_node: u32,
+    pub fanout: u32,
+    pub seed: u64,
+    /// Largest extra delivery delay in ticks (0 = every message takes 1 tick).
+    pub max_delay: u64,
+    /// Encode and decode every message (checks the codec; slower).
+    pub codec: bool,
+}
+
+impl SimConfig {
+    pub fn new(workers: u32, per_node: u32, seed: u64) -> SimConfig {
+        SimConfig { workers, per_node, fanout: 4, seed, max_delay: 10, codec: true }
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    script: Script,
+    stage: u32,
+    mailboxes: Vec<MailboxId>,
+    acc: u64,
+    got: usize,
+}
+
+enum Node {
+    Server(ServerCore),
+    Manager(ManagerCore),
+    Worker(Box<SimWorker>),
+}
+
+struct SimWorker {
+    core: WorkerCore,
+    tasks: HashMap<TaskKey, Running>,
+    busy_until: u64,
+    wake_pending: bool,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Deliver { from: u32, to: u32, idx: usize },
+    Wake { rank: u32 },
+}
+
+/// Counts from one simulation run.
+#[derive(Clone, Debug, Default)]
+pub struct SimStats {
+    pub messages: u64,
+    pub server_messages_in: u64,
+    pub server_messages_out: u64,
+    pub tasks_started: u64,
+    pub tasks_finished: u64,
+    pub steals: u64,
+    pub end_time: u64,
+}
+
+/// A simulated cluster.
+pub struct Sim {
+    cfg: SimConfig,
+    nodes: Vec<Node>,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    in_flight: Vec<Option<Msg>>,
+    free: Vec<usize>,
+    link_last: HashMap<(u32, u32), u64>,
+    rng: SimRng,
+    started: HashSet<Address>,
+    finished: HashSet<Address>,
+    results: HashMap<JobId, Result<u64, String>>,
+    pub stats: SimStats,
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        // rank 0 on node 0 with the first node's ranks; several nodes get a manager each
+        let nodes_n = cfg.workers.div_ceil(cfg.per_node.max(1));
+        let mut node_of = vec![0u32];
+        for nd in 0..nodes_n {
+            let here = cfg.per_node.min(cfg.workers - nd * cfg.per_node);
+            let extra = if nodes_n > 1 { 1 } else { 0 };
+            for _ in 0..here + extra {
+                node_of.push(nd);
+            }
+        }
+        let lay = match layout(&node_of, cfg.fanout) {
+            Ok(l) => l,
+            Err(e) => panic!("simulated layout: {e}"),
+        };
+        let nodes = lay
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(r, role)| match role {
+                Role::Server { employees } => Node::Server(ServerCore::new(employees, cfg.seed)),
+                Role::Manager { parent, employees, .. } => {
+                    Node::Manager(ManagerCore::new(Rank(r as u32), *parent, employees, cfg.seed ^ r as u64))
+                }
+                Role::Worker { parent } => Node::Worker(Box::new(SimWorker {
+                    core: WorkerCore::new(Rank(r as u32), *parent),
+                    tasks: HashMap::new(),
+                    busy_until: 0,
+                    wake_pending: false,
+                })),
+            })
+            .collect();
+        let rng = SimRng(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        Sim {
+            cfg,
+            nodes,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            in_flight: Vec::new(),
+            free: Vec::new(),
+            link_last: HashMap::new(),
+            rng,
+            started: HashSet::new(),
+            finished: HashSet::new(),
+            results: HashMap::new(),
+            stats: SimStats::default(),
+        }
+    }
+
+    pub fn ranks(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn server(&mut self) -> &mut ServerCore {
+        match &mut self.nodes[0] {
+            Node::Server(s) => s,
+            _ => unreachable!("rank 0 is the server"),
+        }
+    }
+
+    /// Submit a job running `script`.
+    pub fn submit(&mut self, script: &Script) -> JobId {
+        let mut out = Outbox::new();
+        let spec = JobSpec {
+            function: "script".into(),
+            label: None,
+            args: script.encode(),
+            format: Format::Bincode,
+            log: LogSpec::OFF,
+        };
+        let job = self.server().submit(spec, &mut out);
+        self.send_all(0, out);
+        job
+    }
+
+    /// Cancel a job from the client side.
+    pub fn cancel(&mut self, job: JobId) -> bool {
+        let mut out = Outbox::new();
+        let ok = self.server().cancel(job, &mut out);
+        self.send_all(0, out);
+        if ok {
+            self.results.insert(job, Err("cancelled".into()));
+        }
+        ok
+    }
+
+    pub fn result(&self, job: JobId) -> Option<&Result<u64, String>> {
+        self.results.get(&job)
+    }
+
+    fn push(&mut self, at: u64, ev: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, ev)));
+    }
+
+    fn send_all(&mut self, from: u32, out: Outbox) {
+        for (to, msg) in out {
+            self.stats.messages += 1;
+            if from == 0 {
+                self.stats.server_messages_out += 1;
+            }
+            let msg = if self.cfg.codec {
+                let bytes = codec::encode(std::slice::from_ref(&msg));
+                match codec::decode(&bytes) {
+                    Ok(mut v) if v.len() == 1 => v.remove(0),
+                    other => panic!("codec round trip failed: {other:?}"),
+                }
+            } else {
+                msg
+            };
+            let delay = 1 + if self.cfg.max_delay > 0 { self.rng.below(self.cfg.max_delay + 1) } else { 0 };
+            let last = self.link_last.entry((from, to.0)).or_insert(0);
+            let at = (self.now + delay).max(*last);
+            *last = at;
+            let idx = match self.free.pop() {
+                Some(i) => {
+                    self.in_flight[i] = Some(msg);
+                    i
+                }
+                None => {
+                    self.in_flight.push(Some(msg));
+                    self.in_flight.len() - 1
+                }
+            };
+            self.push(at, Event::Deliver { from, to: to.0, idx });
+        }
+    }
+
+    /// Run until nothing is left to happen, or `limit` events. Returns events processed.
+    pub fn run(&mut self, limit: u64) -> u64 {
+        self.run_until(u64::MAX, limit)
+    }
+
+    /// Run events up to virtual time `t` (inclusive).
+    pub fn run_until(&mut self, t: u64, limit: u64) -> u64 {
+        let mut n = 0;
+        while n < limit {
+            match self.queue.peek() {
+                Some(Reverse((at, _, _))) if *at <= t => {}
+                _ => break,
+            }
+            let Some(Reverse((at, _, ev))) = self.queue.pop() else { break };
+            self.now = at;
+            n += 1;
+            match ev {
+                Event::Deliver { from, to, idx } => {
+                    let Some(msg) = self.in_flight[idx].take() else {
+                        panic!("message delivered twice")
+                    };
+                    self.free.push(idx);
+                    self.deliver(from, to, msg);
+                }
+                Event::Wake { rank } => self.wake(rank),
+            }
+        }
+        self.stats.end_time = self.now;
+        n
+    }
+
+    fn deliver(&mut self, from: u32, to: u32, msg: Msg) {
+        let mut out = Outbox::new();
+        if to == 0 {
+            self.stats.server_messages_in += 1;
+        }
+        if matches!(msg, Msg::Down(crate::protocol::Down::Steal { .. })) {
+            self.stats.steals += 1;
+        }
+        let now = self.now;
+        match &mut self.nodes[to as usize] {
+            Node::Server(s) => {
+                s.handle(Rank(from), msg, &mut out);
+                let events = s.take_events();
+                for ev in events {
+                    if let ServerEvent::Finished { job, outcome } = ev {
+                        let r = match outcome {
+                            Ok(bytes) => Ok(decode_u64(&bytes)),
+                            Err(f) => Err(f.message),
+                        };
+                        let prev = self.results.insert(job, r);
+                        assert!(prev.is_none(), "{job} finished twice");
+                    }
+                }
+            }
+            Node::Manager(m) => m.handle(Rank(from), msg, &mut out),
+            Node::Worker(w) => {
+                w.core.handle(msg, &mut out);
+                for k in w.core.take_dropped() {
+                    w.tasks.remove(&k);
+                }
+                if !w.wake_pending {
+                    w.wake_pending = true;
+                    let at = w.busy_until.max(now);
+                    self.send_all(to, out);
+                    self.push(at, Event::Wake { rank: to });
+                    return;
+                }
+            }
+        }
+        self.send_all(to, out);
+    }
+
+    fn wake(&mut self, rank: u32) {
+        let now = self.now;
+        let Node::Worker(w) = &mut self.nodes[rank as usize] else { return };
+        w.wake_pending = false;
+        if w.busy_until > now {
+            w.wake_pending = true;
+            let at = w.busy_until;
+            self.push(at, Event::Wake { rank });
+            return;
+        }
+        let mut out = Outbox::new();
+        let Some(ready) = w.core.next_ready(&mut out) else {
+            self.send_all(rank, out);
+            return;
+        };
+        let (key, elapsed) = match ready {
+            Ready::Start { key, function, args, .. } => {
+                assert_eq!(function, "script");
+                let script: Script = match bincode::serde::decode_from_slice(&args, bincode::config::standard()) {
+                    Ok((s, _)) => s,
+                    Err(e) => panic!("script args: {e}"),
+                };
+                let addr = w.core.task(key).map(|t| t.addr);
+                if let Some(addr) = addr {
+                    assert!(self.started.insert(addr), "task {addr} started twice");
+                }
+                self.stats.tasks_started += 1;
+                let work = u64::from(script.work);
+                w.tasks.insert(key, Running { script, stage: 0, mailboxes: Vec::new(), acc: 0, got: 0 });
+                (key, work)
+            }
+            Ready::Resume(key) => (key, 1),
+        };
+        let addr = w.core.task(key).map(|t| t.addr);
+        let done = step(&mut w.core, &mut w.tasks, key, &mut out);
+        if let (Some(done), Some(addr)) = (done, addr) {
+            w.tasks.remove(&key);
+            if done.is_ok() {
+                assert!(self.finished.insert(addr), "task {addr} finished twice");
+                self.stats.tasks_finished += 1;
+            }
+            w.core.finish(key, done.map(|v| encode_u64(v)), &mut out);
+        }
+        for k in w.core.take_dropped() {
+            w.tasks.remove(&k);
+        }
+        w.busy_until = now + elapsed;
+        let at = w.busy_until;
+        w.wake_pending = true;
+        self.send_all(rank, out);
+        self.push(at, Event::Wake { rank });
+    }
+
+    /// Panics unless the cluster is back to its initial state: no task, mailbox or job left.
+    pub fn check_quiescent(&mut self) {
+        assert!(self.queue.is_empty(), "events still queued");
+        for (r, node) in self.nodes.iter().enumerate() {
+            match node {
+                Node::Server(s) => {
+                    assert_eq!(s.active_jobs(), 0, "server keeps job records");
+                    assert_eq!(s.idle_workers(), s.workers(), "server idle accounting");
+                }
+                Node::Manager(m) => {
+                    assert_eq!(m.boss.idle_total(), m.workers(), "manager {r} idle accounting");
+                }
+                Node::Worker(w) => {
+                    assert!(w.core.is_empty(), "worker {r} leaks: {} started, {} delayed, {} mailboxes", w.core.started_len(), w.core.delayed_len(), w.core.mailboxes_len());
+                    assert!(w.tasks.is_empty(), "worker {r} keeps task state");
+                }
+            }
+        }
+    }
+
+    /// Each boss's view of its employees' idle workers: `rank: [(employee, idle/workers)]`.
+    pub fn accounting(&self) -> String {
+        let mut s = String::new();
+        for (r, node) in self.nodes.iter().enumerate() {
+            let boss = match node {
+                Node::Server(x) => &x.boss,
+                Node::Manager(m) => &m.boss,
+                Node::Worker(_) => continue,
+            };
+            s += &format!("rank {r}:");
+            for e in &boss.employees {
+                s += &format!(" {}={}/{}", e.rank.0, e.idle, e.workers);
+            }
+            s += "\n";
+        }
+        s
+    }
+
+    /// Per-worker counters (started tasks).
+    pub fn worker_started(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Worker(w) => Some(w.core.stats.started),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+}
+
+fn encode_u64(v: u64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+fn decode_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn children(c: &[Script]) -> Vec<ChildSpec> {
+    c.iter()
+        .map(|s| ChildSpec { function: "script".into(), label: None, args: s.encode(), format: Format::Bincode, context: Vec::new() })
+        .collect()
+}
+
+/// Advance a scripted task until it blocks (`None`) or ends (`Some`).
+fn step(core: &mut WorkerCore, tasks: &mut HashMap<TaskKey, Running>, key: TaskKey, out: &mut Outbox) -> Option<Result<u64, String>> {
+    let t = tasks.get_mut(&key)?;
+    let call = |r: Result<WaitPoll, crate::core::CallError>| match r {
+        Ok(p) => p,
+        Err(e) => panic!("runtime call failed in a scripted task: {e}"),
+    };
+    match t.script.action.clone() {
+        Action::Leaf => Some(Ok(1)),
+        Action::Fail => Some(Err("scripted failure".into())),
+        Action::CancelMap(c) | Action::Abandon(c) => {
+            let cancel = matches!(t.script.action, Action::CancelMap(_));
+            let m = core.submit(key, children(&c), out).ok()?;
+            if cancel {
+                if let Err(e) = core.cancel(key, m, out) {
+                    panic!("cancel: {e}");
+                }
+            }
+            Some(Ok(1))
+        }
+        Action::MapAll(c) => {
+            if t.stage == 0 {
+                t.mailboxes.push(core.submit(key, children(&c), out).ok()?);
+                t.stage = 1;
+            }
+            match call(core.wait(key, t.mailboxes[0], WaitKind::All)) {
+                WaitPoll::All(v) => Some(Ok(1 + v.iter().map(|b| decode_u64(b)).sum::<u64>())),
+                _ => None,
+            }
+        }
+        Action::MapNext(c) => {
+            if t.stage == 0 {
+                t.mailboxes.push(core.submit(key, children(&c), out).ok()?);
+                t.stage = 1;
+            }
+            loop {
+                if t.got == c.len() {
+                    match call(core.wait(key, t.mailboxes[0], WaitKind::All)) {
+                        WaitPoll::All(v) => {
+                            let all: u64 = v.iter().map(|b| decode_u64(b)).sum();
+                            assert_eq!(all, t.acc, "next and await disagree");
+                            return Some(Ok(1 + t.acc));
+                        }
+                        other => panic!("complete mailbox not ready: {other:?}"),
+                    }
+                }
+                match call(core.wait(key, t.mailboxes[0], WaitKind::Next)) {
+                    WaitPoll::Next(pairs) => {
+                        assert!(!pairs.is_empty(), "next returned nothing before completion");
+                        t.got += pairs.len();
+                        t.acc += pairs.iter().map(|(_, b)| decode_u64(b)).sum::<u64>();
+                    }
+                    WaitPoll::Pending => return None,
+                    WaitPoll::All(_) => unreachable!(),
+                }
+            }
+        }
+        Action::SubmitEach(c) => {
+            if t.stage == 0 {
+                for s in &c {
+                    t.mailboxes.push(core.submit(key, children(std::slice::from_ref(s)), out).ok()?);
+                }
+                t.stage = 1;
+            }
+            while (t.got) < c.len() {
+                match call(core.wait(key, t.mailboxes[t.got], WaitKind::All)) {
+                    WaitPoll::All(v) => {
+                        t.acc += decode_u64(&v[0]);
+                        t.got += 1;
+                    }
+                    _ => return None,
+                }
+            }
+            Some(Ok(1 + t.acc))
+        }
+    }
+}

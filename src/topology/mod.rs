@@ -1,0 +1,5 @@
+//! Ranks, nodes and roles: who is the server, a manager or a worker, and where each is pinned.
+
+pub mod layout;
+
+pub use layout::{layout, Layout, LayoutError, Role};

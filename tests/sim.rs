@@ -1,0 +1,109 @@
+//! Seeded whole-cluster simulations of the real scheduling state machines.
+
+use bqrt::sim::{Action, Script, Sim, SimConfig};
+
+fn run_jobs(cfg: SimConfig, scripts: &[Script]) -> Sim {
+    let mut sim = Sim::new(cfg);
+    let jobs: Vec<_> = scripts.iter().map(|s| sim.submit(s)).collect();
+    let events = sim.run(50_000_000);
+    assert!(events < 50_000_000, "simulation did not settle");
+    for (job, s) in jobs.iter().zip(scripts) {
+        let got = sim.result(*job).cloned();
+        match s.expected() {
+            Some(v) => assert_eq!(got, Some(Ok(v)), "{job}"),
+            None => assert!(matches!(got, Some(Err(_))), "{job}: expected failure, got {got:?}"),
+        }
+    }
+    sim.check_quiescent();
+    sim
+}
+
+fn tree(depth: u32) -> Script {
+    if depth == 0 {
+        Script::leaf(1)
+    } else {
+        Script { work: 1, action: Action::MapAll(vec![tree(depth - 1), tree(depth - 1)]) }
+    }
+}
+
+#[test]
+fn binary_tree_on_one_node() {
+    let sim = run_jobs(SimConfig::new(4, 8, 1), &[tree(10)]);
+    assert_eq!(sim.stats.tasks_finished, 2047);
+}
+
+#[test]
+fn fanout_spreads_over_all_workers() {
+    let s = Script { work: 0, action: Action::MapAll((0..2000).map(|_| Script::leaf(5)).collect()) };
+    let sim = run_jobs(SimConfig::new(16, 4, 3), &[s]);
+    let started = sim.worker_started();
+    assert!(started.iter().all(|&n| n > 20), "uneven: {started:?}");
+}
+
+#[test]
+fn chain_is_depth_first() {
+    let mut s = Script::leaf(1);
+    for _ in 0..300 {
+        s = Script { work: 1, action: Action::SubmitEach(vec![s]) };
+    }
+    run_jobs(SimConfig::new(3, 8, 5), &[s]);
+}
+
+#[test]
+fn thousand_workers_many_seeds() {
+    for seed in 0..12u64 {
+        let mut cfg = SimConfig::new(1024, 32, seed);
+        cfg.fanout = 4;
+        cfg.codec = seed % 3 == 0;
+        let scripts: Vec<Script> = (0..4).map(|j| Script::random(seed * 31 + j, 3000, false)).collect();
+        let sim = run_jobs(cfg, &scripts);
+        assert!(sim.stats.tasks_started >= scripts.iter().map(|s| s.expected().unwrap_or(0)).sum::<u64>());
+    }
+}
+
+#[test]
+fn small_clusters_many_seeds_with_failures() {
+    for seed in 0..150u64 {
+        let workers = 1 + (seed % 9) as u32;
+        let per_node = 1 + (seed % 4) as u32;
+        let mut cfg = SimConfig::new(workers, per_node, seed);
+        cfg.fanout = 2 + (seed % 3) as u32;
+        cfg.max_delay = seed % 40;
+        let scripts: Vec<Script> = (0..3).map(|j| Script::random(seed * 7 + j, 200, seed % 2 == 0)).collect();
+        run_jobs(cfg, &scripts);
+    }
+}
+
+#[test]
+fn client_cancel_removes_whole_tree() {
+    for seed in 0..40u64 {
+        let mut sim = Sim::new(SimConfig::new(64, 8, seed));
+        let big = Script::random(seed, 5000, false);
+        let job = sim.submit(&big);
+        let keep = Script::random(seed + 1000, 500, false);
+        let kept = sim.submit(&keep);
+        sim.run_until(20 + seed * 5, u64::MAX);
+        let cancelled = sim.cancel(job);
+        sim.run(u64::MAX);
+        if cancelled {
+            assert_eq!(sim.result(job), Some(&Err("cancelled".into())));
+            assert!(sim.stats.tasks_started < big.size() + keep.size());
+        }
+        assert_eq!(sim.result(kept), Some(&Ok(keep.expected().unwrap())));
+        sim.check_quiescent();
+    }
+}
+
+#[test]
+fn stealing_rebalances_uneven_work() {
+    // Four long tasks first (they start at once on the 4 idle workers), then many short ones that
+    // queue behind them; idle workers must steal the queued ones.
+    let mut children: Vec<Script> = (0..60).map(|_| Script::leaf(1)).collect();
+    children.extend((0..4).map(|_| Script::leaf(2000)));
+    let s = Script { work: 0, action: Action::MapAll(children) };
+    let mut cfg = SimConfig::new(8, 8, 11);
+    cfg.max_delay = 2;
+    let sim = run_jobs(cfg, &[s]);
+    assert!(sim.stats.steals > 0, "no steal happened");
+    assert!(sim.stats.end_time < 2400, "finished at {}: queued tasks waited behind long ones", sim.stats.end_time);
+}
