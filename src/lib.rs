@@ -7,4 +7,14 @@
 pub mod core;
 pub mod protocol;
 pub mod sim;
+pub mod runtime;
 pub mod topology;
+pub mod transport;
+pub mod builtins;
+pub mod cli;
+pub mod executor;
+pub mod logging;
+pub mod task;
+
+pub use executor::{Cache, Ctx, MapFuture, Options, TaskFuture};
+pub use task::{Registry, TaskError, TaskResult};

@@ -137,11 +137,13 @@ pub struct SimConfig {
     pub max_delay: u64,
     /// Encode and decode every message (checks the codec; slower).
     pub codec: bool,
+    /// Workers keep one child when they would otherwise idle (as the executor does).
+    pub keep_local: bool,
 }
 
 impl SimConfig {
     pub fn new(workers: u32, per_node: u32, seed: u64) -> SimConfig {
-        SimConfig { workers, per_node, fanout: 4, seed, max_delay: 10, codec: true }
+        SimConfig { workers, per_node, fanout: 4, seed, max_delay: 10, codec: true, keep_local: true }
     }
 }
 
@@ -440,6 +442,9 @@ impl Sim {
         };
         let addr = w.core.task(key).map(|t| t.addr);
         let done = step(&mut w.core, &mut w.tasks, key, &mut out);
+        if done.is_none() && self.cfg.keep_local {
+            w.core.keep_one_for_self(&mut out);
+        }
         if let (Some(done), Some(addr)) = (done, addr) {
             w.tasks.remove(&key);
             if done.is_ok() {

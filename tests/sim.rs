@@ -55,6 +55,7 @@ fn thousand_workers_many_seeds() {
         let mut cfg = SimConfig::new(1024, 32, seed);
         cfg.fanout = 4;
         cfg.codec = seed % 3 == 0;
+        cfg.keep_local = seed % 2 == 0;
         let scripts: Vec<Script> = (0..4).map(|j| Script::random(seed * 31 + j, 3000, false)).collect();
         let sim = run_jobs(cfg, &scripts);
         assert!(sim.stats.tasks_started >= scripts.iter().map(|s| s.expected().unwrap_or(0)).sum::<u64>());
@@ -69,6 +70,7 @@ fn small_clusters_many_seeds_with_failures() {
         let mut cfg = SimConfig::new(workers, per_node, seed);
         cfg.fanout = 2 + (seed % 3) as u32;
         cfg.max_delay = seed % 40;
+        cfg.keep_local = seed % 3 != 0;
         let scripts: Vec<Script> = (0..3).map(|j| Script::random(seed * 7 + j, 200, seed % 2 == 0)).collect();
         run_jobs(cfg, &scripts);
     }

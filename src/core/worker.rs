@@ -113,6 +113,8 @@ pub struct WorkerStats {
     pub cancelled_delayed: u64,
     pub stolen_from: u64,
     pub received: u64,
+    /// Children kept by their submitting worker (work-first).
+    pub kept: u64,
 }
 
 #[derive(Debug)]
@@ -298,6 +300,37 @@ impl WorkerCore {
             out.push((self.boss, Msg::Up(Up::Waiting { idle: 1, receipt: self.receipt })));
         }
         None
+    }
+
+    /// Work-first: the running task just suspended and this worker has nothing else to run, so
+    /// instead of sending every child it submitted to the boss and idling, keep the last one
+    /// submitted (the one a batch would start first) and run it here. Saves a round trip per
+    /// level of nesting and keeps the subtree's data on this worker. Called by the executor after
+    /// a poll that returned pending, with that poll's unsent messages.
+    pub fn keep_one_for_self(&mut self, out: &mut Outbox) {
+        if self.has_ready() {
+            return;
+        }
+        let boss = self.boss;
+        let Some(i) = out.iter().rposition(|(to, m)| *to == boss && matches!(m, Msg::Up(Up::Submit { .. }))) else {
+            return;
+        };
+        let task = match &mut out[i].1 {
+            Msg::Up(Up::Submit { tasks }) => tasks.pop(),
+            _ => None,
+        };
+        if matches!(&out[i].1, Msg::Up(Up::Submit { tasks }) if tasks.is_empty()) {
+            out.remove(i);
+        }
+        if let Some(task) = task {
+            if let Some(mb) = self.mailboxes.get_mut(&task.addr.mailbox) {
+                if !mb.locations.contains(&self.rank) {
+                    mb.locations.push(self.rank);
+                }
+                self.stats.kept += 1;
+                self.delayed.push_back(task);
+            }
+        }
     }
 
     /// True when `next_ready` would return something.

@@ -15,9 +15,6 @@ pub struct Rank(pub u32);
 impl Rank {
     /// The server's rank.
     pub const SERVER: Rank = Rank(0);
-    pub(crate) fn index(self) -> usize {
-        self.0 as usize
-    }
 }
 
 impl fmt::Display for Rank {

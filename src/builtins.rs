@@ -1,0 +1,192 @@
+//! Built-in tasks for tests, benchmarks and demos.
+//!
+//! | task | argument (JSON) | result |
+//! | --- | --- | --- |
+//! | `noop` | `null` | `null` |
+//! | `sleep` | milliseconds | the milliseconds (blocks its worker, like a long computation) |
+//! | `spin` | milliseconds | `true` if it ran to the end, `false` if it saw its cancel flag |
+//! | `fanout` | n | n, after a `map` of n `noop`s |
+//! | `chain` | depth | depth, each level submits one child and awaits it |
+//! | `tree` | depth | tasks in a binary tree of that depth (8191 for 12) |
+//! | `fib` | n | fib(n), one task per call |
+//! | `fail` | message or `null` | fails with the message |
+//! | `panic` | message or `null` | panics with the message |
+//! | `nest` | `{"depth","task","arg"}` | runs `task(arg)` (`fail`/`panic`) `depth` levels down |
+//! | `next_demo` | list of sleep milliseconds | arrival batches seen by `next`, and the awaited list |
+//! | `cancel_demo` | `{"children","spin_ms"}` | cancels a map and a running `spin`; see the logs |
+//! | `cache_demo` | n | per rank, the counts its cache saw |
+//! | `log_demo` | depth | logs at every level from a chain of that depth |
+
+use crate::executor::Ctx;
+use crate::task::{Registry, TaskError, TaskResult};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub(crate) fn register(r: Registry) -> Registry {
+    r.task("noop", |_ctx: Ctx, _: ()| async { Ok(()) })
+        .task("sleep", |_ctx: Ctx, ms: u64| async move {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(ms)
+        })
+        .task("spin", spin)
+        .task("fanout", |ctx: Ctx, n: u64| async move {
+            let done: Vec<()> = ctx.map("noop", (0..n).map(|_| ())).map_err(TaskError::from)?.await?;
+            Ok(done.len() as u64)
+        })
+        .task("chain", chain)
+        .task("tree", tree)
+        .task("fib", fib)
+        .task("fail", |_ctx: Ctx, msg: Option<String>| async move {
+            Err::<(), _>(TaskError::new(msg.unwrap_or_else(|| "the fail task failed as asked".into())))
+        })
+        .task("panic", |_ctx: Ctx, msg: Option<String>| async move {
+            let msg = msg.unwrap_or_else(|| "the panic task panicked as asked".into());
+            panic!("{msg}");
+            #[allow(unreachable_code)]
+            Ok(())
+        })
+        .task("nest", nest)
+        .task("next_demo", next_demo)
+        .task("cancel_demo", cancel_demo)
+        .task("cancel_mark", |_ctx: Ctx, i: u64| async move {
+            log::warn!(target: "demo", "cancel_mark {i} started");
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(true)
+        })
+        .task("cache_count", cache_count)
+        .task("cache_demo", cache_demo)
+        .task("log_demo", log_demo)
+}
+
+async fn spin(ctx: Ctx, ms: u64) -> TaskResult<bool> {
+    let start = Instant::now();
+    let end = start + Duration::from_millis(ms);
+    while Instant::now() < end {
+        if ctx.is_cancelled() {
+            log::warn!("spin saw its cancel flag after {} ms", start.elapsed().as_millis());
+            return Ok(false);
+        }
+        std::hint::spin_loop();
+    }
+    Ok(true)
+}
+
+async fn chain(ctx: Ctx, depth: u64) -> TaskResult<u64> {
+    if depth == 0 {
+        return Ok(0);
+    }
+    let below: u64 = ctx.submit("chain", depth - 1)?.await?;
+    Ok(below + 1)
+}
+
+async fn tree(ctx: Ctx, depth: u32) -> TaskResult<u64> {
+    if depth == 0 {
+        return Ok(1);
+    }
+    let sub: Vec<u64> = ctx.map("tree", [depth - 1, depth - 1])?.await?;
+    Ok(1 + sub.iter().sum::<u64>())
+}
+
+async fn fib(ctx: Ctx, n: u64) -> TaskResult<u64> {
+    if n < 2 {
+        return Ok(n);
+    }
+    let sub: Vec<u64> = ctx.map("fib", [n - 1, n - 2])?.await?;
+    Ok(sub.iter().sum())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Nest {
+    depth: u32,
+    task: String,
+    arg: Option<String>,
+}
+
+async fn nest(ctx: Ctx, n: Nest) -> TaskResult<()> {
+    if n.depth == 0 {
+        return ctx.submit(&n.task, n.arg)?.await;
+    }
+    ctx.submit("nest", Nest { depth: n.depth - 1, task: n.task, arg: n.arg })?.await
+}
+
+/// What `next` returned, batch by batch, and the full awaited list.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct NextDemo {
+    pub batches: Vec<Vec<usize>>,
+    pub after_complete: usize,
+    pub awaited: Vec<u64>,
+}
+
+async fn next_demo(ctx: Ctx, delays: Vec<u64>) -> TaskResult<NextDemo> {
+    let n = delays.len();
+    let mut fut = ctx.map::<u64, u64>("sleep", delays.clone())?;
+    let mut batches = Vec::new();
+    let mut seen = 0;
+    while seen < n {
+        let got = ctx.next(&mut fut).await?;
+        if got.is_empty() {
+            return Err(TaskError::new("next returned nothing before every result arrived"));
+        }
+        for (i, v) in &got {
+            if delays.get(*i) != Some(v) {
+                return Err(TaskError::new(format!("next gave index {i} value {v}")));
+            }
+        }
+        seen += got.len();
+        batches.push(got.into_iter().map(|(i, _)| i).collect());
+    }
+    let after_complete = ctx.next(&mut fut).await?.len();
+    let awaited = fut.await?;
+    Ok(NextDemo { batches, after_complete, awaited })
+}
+
+#[derive(Serialize, Deserialize)]
+struct CancelDemo {
+    children: u32,
+    spin_ms: u64,
+}
+
+async fn cancel_demo(ctx: Ctx, c: CancelDemo) -> TaskResult<String> {
+    // 1. a map cancelled right away: its queued tasks must never start
+    let doomed = ctx.map_with::<u64, bool>("cancel_mark", 0..u64::from(c.children), crate::Options::new().name("doomed"))?;
+    ctx.cancel(doomed);
+    // 2. a running task sees its cancel flag
+    let spinner = ctx.submit::<u64, bool>("spin", c.spin_ms)?;
+    let _: u64 = ctx.submit("sleep", 300u64)?.await?; // the spinner starts meanwhile
+    ctx.cancel(spinner);
+    let _: u64 = ctx.submit("sleep", 1000u64)?.await?; // keep the job alive for the spinner's log
+    Ok("cancel demo done".into())
+}
+
+async fn cache_count(ctx: Ctx, _: u64) -> TaskResult<(u32, u64)> {
+    let rank = ctx.rank().0;
+    let mut cache = ctx.cache();
+    let n = cache.get_or_insert_with("cache_count", || 0u64);
+    *n += 1;
+    Ok((rank, *n))
+}
+
+async fn cache_demo(ctx: Ctx, n: u64) -> TaskResult<BTreeMap<u32, Vec<u64>>> {
+    let seen: Vec<(u32, u64)> = ctx.map("cache_count", 0..n)?.await?;
+    let mut per: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (rank, count) in seen {
+        per.entry(rank).or_default().push(count);
+    }
+    for v in per.values_mut() {
+        v.sort_unstable();
+    }
+    Ok(per)
+}
+
+async fn log_demo(ctx: Ctx, depth: u32) -> TaskResult<u32> {
+    let d = ctx.depth();
+    log::error!(target: "demo", "log_demo depth {d} error");
+    log::warn!(target: "demo", "log_demo depth {d} warn");
+    log::info!(target: "demo", "log_demo depth {d} info");
+    log::debug!(target: "demo", "log_demo depth {d} debug");
+    if depth == 0 {
+        return Ok(d);
+    }
+    ctx.submit_with("log_demo", depth - 1, crate::Options::new().context("level", d.to_string()))?.await
+}

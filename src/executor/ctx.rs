@@ -1,0 +1,276 @@
+//! The handle a running task uses: submit, map, next, cancel, cache, logs, cancel flag.
+//!
+//! Futures returned by `submit`/`map` belong to the task that created them: they are not
+//! `Send`, not serialisable (so they cannot be passed to another task as arguments), and the
+//! worker refuses to let another task await one. Dropping a future that was not awaited cancels
+//! its tasks; a task that finishes cancels every child it did not await.
+
+use super::{Shared, Cache};
+use crate::core::{CallError, ChildSpec, TaskKey, WaitKind, WaitPoll};
+use crate::protocol::{Address, Format, JobId, MailboxId, Rank};
+use crate::task::{decode, encode, TaskError, TaskResult};
+use serde::{de::DeserializeOwned, Serialize};
+use std::cell::RefMut;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Display name and log context for submitted tasks.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub name: Option<String>,
+    pub context: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn new() -> Options {
+        Options::default()
+    }
+    /// Display name (defaults to the task function's name).
+    pub fn name(mut self, name: impl Into<String>) -> Options {
+        self.name = Some(name.into());
+        self
+    }
+    /// Add a log-context entry; children inherit and extend their parent's context.
+    pub fn context(mut self, key: impl Into<String>, value: impl Into<String>) -> Options {
+        self.context.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// The running task's handle to the runtime.
+#[derive(Clone)]
+pub struct Ctx {
+    pub(crate) shared: Rc<Shared>,
+    pub(crate) key: TaskKey,
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+impl Ctx {
+    fn spec<A: Serialize>(&self, task: &str, args: &A, opts: &Options) -> TaskResult<ChildSpec> {
+        let bytes = encode(args, Format::Bincode)
+            .map_err(|e| TaskError::new(format!("arguments for task '{task}' do not encode: {e}")))?;
+        Ok(ChildSpec {
+            function: task.to_string(),
+            label: opts.name.clone(),
+            args: bytes,
+            format: Format::Bincode,
+            context: opts.context.clone(),
+        })
+    }
+
+    fn submit_specs(&self, specs: Vec<ChildSpec>) -> TaskResult<MailboxId> {
+        let mut core = self.shared.core.borrow_mut();
+        let mut out = self.shared.out.borrow_mut();
+        Ok(core.submit(self.key, specs, &mut out)?)
+    }
+
+    /// Run `task(args)` as a child; await the returned future for its result.
+    pub fn submit<A: Serialize, R: DeserializeOwned>(&self, task: &str, args: A) -> TaskResult<TaskFuture<R>> {
+        self.submit_with(task, args, Options::new())
+    }
+
+    /// [`Ctx::submit`] with a display name and log context.
+    pub fn submit_with<A: Serialize, R: DeserializeOwned>(&self, task: &str, args: A, opts: Options) -> TaskResult<TaskFuture<R>> {
+        let spec = self.spec(task, &args, &opts)?;
+        let mailbox = self.submit_specs(vec![spec])?;
+        Ok(TaskFuture { handle: Handle::new(self, mailbox), _r: PhantomData })
+    }
+
+    /// Run `task` once per argument; one future yields all results in input order.
+    pub fn map<A: Serialize, R: DeserializeOwned>(&self, task: &str, args: impl IntoIterator<Item = A>) -> TaskResult<MapFuture<R>> {
+        self.map_with(task, args, Options::new())
+    }
+
+    /// [`Ctx::map`] with a display name and log context shared by all the tasks.
+    pub fn map_with<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: impl IntoIterator<Item = A>,
+        opts: Options,
+    ) -> TaskResult<MapFuture<R>> {
+        let specs = args.into_iter().map(|a| self.spec(task, &a, &opts)).collect::<TaskResult<Vec<_>>>()?;
+        let len = specs.len();
+        let mailbox = self.submit_specs(specs)?;
+        Ok(MapFuture { handle: Handle::new(self, mailbox), len, _r: PhantomData })
+    }
+
+    /// Results of `fut` that arrived since the last call, as `(index, value)`; waits only if
+    /// none did. Returns an empty list once every result has been returned.
+    pub fn next<'a, R: DeserializeOwned>(&self, fut: &'a mut MapFuture<R>) -> Next<'a, R> {
+        Next { fut }
+    }
+
+    /// Cancel a future's tasks and their descendants, wherever they run. Returns at once.
+    pub fn cancel(&self, fut: impl Cancel) {
+        fut.cancel_now();
+    }
+
+    /// True once this task has been cancelled. Long computations should check it.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// This worker's cache (persists across tasks and jobs on this worker).
+    pub fn cache(&self) -> RefMut<'_, Cache> {
+        self.shared.cache.borrow_mut()
+    }
+
+    /// This task's display name.
+    pub fn name(&self) -> String {
+        self.shared.core.borrow().task(self.key).map(|t| t.name().to_string()).unwrap_or_default()
+    }
+
+    /// Depth in the job's task tree (the root is 0).
+    pub fn depth(&self) -> u32 {
+        self.shared.core.borrow().task(self.key).map(|t| t.depth()).unwrap_or(0)
+    }
+
+    /// This task's address (its system-wide id).
+    pub fn address(&self) -> Option<Address> {
+        self.shared.core.borrow().task(self.key).map(|t| t.addr)
+    }
+
+    pub fn job(&self) -> Option<JobId> {
+        self.shared.core.borrow().task(self.key).map(|t| t.job)
+    }
+
+    /// The worker's rank.
+    pub fn rank(&self) -> Rank {
+        self.shared.core.borrow().rank()
+    }
+}
+
+/// Mailbox ownership shared by both future kinds.
+struct Handle {
+    shared: Rc<Shared>,
+    owner: TaskKey,
+    mailbox: MailboxId,
+    live: bool,
+}
+
+impl Handle {
+    fn new(ctx: &Ctx, mailbox: MailboxId) -> Handle {
+        Handle { shared: Rc::clone(&ctx.shared), owner: ctx.key, mailbox, live: true }
+    }
+
+    fn wait(&mut self, kind: WaitKind) -> Result<WaitPoll, CallError> {
+        let Some(current) = self.shared.current.get() else {
+            return Err(CallError::NotOwner);
+        };
+        let r = self.shared.core.borrow_mut().wait(current, self.mailbox, kind);
+        if matches!(r, Ok(WaitPoll::All(_)) | Err(CallError::Gone)) {
+            self.live = false;
+        }
+        r
+    }
+
+    fn cancel(&mut self) {
+        if !self.live {
+            return;
+        }
+        self.live = false;
+        // During teardown the core may be borrowed (the task is being dropped by the worker);
+        // then the worker cancels the task's mailboxes itself.
+        if let (Ok(mut core), Ok(mut out)) = (self.shared.core.try_borrow_mut(), self.shared.out.try_borrow_mut()) {
+            let _ = core.cancel(self.owner, self.mailbox, &mut out);
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// Future of one submitted task.
+pub struct TaskFuture<R> {
+    handle: Handle,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> Future for TaskFuture<R> {
+    type Output = TaskResult<R>;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.handle.wait(WaitKind::All) {
+            Ok(WaitPoll::All(mut v)) => Poll::Ready(decode_one(v.pop().unwrap_or_default())),
+            Ok(_) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+/// Future of a `map`: all results in input order.
+pub struct MapFuture<R> {
+    handle: Handle,
+    len: usize,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> MapFuture<R> {
+    /// Number of tasks in the map.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<R: DeserializeOwned> Future for MapFuture<R> {
+    type Output = TaskResult<Vec<R>>;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.handle.wait(WaitKind::All) {
+            Ok(WaitPoll::All(v)) => Poll::Ready(v.into_iter().map(decode_one).collect()),
+            Ok(_) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+/// Future of [`Ctx::next`].
+pub struct Next<'a, R> {
+    fut: &'a mut MapFuture<R>,
+}
+
+impl<R: DeserializeOwned> Future for Next<'_, R> {
+    type Output = TaskResult<Vec<(usize, R)>>;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.fut.handle.wait(WaitKind::Next) {
+            Ok(WaitPoll::Next(pairs)) => {
+                Poll::Ready(pairs.into_iter().map(|(i, b)| decode_one(b).map(|v| (i as usize, v))).collect())
+            }
+            Ok(_) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+}
+
+fn decode_one<R: DeserializeOwned>(bytes: Vec<u8>) -> TaskResult<R> {
+    decode(&bytes, Format::Bincode).map_err(|e| TaskError::new(format!("a child's result does not decode as the expected type: {e}")))
+}
+
+/// Futures that can be cancelled.
+pub trait Cancel {
+    fn cancel_now(self);
+}
+
+impl<R> Cancel for TaskFuture<R> {
+    fn cancel_now(mut self) {
+        self.handle.cancel();
+    }
+}
+
+impl<R> Cancel for MapFuture<R> {
+    fn cancel_now(mut self) {
+        self.handle.cancel();
+    }
+}

@@ -1,0 +1,257 @@
+//! The worker's executor: a single thread that polls task futures.
+//!
+//! It owns the worker's [`WorkerCore`] and drives it: messages from the transport thread arrive
+//! on a channel and are handled between polls; whatever the core or a task wants sent goes back
+//! to the transport thread after every poll, so a child submitted before an `await` leaves at
+//! once. Tasks are plain futures polled with a no-op waker: a task only ever waits on its own
+//! mailboxes, and the core queues it again when a result it waits for arrives.
+//!
+//! While a task computes, the transport thread keeps receiving. A cancel that reaches the
+//! running task (its own return mailbox, or any ancestor's) sets the task's cancel flag at once
+//! through [`Running`]; the core removes the task when the executor next gets control.
+
+mod cache;
+mod ctx;
+
+pub use cache::Cache;
+pub use ctx::{Cancel, Ctx, MapFuture, Next, Options, TaskFuture};
+
+use crate::core::{Outbox, Ready, TaskKey, WorkerCore};
+use crate::protocol::{MailboxAddr, Msg};
+use crate::task::{BoxFuture, Registry};
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// State shared by the executor loop and the `Ctx` of every task on this worker.
+pub(crate) struct Shared {
+    pub(crate) core: RefCell<WorkerCore>,
+    pub(crate) out: RefCell<Outbox>,
+    pub(crate) cache: RefCell<Cache>,
+    pub(crate) current: Cell<Option<TaskKey>>,
+}
+
+/// What the transport thread may see of the task being polled right now.
+#[derive(Default)]
+pub struct Running {
+    slot: Mutex<Option<RunningTask>>,
+}
+
+struct RunningTask {
+    /// The task's return mailbox first, then its ancestors' return mailboxes.
+    lineage: Arc<[MailboxAddr]>,
+    flag: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Called by the transport thread for each `Cancel` it receives.
+    pub fn on_cancel(&self, mailbox: MailboxAddr) {
+        if let Ok(slot) = self.slot.lock() {
+            if let Some(t) = slot.as_ref() {
+                if t.lineage.contains(&mailbox) {
+                    t.flag.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn set(&self, t: Option<RunningTask>) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = t;
+        }
+    }
+}
+
+/// What the transport thread hands the executor.
+pub enum Inbound {
+    Msg(Msg),
+    Stop,
+}
+
+struct Slot {
+    fut: BoxFuture,
+    flag: Arc<AtomicBool>,
+    lineage: Arc<[MailboxAddr]>,
+}
+
+/// The executor of one worker.
+pub struct Executor {
+    shared: Rc<Shared>,
+    registry: Registry,
+    futures: HashMap<TaskKey, Slot>,
+    inbound: Receiver<Inbound>,
+    outbound: Sender<Outbox>,
+    running: Arc<Running>,
+    last_flush: Instant,
+}
+
+impl Executor {
+    pub fn new(
+        core: WorkerCore,
+        registry: Registry,
+        inbound: Receiver<Inbound>,
+        outbound: Sender<Outbox>,
+        running: Arc<Running>,
+    ) -> Executor {
+        let shared = Rc::new(Shared {
+            core: RefCell::new(core),
+            out: RefCell::new(Outbox::new()),
+            cache: RefCell::new(Cache::default()),
+            current: Cell::new(None),
+        });
+        Executor { shared, registry, futures: HashMap::new(), inbound, outbound, running, last_flush: Instant::now() }
+    }
+
+    /// Run until told to stop or the transport goes away.
+    pub fn run(mut self) {
+        loop {
+            loop {
+                match self.inbound.try_recv() {
+                    Ok(Inbound::Msg(m)) => self.handle(m),
+                    Ok(Inbound::Stop) | Err(TryRecvError::Disconnected) => return self.stop(),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            self.reap();
+            self.flush();
+            let next = {
+                let mut core = self.shared.core.borrow_mut();
+                let mut out = self.shared.out.borrow_mut();
+                core.next_ready(&mut out)
+            };
+            match next {
+                Some(Ready::Start { key, function, args, format }) => {
+                    self.start(key, &function, args, format);
+                    self.poll(key);
+                }
+                Some(Ready::Resume(key)) => self.poll(key),
+                None => {
+                    self.flush();
+                    match self.wait_inbound() {
+                        Some(Inbound::Msg(m)) => self.handle(m),
+                        Some(Inbound::Stop) | None => return self.stop(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        self.futures.clear();
+        self.flush();
+    }
+
+    /// Spin briefly (a result often comes back within microseconds), then block.
+    fn wait_inbound(&mut self) -> Option<Inbound> {
+        let spin_until = Instant::now() + Duration::from_micros(50);
+        loop {
+            match self.inbound.try_recv() {
+                Ok(m) => return Some(m),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= spin_until {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        loop {
+            match self.inbound.recv_timeout(Duration::from_secs(3600)) {
+                Ok(m) => return Some(m),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        let mut core = self.shared.core.borrow_mut();
+        let mut out = self.shared.out.borrow_mut();
+        core.handle(m, &mut out);
+    }
+
+    /// Drop the futures of tasks the core cancelled.
+    fn reap(&mut self) {
+        let dropped = self.shared.core.borrow_mut().take_dropped();
+        for key in dropped {
+            if let Some(slot) = self.futures.remove(&key) {
+                slot.flag.store(true, Ordering::Relaxed);
+                drop(slot);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        let out = std::mem::take(&mut *self.shared.out.borrow_mut());
+        if !out.is_empty() {
+            // the transport only goes away at shutdown
+            let _ = self.outbound.send(out);
+        }
+    }
+
+    fn start(&mut self, key: TaskKey, function: &str, args: Vec<u8>, format: crate::protocol::Format) {
+        let lineage: Arc<[MailboxAddr]> = {
+            let core = self.shared.core.borrow();
+            match core.task(key) {
+                Some(t) => std::iter::once(t.addr.mailbox_addr())
+                    .chain(t.breadcrumbs.iter().map(|a| a.mailbox_addr()))
+                    .collect(),
+                None => Arc::from(Vec::new()),
+            }
+        };
+        let flag = Arc::new(AtomicBool::new(false));
+        let ctx = Ctx { shared: Rc::clone(&self.shared), key, cancel: Arc::clone(&flag) };
+        let fut = self.registry.start(function, ctx, args, format);
+        self.futures.insert(key, Slot { fut, flag, lineage });
+    }
+
+    fn poll(&mut self, key: TaskKey) {
+        let Some(slot) = self.futures.get_mut(&key) else { return };
+        self.shared.current.set(Some(key));
+        self.running.set(Some(RunningTask { lineage: Arc::clone(&slot.lineage), flag: Arc::clone(&slot.flag) }));
+        crate::logging::enter_task(&self.shared, key);
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = catch_unwind(AssertUnwindSafe(|| slot.fut.as_mut().poll(&mut cx)));
+        crate::logging::leave_task();
+        self.running.set(None);
+        let outcome = match polled {
+            Ok(Poll::Pending) => {
+                let mut core = self.shared.core.borrow_mut();
+                let mut out = self.shared.out.borrow_mut();
+                core.keep_one_for_self(&mut out);
+                None
+            }
+            Ok(Poll::Ready(r)) => Some(r.map_err(|e| e.into_message())),
+            Err(panic) => Some(Err(format!("panicked: {}", panic_message(&panic)))),
+        };
+        if let Some(outcome) = outcome {
+            // drop the future first: un-awaited child futures cancel themselves on drop
+            if let Some(slot) = self.futures.remove(&key) {
+                drop(slot);
+            }
+            let mut core = self.shared.core.borrow_mut();
+            let mut out = self.shared.out.borrow_mut();
+            core.finish(key, outcome, &mut out);
+        }
+        self.shared.current.set(None);
+        self.flush();
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}

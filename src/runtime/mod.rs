@@ -1,0 +1,77 @@
+//! Starting a rank: discover the layout, build the role's core and threads, run the transport
+//! loop until shutdown.
+//!
+//! Threads of a rank:
+//! * the transport thread (the process's main thread under MPI) runs [`drive`] with the role's
+//!   logic; the server and manager cores run inline there;
+//! * a worker adds its executor thread;
+//! * the server adds a client-side thread (the batch runner, or the gateway).
+
+mod handle;
+mod local;
+mod mpi;
+mod roles;
+
+pub use handle::{Outcome, ServerHandle};
+pub use local::LocalCluster;
+pub use mpi::{run_mpi, MpiOptions, StartError};
+pub use roles::Command;
+
+use crate::core::{ManagerCore, ServerCore, WorkerCore};
+use crate::executor::{Executor, Running};
+use crate::protocol::Rank;
+use crate::task::Registry;
+use crate::topology::Role;
+use crate::transport::{drive, Fabric, TransportError};
+use crossbeam::channel::{unbounded, Receiver};
+use roles::{ManagerLogic, ServerLogic, WorkerLogic};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Build the server's logic and the handle client threads use.
+pub(crate) fn server_parts(employees: &[(Rank, u32)], seed: u64) -> (ServerLogic, Receiver<Command>, ServerHandle) {
+    let (cmd_tx, cmd_rx) = unbounded();
+    let (ev_tx, ev_rx) = unbounded();
+    let logic = ServerLogic {
+        core: ServerCore::new(employees, seed),
+        events: ev_tx,
+        employees: employees.iter().map(|e| e.0).collect(),
+    };
+    (logic, cmd_rx, ServerHandle::new(cmd_tx, ev_rx))
+}
+
+/// Run a manager or worker rank until shutdown.
+pub(crate) fn run_member<F: Fabric>(mut fabric: F, role: &Role, registry: Registry, seed: u64) -> Result<(), TransportError> {
+    let me = fabric.rank();
+    match role {
+        Role::Server { .. } => unreachable!("the server is started with server_parts"),
+        Role::Manager { parent, employees, .. } => {
+            let mut logic = ManagerLogic {
+                core: ManagerCore::new(me, *parent, employees, seed ^ u64::from(me.0)),
+                employees: employees.iter().map(|e| e.0).collect(),
+            };
+            let (_keep, rx) = unbounded::<()>();
+            drive(&mut fabric, &mut logic, &rx)
+        }
+        Role::Worker { parent } => {
+            let (in_tx, in_rx) = unbounded();
+            let (out_tx, out_rx) = unbounded();
+            let running = Arc::new(Running::default());
+            let running2 = Arc::clone(&running);
+            let parent = *parent;
+            let (done_tx, done_rx) = unbounded::<()>();
+            let spawned = std::thread::Builder::new().name(format!("bqrt-exec-{}", me.0)).spawn(move || {
+                Executor::new(WorkerCore::new(me, parent), registry, in_rx, out_tx, running2).run();
+                let _ = done_tx.send(());
+            });
+            if let Err(e) = spawned {
+                panic!("{me}: cannot start the executor thread: {e}");
+            }
+            let mut logic = WorkerLogic { inbound: in_tx, running };
+            let r = drive(&mut fabric, &mut logic, &out_rx);
+            // a task stuck in a long computation does not hold up shutdown
+            let _ = done_rx.recv_timeout(Duration::from_secs(1));
+            r
+        }
+    }
+}

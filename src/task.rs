@@ -1,0 +1,124 @@
+//! Native tasks: the registry of named `async fn`s and the task error type.
+//!
+//! A task is `async fn(Ctx, Args) -> Result<Output, TaskError>` with serde `Args`/`Output`.
+//! Arguments travel as bincode between tasks and as JSON from the command line or a client;
+//! the registry wraps each function so it decodes and encodes whichever format its caller used.
+
+use crate::executor::Ctx;
+use crate::protocol::Format;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A task's failure: a message that reaches the job's owner with the task's name and address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError(String);
+
+impl TaskError {
+    pub fn new(message: impl Into<String>) -> TaskError {
+        TaskError(message.into())
+    }
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+    pub fn into_message(self) -> String {
+        self.0
+    }
+}
+
+/// Any error converts, so `?` works inside tasks.
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(e: E) -> TaskError {
+        TaskError(e.to_string())
+    }
+}
+
+/// Result of a task or of a runtime call inside one.
+pub type TaskResult<T> = Result<T, TaskError>;
+
+pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>>>>;
+type Erased = dyn Fn(Ctx, Vec<u8>, Format) -> BoxFuture + Send + Sync;
+
+/// Named task functions. Build one, add tasks, hand it to [`crate::cli::main`].
+#[derive(Clone, Default)]
+pub struct Registry {
+    tasks: BTreeMap<String, Arc<Erased>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The built-in tasks (`noop`, `sleep`, `spin`, `fanout`, `chain`, `tree`, `fib`, `fail`,
+    /// `panic`, ...), see [`crate::builtins`].
+    pub fn with_builtins() -> Registry {
+        crate::builtins::register(Registry::new())
+    }
+
+    /// Register `f` under `name` (replacing any task of that name).
+    pub fn task<A, R, F, Fut>(mut self, name: &str, f: F) -> Registry
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult<R>> + 'static,
+    {
+        let f = Arc::new(f);
+        let name_owned = name.to_string();
+        let erased = move |ctx: Ctx, args: Vec<u8>, format: Format| -> BoxFuture {
+            let f = Arc::clone(&f);
+            let name = name_owned.clone();
+            Box::pin(async move {
+                let args: A = decode(&args, format)
+                    .map_err(|e| TaskError::new(format!("arguments of task '{name}' do not decode: {e}")))?;
+                let out = f(ctx, args).await?;
+                encode(&out, format)
+                    .map_err(|e| TaskError::new(format!("result of task '{name}' does not encode: {e}")))
+            })
+        };
+        self.tasks.insert(name.to_string(), Arc::new(erased));
+        self
+    }
+
+    /// Names of the registered tasks.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tasks.contains_key(name)
+    }
+
+    pub(crate) fn start(&self, name: &str, ctx: Ctx, args: Vec<u8>, format: Format) -> BoxFuture {
+        match self.tasks.get(name) {
+            Some(f) => f(ctx, args, format),
+            None => {
+                let known: Vec<&str> = self.names().collect();
+                let msg = format!("no task named '{name}' in this bqrt build (known: {})", known.join(", "));
+                Box::pin(async move { Err(TaskError::new(msg)) })
+            }
+        }
+    }
+}
+
+/// Encode a value in `format`.
+pub fn encode<T: Serialize + ?Sized>(v: &T, format: Format) -> Result<Vec<u8>, String> {
+    match format {
+        Format::Bincode => bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string()),
+        Format::Json => serde_json::to_vec(v).map_err(|e| e.to_string()),
+    }
+}
+
+/// Decode a value from `format`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], format: Format) -> Result<T, String> {
+    match format {
+        Format::Bincode => bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .map(|(v, _)| v)
+            .map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}

@@ -1,0 +1,163 @@
+//! Moving packets between ranks, kept apart from scheduling.
+//!
+//! A [`Fabric`] sends and receives packets (bytes) between ranks: [`mpi::MpiFabric`] under a
+//! launcher, [`local::LocalFabric`] for an in-process cluster. [`drive`] is the one progress
+//! loop per rank: it receives packets, decodes them, hands each message to the rank's
+//! [`Logic`], groups what the logic wants sent by destination (one packet per destination per
+//! turn) and sends it.
+//!
+//! # Idle policy
+//! A turn that moved nothing counts as idle. The loop spins (yielding the core) for
+//! [`SPIN`] after the last activity, so a busy rank answers in microseconds; then sleeps in
+//! steps that double from 20 us up to [`MAX_SLEEP`], so an idle rank costs next to nothing.
+//! Local events (a worker's executor, a client) wake the sleep at once because the sleep is a
+//! wait on their channel; packets from other ranks are seen at the next turn.
+
+pub mod local;
+pub mod mpi;
+
+use crate::core::Outbox;
+use crate::protocol::{codec, Msg, Rank};
+use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How long a rank keeps spinning after its last activity.
+pub const SPIN: Duration = Duration::from_micros(200);
+/// Longest sleep of an idle rank (the worst added latency for the first packet after idling).
+pub const MAX_SLEEP: Duration = Duration::from_millis(4);
+/// How long a stopping rank keeps trying to complete its sends.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Error)]
+pub enum TransportError {
+    #[error("{rank}: packet from {from}: {source}")]
+    Codec { rank: Rank, from: Rank, source: codec::CodecError },
+}
+
+/// Point-to-point packets between ranks.
+pub trait Fabric {
+    fn rank(&self) -> Rank;
+    fn size(&self) -> u32;
+    /// Start sending a packet; it is owned by the fabric until sent.
+    fn send(&mut self, to: Rank, packet: Vec<u8>);
+    /// A received packet, if any.
+    fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)>;
+    /// Advance pending sends; true if some are still pending.
+    fn progress(&mut self) -> bool;
+}
+
+/// Continue or stop the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A rank's behaviour, driven by [`drive`].
+pub trait Logic {
+    /// Events from threads of this process (executor, clients).
+    type Local;
+    fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow;
+    fn on_local(&mut self, event: Self::Local, out: &mut Outbox) -> Flow;
+}
+
+/// Group messages by destination, keeping order per destination, and send one packet each.
+pub fn send_grouped<F: Fabric>(fabric: &mut F, out: &mut Outbox) {
+    if out.is_empty() {
+        return;
+    }
+    if out.len() == 1 {
+        if let Some((to, msg)) = out.pop() {
+            fabric.send(to, codec::encode(std::slice::from_ref(&msg)));
+        }
+        return;
+    }
+    let mut dests: Vec<Rank> = Vec::new();
+    let mut groups: Vec<Vec<Msg>> = Vec::new();
+    for (to, msg) in out.drain(..) {
+        match dests.iter().position(|&d| d == to) {
+            Some(i) => groups[i].push(msg),
+            None => {
+                dests.push(to);
+                groups.push(vec![msg]);
+            }
+        }
+    }
+    for (to, msgs) in dests.into_iter().zip(groups) {
+        fabric.send(to, codec::encode(&msgs));
+    }
+}
+
+/// Run a rank until its logic says stop, then finish sending (bounded by [`FLUSH_TIMEOUT`]).
+pub fn drive<F: Fabric, L: Logic>(fabric: &mut F, logic: &mut L, local: &Receiver<L::Local>) -> Result<(), TransportError> {
+    let mut out = Outbox::new();
+    let mut last_active = Instant::now();
+    let mut sleep = Duration::from_micros(20);
+    let me = fabric.rank();
+    loop {
+        let mut active = false;
+        let mut stop = false;
+        for _ in 0..256 {
+            let Some((from, bytes)) = fabric.try_recv() else { break };
+            active = true;
+            let msgs = codec::decode(&bytes).map_err(|source| TransportError::Codec { rank: me, from, source })?;
+            for m in msgs {
+                if logic.on_message(from, m, &mut out) == Flow::Stop {
+                    stop = true;
+                }
+            }
+        }
+        loop {
+            match local.try_recv() {
+                Ok(ev) => {
+                    active = true;
+                    if logic.on_local(ev, &mut out) == Flow::Stop {
+                        stop = true;
+                    }
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if !out.is_empty() {
+            active = true;
+            send_grouped(fabric, &mut out);
+        }
+        let pending = fabric.progress();
+        if stop {
+            let deadline = Instant::now() + FLUSH_TIMEOUT;
+            while fabric.progress() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            return Ok(());
+        }
+        if active || pending {
+            last_active = Instant::now();
+            sleep = Duration::from_micros(20);
+            continue;
+        }
+        if last_active.elapsed() < SPIN {
+            std::thread::yield_now();
+            continue;
+        }
+        match local.recv_timeout(sleep) {
+            Ok(ev) => {
+                last_active = Instant::now();
+                sleep = Duration::from_micros(20);
+                if logic.on_local(ev, &mut out) == Flow::Stop {
+                    send_grouped(fabric, &mut out);
+                    let deadline = Instant::now() + FLUSH_TIMEOUT;
+                    while fabric.progress() && Instant::now() < deadline {
+                        std::thread::yield_now();
+                    }
+                    return Ok(());
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => sleep = (sleep * 2).min(MAX_SLEEP),
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(sleep);
+                sleep = (sleep * 2).min(MAX_SLEEP);
+            }
+        }
+    }
+}

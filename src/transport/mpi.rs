@@ -1,0 +1,103 @@
+//! The MPI fabric: non-blocking sends and matched probes on `MPI_COMM_WORLD`.
+//!
+//! Only the thread that initialised MPI calls into it (MPI_THREAD_FUNNELED). Sends are
+//! `MPI_Isend` of an owned buffer that lives until `MPI_Test` reports completion, so two ranks
+//! sending large packets to each other never block each other (a blocking send could deadlock
+//! in the rendezvous protocol). Receives are `MPI_Improbe` + `MPI_Mrecv`, which are safe with
+//! respect to other threads and take messages in order per sender.
+
+use super::Fabric;
+use crate::protocol::Rank;
+use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
+use mpi::request::{Request, StaticScope};
+use mpi::topology::{Communicator, SimpleCommunicator};
+
+/// Tag of every bqrt packet.
+const TAG: i32 = 7;
+
+struct InFlight {
+    request: Option<Request<'static, [u8], StaticScope>>,
+    buffer: *mut [u8],
+}
+
+pub struct MpiFabric {
+    world: SimpleCommunicator,
+    rank: Rank,
+    size: u32,
+    in_flight: Vec<InFlight>,
+}
+
+impl MpiFabric {
+    pub fn new(world: SimpleCommunicator) -> MpiFabric {
+        let rank = Rank(world.rank() as u32);
+        let size = world.size() as u32;
+        MpiFabric { world, rank, size, in_flight: Vec::new() }
+    }
+
+    /// Sends not yet completed.
+    pub fn pending(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+impl Fabric for MpiFabric {
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn send(&mut self, to: Rank, packet: Vec<u8>) {
+        let buffer: *mut [u8] = Box::into_raw(packet.into_boxed_slice());
+        // SAFETY: `buffer` comes from Box::into_raw and is freed only in `progress`, after
+        // MPI_Test reports the send complete (or never, if it never completes), so the slice
+        // outlives the request as StaticScope requires.
+        let slice: &'static [u8] = unsafe { &*buffer };
+        let request = self.world.process_at_rank(to.0 as i32).immediate_send_with_tag(StaticScope, slice, TAG);
+        self.in_flight.push(InFlight { request: Some(request), buffer });
+    }
+
+    fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
+        let probed = self.world.any_process().immediate_matched_probe_with_tag(TAG)?;
+        let (bytes, status) = probed.matched_receive_vec::<u8>();
+        Some((Rank(status.source_rank() as u32), bytes))
+    }
+
+    fn progress(&mut self) -> bool {
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            let done = match self.in_flight[i].request.take() {
+                Some(req) => match req.test() {
+                    Ok(_) => true,
+                    Err(req) => {
+                        self.in_flight[i].request = Some(req);
+                        false
+                    }
+                },
+                None => true,
+            };
+            if done {
+                let f = self.in_flight.swap_remove(i);
+                // SAFETY: the send that used this buffer has completed; nothing else refers to it.
+                drop(unsafe { Box::from_raw(f.buffer) });
+            } else {
+                i += 1;
+            }
+        }
+        !self.in_flight.is_empty()
+    }
+}
+
+impl Drop for MpiFabric {
+    fn drop(&mut self) {
+        // Sends that never completed (their receiver stopped first): their requests must not be
+        // dropped (rsmpi panics) and their buffers must outlive MPI, so both are leaked.
+        for f in self.in_flight.drain(..) {
+            if let Some(req) = f.request {
+                std::mem::forget(req);
+            }
+        }
+    }
+}
