@@ -31,14 +31,19 @@ pub(crate) fn register(r: Registry) -> Registry {
         })
         .task("spin", spin)
         .task("fanout", |ctx: Ctx, n: u64| async move {
-            let done: Vec<()> = ctx.map("noop", (0..n).map(|_| ())).map_err(TaskError::from)?.await?;
+            let done: Vec<()> = ctx
+                .map("noop", (0..n).map(|_| ()))
+                .map_err(TaskError::from)?
+                .await?;
             Ok(done.len() as u64)
         })
         .task("chain", chain)
         .task("tree", tree)
         .task("fib", fib)
         .task("fail", |_ctx: Ctx, msg: Option<String>| async move {
-            Err::<(), _>(TaskError::new(msg.unwrap_or_else(|| "the fail task failed as asked".into())))
+            Err::<(), _>(TaskError::new(
+                msg.unwrap_or_else(|| "the fail task failed as asked".into()),
+            ))
         })
         .task("panic", |_ctx: Ctx, msg: Option<String>| async move {
             let msg = msg.unwrap_or_else(|| "the panic task panicked as asked".into());
@@ -64,7 +69,10 @@ async fn spin(ctx: Ctx, ms: u64) -> TaskResult<bool> {
     let end = start + Duration::from_millis(ms);
     while Instant::now() < end {
         if ctx.is_cancelled() {
-            log::warn!("spin saw its cancel flag after {} ms", start.elapsed().as_millis());
+            log::warn!(
+                "spin saw its cancel flag after {} ms",
+                start.elapsed().as_millis()
+            );
             return Ok(false);
         }
         std::hint::spin_loop();
@@ -107,7 +115,15 @@ async fn nest(ctx: Ctx, n: Nest) -> TaskResult<()> {
     if n.depth == 0 {
         return ctx.submit(&n.task, n.arg)?.await;
     }
-    ctx.submit("nest", Nest { depth: n.depth - 1, task: n.task, arg: n.arg })?.await
+    ctx.submit(
+        "nest",
+        Nest {
+            depth: n.depth - 1,
+            task: n.task,
+            arg: n.arg,
+        },
+    )?
+    .await
 }
 
 /// What `next` returned, batch by batch, and the full awaited list.
@@ -126,7 +142,9 @@ async fn next_demo(ctx: Ctx, delays: Vec<u64>) -> TaskResult<NextDemo> {
     while seen < n {
         let got = ctx.next(&mut fut).await?;
         if got.is_empty() {
-            return Err(TaskError::new("next returned nothing before every result arrived"));
+            return Err(TaskError::new(
+                "next returned nothing before every result arrived",
+            ));
         }
         for (i, v) in &got {
             if delays.get(*i) != Some(v) {
@@ -138,7 +156,11 @@ async fn next_demo(ctx: Ctx, delays: Vec<u64>) -> TaskResult<NextDemo> {
     }
     let after_complete = ctx.next(&mut fut).await?.len();
     let awaited = fut.await?;
-    Ok(NextDemo { batches, after_complete, awaited })
+    Ok(NextDemo {
+        batches,
+        after_complete,
+        awaited,
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -149,7 +171,11 @@ struct CancelDemo {
 
 async fn cancel_demo(ctx: Ctx, c: CancelDemo) -> TaskResult<String> {
     // 1. a map cancelled right away: its queued tasks must never start
-    let doomed = ctx.map_with::<u64, bool>("cancel_mark", 0..u64::from(c.children), crate::Options::new().name("doomed"))?;
+    let doomed = ctx.map_with::<u64, bool>(
+        "cancel_mark",
+        0..u64::from(c.children),
+        crate::Options::new().name("doomed"),
+    )?;
     ctx.cancel(doomed);
     // 2. a running task sees its cancel flag
     let spinner = ctx.submit::<u64, bool>("spin", c.spin_ms)?;
@@ -188,5 +214,10 @@ async fn log_demo(ctx: Ctx, depth: u32) -> TaskResult<u32> {
     if depth == 0 {
         return Ok(d);
     }
-    ctx.submit_with("log_demo", depth - 1, crate::Options::new().context("level", d.to_string()))?.await
+    ctx.submit_with(
+        "log_demo",
+        depth - 1,
+        crate::Options::new().context("level", d.to_string()),
+    )?
+    .await
 }

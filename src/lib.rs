@@ -4,17 +4,17 @@
 //! every other rank is a worker. Tasks are `async fn`s that submit and await child tasks; see
 //! [`Registry`] and [`Ctx`].
 
-pub mod core;
-pub mod protocol;
-pub mod sim;
-pub mod runtime;
-pub mod topology;
-pub mod transport;
 pub mod builtins;
 pub mod cli;
+pub mod core;
 pub mod executor;
 pub mod logging;
+pub mod protocol;
+pub mod runtime;
+pub mod sim;
 pub mod task;
+pub mod topology;
+pub mod transport;
 
 pub use executor::{Cache, Ctx, MapFuture, Options, TaskFuture};
 pub use task::{Registry, TaskError, TaskResult};

@@ -51,12 +51,22 @@ impl log::Log for Logger {
         let forwarded = !record.target().starts_with("bqrt")
             && TASK.with(|t| {
                 let t = t.borrow();
-                let Some((shared, key)) = t.as_ref() else { return false };
-                let (Ok(mut core), Ok(mut out)) = (shared.core.try_borrow_mut(), shared.out.try_borrow_mut()) else {
+                let Some((shared, key)) = t.as_ref() else {
+                    return false;
+                };
+                let (Ok(mut core), Ok(mut out)) =
+                    (shared.core.try_borrow_mut(), shared.out.try_borrow_mut())
+                else {
                     return false;
                 };
                 let msg = record.args().to_string();
-                core.log(*key, level_number(record.level()), record.target(), msg, &mut out);
+                core.log(
+                    *key,
+                    level_number(record.level()),
+                    record.target(),
+                    msg,
+                    &mut out,
+                );
                 true
             });
         if !forwarded && self.local.enabled(record.metadata()) {
@@ -71,8 +81,19 @@ impl log::Log for Logger {
 
 /// Install the logger (once per process; later calls do nothing).
 pub fn init() {
-    let local = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
+    let local =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).build();
     if log::set_boxed_logger(Box::new(Logger { local })).is_ok() {
         log::set_max_level(log::LevelFilter::Trace);
     }
+}
+
+/// Write one whole line to stderr in a single write, so lines from ranks sharing the launcher's
+/// stderr do not interleave mid-line.
+pub fn eprint_line(line: &str) {
+    use std::io::Write;
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().write_all(buf.as_bytes());
 }

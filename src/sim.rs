@@ -11,8 +11,11 @@
 //! [`Sim::check_quiescent`] verifies the end state: no task, mailbox or job record left anywhere,
 //! and every boss's idle accounting back to "all idle".
 
-use crate::core::{ChildSpec, JobSpec, ManagerCore, Ready, ServerCore, ServerEvent, TaskKey, WaitKind, WaitPoll, WorkerCore};
 use crate::core::Outbox;
+use crate::core::{
+    ChildSpec, JobSpec, ManagerCore, Ready, ServerCore, ServerEvent, TaskKey, WaitKind, WaitPoll,
+    WorkerCore,
+};
 use crate::protocol::{codec, Address, Format, JobId, LogSpec, MailboxId, Msg, Rank};
 use crate::topology::{layout, Role};
 use serde::{Deserialize, Serialize};
@@ -46,7 +49,10 @@ pub enum Action {
 
 impl Script {
     pub fn leaf(work: u32) -> Script {
-        Script { work, action: Action::Leaf }
+        Script {
+            work,
+            action: Action::Leaf,
+        }
     }
 
     /// The job result this script must produce, or `None` if it fails.
@@ -69,9 +75,11 @@ impl Script {
     /// Tasks that certainly run (awaited subtrees).
     pub fn size(&self) -> u64 {
         1 + match &self.action {
-            Action::MapAll(c) | Action::MapNext(c) | Action::SubmitEach(c) | Action::CancelMap(c) | Action::Abandon(c) => {
-                c.iter().map(Script::size).sum()
-            }
+            Action::MapAll(c)
+            | Action::MapNext(c)
+            | Action::SubmitEach(c)
+            | Action::CancelMap(c)
+            | Action::Abandon(c) => c.iter().map(Script::size).sum(),
             _ => 0,
         }
     }
@@ -91,7 +99,11 @@ impl Script {
         let per = (budget - 1) / k as u64;
         let kind = rng.below(100);
         // a failure under a cancelled subtree may or may not run: keep the outcome determined
-        let mut kids = |f: bool| -> Vec<Script> { (0..k).map(|_| Self::gen(rng, per.max(1), depth + 1, f)).collect() };
+        let mut kids = |f: bool| -> Vec<Script> {
+            (0..k)
+                .map(|_| Self::gen(rng, per.max(1), depth + 1, f))
+                .collect()
+        };
         let action = match kind {
             0..=39 => Action::MapAll(kids(fail)),
             40..=59 => Action::MapNext(kids(fail)),
@@ -143,7 +155,15 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn new(workers: u32, per_node: u32, seed: u64) -> SimConfig {
-        SimConfig { workers, per_node, fanout: 4, seed, max_delay: 10, codec: true, keep_local: true }
+        SimConfig {
+            workers,
+            per_node,
+            fanout: 4,
+            seed,
+            max_delay: 10,
+            codec: true,
+            keep_local: true,
+        }
     }
 }
 
@@ -226,9 +246,14 @@ impl Sim {
             .enumerate()
             .map(|(r, role)| match role {
                 Role::Server { employees } => Node::Server(ServerCore::new(employees, cfg.seed)),
-                Role::Manager { parent, employees, .. } => {
-                    Node::Manager(ManagerCore::new(Rank(r as u32), *parent, employees, cfg.seed ^ r as u64))
-                }
+                Role::Manager {
+                    parent, employees, ..
+                } => Node::Manager(ManagerCore::new(
+                    Rank(r as u32),
+                    *parent,
+                    employees,
+                    cfg.seed ^ r as u64,
+                )),
                 Role::Worker { parent } => Node::Worker(Box::new(SimWorker {
                     core: WorkerCore::new(Rank(r as u32), *parent),
                     tasks: HashMap::new(),
@@ -316,7 +341,11 @@ impl Sim {
             } else {
                 msg
             };
-            let delay = 1 + if self.cfg.max_delay > 0 { self.rng.below(self.cfg.max_delay + 1) } else { 0 };
+            let delay = 1 + if self.cfg.max_delay > 0 {
+                self.rng.below(self.cfg.max_delay + 1)
+            } else {
+                0
+            };
             let last = self.link_last.entry((from, to.0)).or_insert(0);
             let at = (self.now + delay).max(*last);
             *last = at;
@@ -330,7 +359,14 @@ impl Sim {
                     self.in_flight.len() - 1
                 }
             };
-            self.push(at, Event::Deliver { from, to: to.0, idx });
+            self.push(
+                at,
+                Event::Deliver {
+                    from,
+                    to: to.0,
+                    idx,
+                },
+            );
         }
     }
 
@@ -347,7 +383,9 @@ impl Sim {
                 Some(Reverse((at, _, _))) if *at <= t => {}
                 _ => break,
             }
-            let Some(Reverse((at, _, ev))) = self.queue.pop() else { break };
+            let Some(Reverse((at, _, ev))) = self.queue.pop() else {
+                break;
+            };
             self.now = at;
             n += 1;
             match ev {
@@ -409,7 +447,9 @@ impl Sim {
 
     fn wake(&mut self, rank: u32) {
         let now = self.now;
-        let Node::Worker(w) = &mut self.nodes[rank as usize] else { return };
+        let Node::Worker(w) = &mut self.nodes[rank as usize] else {
+            return;
+        };
         w.wake_pending = false;
         if w.busy_until > now {
             w.wake_pending = true;
@@ -423,19 +463,34 @@ impl Sim {
             return;
         };
         let (key, elapsed) = match ready {
-            Ready::Start { key, function, args, .. } => {
+            Ready::Start {
+                key,
+                function,
+                args,
+                ..
+            } => {
                 assert_eq!(function, "script");
-                let script: Script = match bincode::serde::decode_from_slice(&args, bincode::config::standard()) {
-                    Ok((s, _)) => s,
-                    Err(e) => panic!("script args: {e}"),
-                };
+                let script: Script =
+                    match bincode::serde::decode_from_slice(&args, bincode::config::standard()) {
+                        Ok((s, _)) => s,
+                        Err(e) => panic!("script args: {e}"),
+                    };
                 let addr = w.core.task(key).map(|t| t.addr);
                 if let Some(addr) = addr {
                     assert!(self.started.insert(addr), "task {addr} started twice");
                 }
                 self.stats.tasks_started += 1;
                 let work = u64::from(script.work);
-                w.tasks.insert(key, Running { script, stage: 0, mailboxes: Vec::new(), acc: 0, got: 0 });
+                w.tasks.insert(
+                    key,
+                    Running {
+                        script,
+                        stage: 0,
+                        mailboxes: Vec::new(),
+                        acc: 0,
+                        got: 0,
+                    },
+                );
                 (key, work)
             }
             Ready::Resume(key) => (key, 1),
@@ -473,10 +528,20 @@ impl Sim {
                     assert_eq!(s.idle_workers(), s.workers(), "server idle accounting");
                 }
                 Node::Manager(m) => {
-                    assert_eq!(m.boss.idle_total(), m.workers(), "manager {r} idle accounting");
+                    assert_eq!(
+                        m.boss.idle_total(),
+                        m.workers(),
+                        "manager {r} idle accounting"
+                    );
                 }
                 Node::Worker(w) => {
-                    assert!(w.core.is_empty(), "worker {r} leaks: {} started, {} delayed, {} mailboxes", w.core.started_len(), w.core.delayed_len(), w.core.mailboxes_len());
+                    assert!(
+                        w.core.is_empty(),
+                        "worker {r} leaks: {} started, {} delayed, {} mailboxes",
+                        w.core.started_len(),
+                        w.core.delayed_len(),
+                        w.core.mailboxes_len()
+                    );
                     assert!(w.tasks.is_empty(), "worker {r} keeps task state");
                 }
             }
@@ -530,12 +595,23 @@ fn decode_u64(b: &[u8]) -> u64 {
 
 fn children(c: &[Script]) -> Vec<ChildSpec> {
     c.iter()
-        .map(|s| ChildSpec { function: "script".into(), label: None, args: s.encode(), format: Format::Bincode, context: Vec::new() })
+        .map(|s| ChildSpec {
+            function: "script".into(),
+            label: None,
+            args: s.encode(),
+            format: Format::Bincode,
+            context: Vec::new(),
+        })
         .collect()
 }
 
 /// Advance a scripted task until it blocks (`None`) or ends (`Some`).
-fn step(core: &mut WorkerCore, tasks: &mut HashMap<TaskKey, Running>, key: TaskKey, out: &mut Outbox) -> Option<Result<u64, String>> {
+fn step(
+    core: &mut WorkerCore,
+    tasks: &mut HashMap<TaskKey, Running>,
+    key: TaskKey,
+    out: &mut Outbox,
+) -> Option<Result<u64, String>> {
     let t = tasks.get_mut(&key)?;
     let call = |r: Result<WaitPoll, crate::core::CallError>| match r {
         Ok(p) => p,
@@ -594,7 +670,10 @@ fn step(core: &mut WorkerCore, tasks: &mut HashMap<TaskKey, Running>, key: TaskK
         Action::SubmitEach(c) => {
             if t.stage == 0 {
                 for s in &c {
-                    t.mailboxes.push(core.submit(key, children(std::slice::from_ref(s)), out).ok()?);
+                    t.mailboxes.push(
+                        core.submit(key, children(std::slice::from_ref(s)), out)
+                            .ok()?,
+                    );
                 }
                 t.stage = 1;
             }

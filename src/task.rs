@@ -73,11 +73,13 @@ impl Registry {
             let f = Arc::clone(&f);
             let name = name_owned.clone();
             Box::pin(async move {
-                let args: A = decode(&args, format)
-                    .map_err(|e| TaskError::new(format!("arguments of task '{name}' do not decode: {e}")))?;
+                let args: A = decode(&args, format).map_err(|e| {
+                    TaskError::new(format!("arguments of task '{name}' do not decode: {e}"))
+                })?;
                 let out = f(ctx, args).await?;
-                encode(&out, format)
-                    .map_err(|e| TaskError::new(format!("result of task '{name}' does not encode: {e}")))
+                encode(&out, format).map_err(|e| {
+                    TaskError::new(format!("result of task '{name}' does not encode: {e}"))
+                })
             })
         };
         self.tasks.insert(name.to_string(), Arc::new(erased));
@@ -98,7 +100,10 @@ impl Registry {
             Some(f) => f(ctx, args, format),
             None => {
                 let known: Vec<&str> = self.names().collect();
-                let msg = format!("no task named '{name}' in this bqrt build (known: {})", known.join(", "));
+                let msg = format!(
+                    "no task named '{name}' in this bqrt build (known: {})",
+                    known.join(", ")
+                );
                 Box::pin(async move { Err(TaskError::new(msg)) })
             }
         }
@@ -108,7 +113,9 @@ impl Registry {
 /// Encode a value in `format`.
 pub fn encode<T: Serialize + ?Sized>(v: &T, format: Format) -> Result<Vec<u8>, String> {
     match format {
-        Format::Bincode => bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string()),
+        Format::Bincode => {
+            bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| e.to_string())
+        }
         Format::Json => serde_json::to_vec(v).map_err(|e| e.to_string()),
     }
 }

@@ -11,7 +11,10 @@ fn run_jobs(cfg: SimConfig, scripts: &[Script]) -> Sim {
         let got = sim.result(*job).cloned();
         match s.expected() {
             Some(v) => assert_eq!(got, Some(Ok(v)), "{job}"),
-            None => assert!(matches!(got, Some(Err(_))), "{job}: expected failure, got {got:?}"),
+            None => assert!(
+                matches!(got, Some(Err(_))),
+                "{job}: expected failure, got {got:?}"
+            ),
         }
     }
     sim.check_quiescent();
@@ -22,7 +25,10 @@ fn tree(depth: u32) -> Script {
     if depth == 0 {
         Script::leaf(1)
     } else {
-        Script { work: 1, action: Action::MapAll(vec![tree(depth - 1), tree(depth - 1)]) }
+        Script {
+            work: 1,
+            action: Action::MapAll(vec![tree(depth - 1), tree(depth - 1)]),
+        }
     }
 }
 
@@ -34,7 +40,10 @@ fn binary_tree_on_one_node() {
 
 #[test]
 fn fanout_spreads_over_all_workers() {
-    let s = Script { work: 0, action: Action::MapAll((0..2000).map(|_| Script::leaf(5)).collect()) };
+    let s = Script {
+        work: 0,
+        action: Action::MapAll((0..2000).map(|_| Script::leaf(5)).collect()),
+    };
     let sim = run_jobs(SimConfig::new(16, 4, 3), &[s]);
     let started = sim.worker_started();
     assert!(started.iter().all(|&n| n > 20), "uneven: {started:?}");
@@ -44,7 +53,10 @@ fn fanout_spreads_over_all_workers() {
 fn chain_is_depth_first() {
     let mut s = Script::leaf(1);
     for _ in 0..300 {
-        s = Script { work: 1, action: Action::SubmitEach(vec![s]) };
+        s = Script {
+            work: 1,
+            action: Action::SubmitEach(vec![s]),
+        };
     }
     run_jobs(SimConfig::new(3, 8, 5), &[s]);
 }
@@ -56,9 +68,17 @@ fn thousand_workers_many_seeds() {
         cfg.fanout = 4;
         cfg.codec = seed % 3 == 0;
         cfg.keep_local = seed % 2 == 0;
-        let scripts: Vec<Script> = (0..4).map(|j| Script::random(seed * 31 + j, 3000, false)).collect();
+        let scripts: Vec<Script> = (0..4)
+            .map(|j| Script::random(seed * 31 + j, 3000, false))
+            .collect();
         let sim = run_jobs(cfg, &scripts);
-        assert!(sim.stats.tasks_started >= scripts.iter().map(|s| s.expected().unwrap_or(0)).sum::<u64>());
+        assert!(
+            sim.stats.tasks_started
+                >= scripts
+                    .iter()
+                    .map(|s| s.expected().unwrap_or(0))
+                    .sum::<u64>()
+        );
     }
 }
 
@@ -71,7 +91,9 @@ fn small_clusters_many_seeds_with_failures() {
         cfg.fanout = 2 + (seed % 3) as u32;
         cfg.max_delay = seed % 40;
         cfg.keep_local = seed % 3 != 0;
-        let scripts: Vec<Script> = (0..3).map(|j| Script::random(seed * 7 + j, 200, seed % 2 == 0)).collect();
+        let scripts: Vec<Script> = (0..3)
+            .map(|j| Script::random(seed * 7 + j, 200, seed % 2 == 0))
+            .collect();
         run_jobs(cfg, &scripts);
     }
 }
@@ -102,10 +124,17 @@ fn stealing_rebalances_uneven_work() {
     // queue behind them; idle workers must steal the queued ones.
     let mut children: Vec<Script> = (0..60).map(|_| Script::leaf(1)).collect();
     children.extend((0..4).map(|_| Script::leaf(2000)));
-    let s = Script { work: 0, action: Action::MapAll(children) };
+    let s = Script {
+        work: 0,
+        action: Action::MapAll(children),
+    };
     let mut cfg = SimConfig::new(8, 8, 11);
     cfg.max_delay = 2;
     let sim = run_jobs(cfg, &[s]);
     assert!(sim.stats.steals > 0, "no steal happened");
-    assert!(sim.stats.end_time < 2400, "finished at {}: queued tasks waited behind long ones", sim.stats.end_time);
+    assert!(
+        sim.stats.end_time < 2400,
+        "finished at {}: queued tasks waited behind long ones",
+        sim.stats.end_time
+    );
 }

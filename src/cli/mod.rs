@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "bqrt", version, about = "Nested-task runtime for compile-time parallelism on MPI clusters")]
+#[command(
+    name = "bqrt",
+    version,
+    about = "Nested-task runtime for compile-time parallelism on MPI clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -55,6 +59,10 @@ struct Common {
     /// Seed of placement tie-breaks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Print one `bqrt-stats` line per rank on stderr at exit (tasks, queue peak, memory peak),
+    /// and the job's wall time.
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -84,6 +92,7 @@ impl Level {
 /// tasks.
 pub fn main(registry: Registry) -> ExitCode {
     logging::init();
+    crate::executor::install_panic_hook();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Tasks => {
@@ -104,21 +113,36 @@ fn fail(msg: &str) -> ExitCode {
 fn run(registry: Registry, args: RunArgs) -> ExitCode {
     if !registry.contains(&args.task) {
         let known: Vec<&str> = registry.names().collect();
-        return fail(&format!("no task named '{}'; this binary knows: {}", args.task, known.join(", ")));
+        return fail(&format!(
+            "no task named '{}'; this binary knows: {}",
+            args.task,
+            known.join(", ")
+        ));
     }
     let json = args.args.clone().unwrap_or_else(|| "null".into());
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&json) {
         return fail(&format!("ARGS_JSON '{json}' is not valid JSON ({e}); quote it for the shell, e.g. '20' or '\"text\"'"));
     }
     if args.common.fanout < 2 {
-        return fail(&format!("--fanout {}: must be at least 2", args.common.fanout));
+        return fail(&format!(
+            "--fanout {}: must be at least 2",
+            args.common.fanout
+        ));
     }
-    let log = LogSpec { level: args.log_level.number(), max_depth: args.log_depth };
+    let log = LogSpec {
+        level: args.log_level.number(),
+        max_depth: args.log_depth,
+    };
     let task = args.task.clone();
     let timeout = Duration::from_secs(args.timeout.unwrap_or(u64::MAX / 4));
-    let opts = MpiOptions { fanout: args.common.fanout, seed: args.common.seed };
+    let opts = MpiOptions {
+        fanout: args.common.fanout,
+        seed: args.common.seed,
+        stats: args.common.stats,
+    };
+    let stats = args.common.stats;
     let result = run_mpi(registry, &opts, move |mut handle: ServerHandle| {
-        let code = batch(&mut handle, &task, &json, log, timeout);
+        let code = batch(&mut handle, &task, &json, log, timeout, stats);
         handle.shutdown();
         code
     });
@@ -129,24 +153,42 @@ fn run(registry: Registry, args: RunArgs) -> ExitCode {
 }
 
 /// Rank 0's side of `bqrt run`: one job, logs to stderr, result to stdout.
-fn batch(handle: &mut ServerHandle, task: &str, json: &str, log: LogSpec, timeout: Duration) -> i32 {
+fn batch(
+    handle: &mut ServerHandle,
+    task: &str,
+    json: &str,
+    log: LogSpec,
+    timeout: Duration,
+    stats: bool,
+) -> i32 {
+    let start = std::time::Instant::now();
     let Some(job) = handle.submit_json(task, json, log) else {
         eprintln!("bqrt: the runtime stopped before the job could be submitted");
         return 70;
     };
     let outcome = handle.wait(job, timeout, |r| {
         let ctx: Vec<String> = r.context.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        eprintln!(
+        logging::eprint_line(&format!(
             "[{} {} depth={} rank={}{}] {}: {}",
             logging::level_from_number(r.level),
             r.task,
             r.depth,
             r.rank.0,
-            if ctx.is_empty() { String::new() } else { format!(" {}", ctx.join(" ")) },
+            if ctx.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", ctx.join(" "))
+            },
             r.target,
             r.message
-        );
+        ));
     });
+    if stats {
+        eprintln!(
+            "bqrt-stats job_seconds={:.6}",
+            start.elapsed().as_secs_f64()
+        );
+    }
     match outcome {
         Some(Outcome::Done(bytes)) => {
             let text = String::from_utf8_lossy(&bytes);

@@ -69,8 +69,16 @@ impl Boss {
                 assigned: 0,
             })
             .collect();
-        let index = employees.iter().enumerate().map(|(i, e)| (e.rank, i)).collect();
-        Boss { employees, index, rng: Rng::new(seed) }
+        let index = employees
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.rank, i))
+            .collect();
+        Boss {
+            employees,
+            index,
+            rng: Rng::new(seed),
+        }
     }
 
     pub(crate) fn employee(&self, rank: Rank) -> Option<usize> {
@@ -81,6 +89,11 @@ impl Boss {
         self.employees.iter().map(|e| e.idle).sum()
     }
 
+    /// Tasks this boss has placed so far.
+    pub(crate) fn placed_total(&self) -> u64 {
+        self.employees.iter().map(|e| e.assigned).sum()
+    }
+
     pub(crate) fn workers_total(&self) -> u32 {
         self.employees.iter().map(|e| e.workers).sum()
     }
@@ -88,7 +101,11 @@ impl Boss {
     /// An employee's `Waiting` report.
     pub(crate) fn on_waiting(&mut self, e: usize, idle: u32, receipt: BatchSeq) {
         let emp = &mut self.employees[e];
-        while emp.unreceipted.front().is_some_and(|&(seq, _)| seq <= receipt) {
+        while emp
+            .unreceipted
+            .front()
+            .is_some_and(|&(seq, _)| seq <= receipt)
+        {
             emp.unreceipted.pop_front();
         }
         let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n)| u64::from(n)).sum();
@@ -210,6 +227,9 @@ impl Boss {
 
     /// Steal requests outstanding.
     pub(crate) fn steals_pending(&self) -> usize {
-        self.employees.iter().filter(|e| e.steal_pending.is_some()).count()
+        self.employees
+            .iter()
+            .filter(|e| e.steal_pending.is_some())
+            .count()
     }
 }

@@ -30,7 +30,14 @@ impl ManagerCore {
     pub fn new(rank: Rank, parent: Rank, employees: &[(Rank, u32)], seed: u64) -> ManagerCore {
         let boss = Boss::new(employees, seed);
         let reported_idle = boss.idle_total();
-        ManagerCore { rank, parent, boss, receipt: BatchSeq(0), reported_idle, upstream: None }
+        ManagerCore {
+            rank,
+            parent,
+            boss,
+            receipt: BatchSeq(0),
+            reported_idle,
+            upstream: None,
+        }
     }
 
     pub fn workers(&self) -> u32 {
@@ -44,14 +51,19 @@ impl ManagerCore {
                 self.boss.place_all(tasks, out);
             }
             Msg::Down(Down::Steal { max }) => {
-                self.upstream = Some(UpstreamSteal { collected: Vec::new() });
+                self.upstream = Some(UpstreamSteal {
+                    collected: Vec::new(),
+                });
                 self.boss.plan_steals(max, out);
                 self.answer_upstream(out);
             }
             Msg::Down(Down::Shutdown) => {}
             Msg::Up(up) => {
                 let Some(e) = self.boss.employee(from) else {
-                    log::error!("manager {}: {from} is not its employee; message dropped", self.rank.0);
+                    log::error!(
+                        "manager {}: {from} is not its employee; message dropped",
+                        self.rank.0
+                    );
                     return;
                 };
                 match up {
@@ -74,7 +86,10 @@ impl ManagerCore {
                 }
             }
             Msg::Peer(_) => {
-                log::error!("manager {}: unexpected peer message from {from}; dropped", self.rank.0);
+                log::error!(
+                    "manager {}: unexpected peer message from {from}; dropped",
+                    self.rank.0
+                );
             }
         }
         if self.upstream.is_none() {
@@ -83,16 +98,26 @@ impl ManagerCore {
         let idle = self.boss.idle_total();
         if idle != self.reported_idle {
             self.reported_idle = idle;
-            out.push((self.parent, Msg::Up(Up::Waiting { idle, receipt: self.receipt })));
+            out.push((
+                self.parent,
+                Msg::Up(Up::Waiting {
+                    idle,
+                    receipt: self.receipt,
+                }),
+            ));
         }
     }
 
     fn answer_upstream(&mut self, out: &mut Outbox) {
         if self.boss.steals_pending() == 0 {
             if let Some(up) = self.upstream.take() {
-                out.push((self.parent, Msg::Up(Up::Stolen { tasks: up.collected })));
+                out.push((
+                    self.parent,
+                    Msg::Up(Up::Stolen {
+                        tasks: up.collected,
+                    }),
+                ));
             }
         }
     }
 }
-

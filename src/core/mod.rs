@@ -13,4 +13,6 @@ pub mod worker;
 pub use boss::Outbox;
 pub use manager::ManagerCore;
 pub use server::{JobSpec, ServerCore, ServerEvent};
-pub use worker::{CallError, ChildSpec, Ready, TaskKey, WaitKind, WaitPoll, WorkerCore, WorkerStats};
+pub use worker::{
+    CallError, ChildSpec, Ready, TaskKey, WaitKind, WaitPoll, WorkerCore, WorkerStats,
+};

@@ -27,8 +27,14 @@ pub struct JobSpec {
 /// What the server reports to the job owners' side (gateway or batch runner).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServerEvent {
-    Finished { job: JobId, outcome: Result<Vec<u8>, Failure> },
-    Log { job: JobId, record: LogRecord },
+    Finished {
+        job: JobId,
+        outcome: Result<Vec<u8>, Failure>,
+    },
+    Log {
+        job: JobId,
+        record: LogRecord,
+    },
 }
 
 #[derive(Debug)]
@@ -47,7 +53,12 @@ pub struct ServerCore {
 impl ServerCore {
     /// `employees`: the ranks directly under the server with the workers under each.
     pub fn new(employees: &[(Rank, u32)], seed: u64) -> ServerCore {
-        ServerCore { boss: Boss::new(employees, seed), next_job: 0, jobs: HashMap::new(), events: Vec::new() }
+        ServerCore {
+            boss: Boss::new(employees, seed),
+            next_job: 0,
+            jobs: HashMap::new(),
+            events: Vec::new(),
+        }
     }
 
     pub fn workers(&self) -> u32 {
@@ -72,7 +83,11 @@ impl ServerCore {
         self.next_job += 1;
         let job = JobId(self.next_job);
         let task = TaskMsg {
-            addr: Address { rank: Rank::SERVER, mailbox: MailboxId(job.0), slot: 0 },
+            addr: Address {
+                rank: Rank::SERVER,
+                mailbox: MailboxId(job.0),
+                slot: 0,
+            },
             job,
             function: spec.function,
             label: spec.label,
@@ -82,7 +97,12 @@ impl ServerCore {
             log: spec.log,
             context: Vec::new(),
         };
-        self.jobs.insert(job, Job { locations: Vec::new() });
+        self.jobs.insert(
+            job,
+            Job {
+                locations: Vec::new(),
+            },
+        );
         self.boss.place_all(vec![task], out);
         job
     }
@@ -99,7 +119,10 @@ impl ServerCore {
     }
 
     fn cancel_root(job: JobId, j: Job, out: &mut Outbox) {
-        let mailbox = MailboxAddr { rank: Rank::SERVER, mailbox: MailboxId(job.0) };
+        let mailbox = MailboxAddr {
+            rank: Rank::SERVER,
+            mailbox: MailboxId(job.0),
+        };
         for at in j.locations {
             out.push((at, Msg::Peer(Peer::Cancel { mailbox })));
         }
@@ -125,21 +148,29 @@ impl ServerCore {
             Msg::Peer(Peer::Result { addr, value }) => {
                 let job = JobId(addr.mailbox.0);
                 if self.jobs.remove(&job).is_some() {
-                    self.events.push(ServerEvent::Finished { job, outcome: Ok(value) });
+                    self.events.push(ServerEvent::Finished {
+                        job,
+                        outcome: Ok(value),
+                    });
                 }
             }
-            Msg::Peer(Peer::Placed { mailbox, at }) => match self.jobs.get_mut(&JobId(mailbox.mailbox.0)) {
-                Some(j) => {
-                    if !j.locations.contains(&at) {
-                        j.locations.push(at);
+            Msg::Peer(Peer::Placed { mailbox, at }) => {
+                match self.jobs.get_mut(&JobId(mailbox.mailbox.0)) {
+                    Some(j) => {
+                        if !j.locations.contains(&at) {
+                            j.locations.push(at);
+                        }
                     }
+                    None => out.push((at, Msg::Peer(Peer::Cancel { mailbox }))),
                 }
-                None => out.push((at, Msg::Peer(Peer::Cancel { mailbox }))),
-            },
+            }
             Msg::Peer(Peer::Failed { job, failure }) => {
                 if let Some(j) = self.jobs.remove(&job) {
                     Self::cancel_root(job, j, out);
-                    self.events.push(ServerEvent::Finished { job, outcome: Err(failure) });
+                    self.events.push(ServerEvent::Finished {
+                        job,
+                        outcome: Err(failure),
+                    });
                 }
             }
             Msg::Peer(Peer::Log { job, record }) => {

@@ -56,7 +56,12 @@ pub struct ChildSpec {
 #[derive(Debug)]
 pub enum Ready {
     /// Start a task: create its future from the function and arguments.
-    Start { key: TaskKey, function: String, args: Vec<u8>, format: Format },
+    Start {
+        key: TaskKey,
+        function: String,
+        args: Vec<u8>,
+        format: Format,
+    },
     /// Poll a suspended task again: a mailbox it waits on has what it wanted.
     Resume(TaskKey),
 }
@@ -115,6 +120,10 @@ pub struct WorkerStats {
     pub received: u64,
     /// Children kept by their submitting worker (work-first).
     pub kept: u64,
+    /// Most tasks ever waiting in the delayed queue at once.
+    pub max_delayed: u64,
+    /// Child tasks created by tasks on this worker.
+    pub submitted: u64,
 }
 
 #[derive(Debug)]
@@ -167,6 +176,10 @@ impl WorkerCore {
         std::mem::take(&mut self.dropped)
     }
 
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
     /// Nothing started, delayed or owned: the state a worker must return to when idle.
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
@@ -199,13 +212,19 @@ impl WorkerCore {
             }
             Msg::Down(Down::Shutdown) => {}
             Msg::Up(_) => {
-                log::error!("{}: a worker got a message meant for a boss; ignored", self.rank)
+                log::error!(
+                    "{}: a worker got a message meant for a boss; ignored",
+                    self.rank
+                )
             }
             Msg::Peer(Peer::Result { addr, value }) => self.deposit(addr, value),
             Msg::Peer(Peer::Placed { mailbox, at }) => self.on_placed(mailbox.mailbox, at, out),
             Msg::Peer(Peer::Cancel { mailbox }) => self.cancel_closure(vec![mailbox], out),
             Msg::Peer(Peer::Failed { .. } | Peer::Log { .. }) => {
-                log::error!("{}: a worker got a message meant for the server; ignored", self.rank)
+                log::error!(
+                    "{}: a worker got a message meant for the server; ignored",
+                    self.rank
+                )
             }
         }
     }
@@ -230,10 +249,17 @@ impl WorkerCore {
                     }
                 }
             } else if told.insert(parent) {
-                out.push((parent.rank, Msg::Peer(Peer::Placed { mailbox: parent, at: self.rank })));
+                out.push((
+                    parent.rank,
+                    Msg::Peer(Peer::Placed {
+                        mailbox: parent,
+                        at: self.rank,
+                    }),
+                ));
             }
             self.delayed.push_back(task);
         }
+        self.stats.max_delayed = self.stats.max_delayed.max(self.delayed.len() as u64);
     }
 
     fn on_placed(&mut self, mailbox: MailboxId, at: Rank, out: &mut Outbox) {
@@ -244,7 +270,10 @@ impl WorkerCore {
                 }
             }
             None => {
-                let mailbox = MailboxAddr { rank: self.rank, mailbox };
+                let mailbox = MailboxAddr {
+                    rank: self.rank,
+                    mailbox,
+                };
                 if at == self.rank {
                     self.cancel_closure(vec![mailbox], out);
                 } else {
@@ -259,9 +288,16 @@ impl WorkerCore {
             return; // cancelled: the result is dropped
         };
         let Some(slot) = mb.results.get_mut(addr.slot as usize) else {
-            panic!("bqrt bug: result for slot {} of a {}-slot mailbox", addr.slot, mb.results.len());
+            panic!(
+                "bqrt bug: result for slot {} of a {}-slot mailbox",
+                addr.slot,
+                mb.results.len()
+            );
         };
-        assert!(slot.is_none(), "bqrt bug: task {addr} delivered two results (ran twice)");
+        assert!(
+            slot.is_none(),
+            "bqrt bug: task {addr} delivered two results (ran twice)"
+        );
         *slot = Some(value);
         mb.received += 1;
         mb.fresh.push(addr.slot);
@@ -290,14 +326,34 @@ impl WorkerCore {
             let args = std::mem::take(&mut msg.args);
             let function = msg.function.clone();
             let format = msg.format;
-            self.by_parent.entry(msg.addr.mailbox_addr()).or_default().push(key);
-            self.tasks.insert(key, Started { msg, owned: Vec::new() });
+            self.by_parent
+                .entry(msg.addr.mailbox_addr())
+                .or_default()
+                .push(key);
+            self.tasks.insert(
+                key,
+                Started {
+                    msg,
+                    owned: Vec::new(),
+                },
+            );
             self.stats.started += 1;
-            return Some(Ready::Start { key, function, args, format });
+            return Some(Ready::Start {
+                key,
+                function,
+                args,
+                format,
+            });
         }
         if self.last_waiting != Some(self.receipt) {
             self.last_waiting = Some(self.receipt);
-            out.push((self.boss, Msg::Up(Up::Waiting { idle: 1, receipt: self.receipt })));
+            out.push((
+                self.boss,
+                Msg::Up(Up::Waiting {
+                    idle: 1,
+                    receipt: self.receipt,
+                }),
+            ));
         }
         None
     }
@@ -312,7 +368,10 @@ impl WorkerCore {
             return;
         }
         let boss = self.boss;
-        let Some(i) = out.iter().rposition(|(to, m)| *to == boss && matches!(m, Msg::Up(Up::Submit { .. }))) else {
+        let Some(i) = out
+            .iter()
+            .rposition(|(to, m)| *to == boss && matches!(m, Msg::Up(Up::Submit { .. })))
+        else {
             return;
         };
         let task = match &mut out[i].1 {
@@ -359,6 +418,7 @@ impl WorkerCore {
         let mut breadcrumbs = p.msg.breadcrumbs.clone();
         breadcrumbs.push(p.msg.addr);
         let n = children.len();
+        self.stats.submitted += n as u64;
         let tasks: Vec<TaskMsg> = children
             .into_iter()
             .enumerate()
@@ -371,7 +431,11 @@ impl WorkerCore {
                     }
                 }
                 TaskMsg {
-                    addr: Address { rank, mailbox, slot: i as u32 },
+                    addr: Address {
+                        rank,
+                        mailbox,
+                        slot: i as u32,
+                    },
                     job: p.msg.job,
                     function: c.function,
                     label: c.label,
@@ -399,7 +463,12 @@ impl WorkerCore {
     }
 
     /// A running task awaits a mailbox.
-    pub fn wait(&mut self, task: TaskKey, mailbox: MailboxId, kind: WaitKind) -> Result<WaitPoll, CallError> {
+    pub fn wait(
+        &mut self,
+        task: TaskKey,
+        mailbox: MailboxId,
+        kind: WaitKind,
+    ) -> Result<WaitPoll, CallError> {
         let Some(mb) = self.mailboxes.get_mut(&mailbox) else {
             return Err(CallError::Gone);
         };
@@ -412,7 +481,11 @@ impl WorkerCore {
                 if let Some(t) = self.tasks.get_mut(&task) {
                     t.owned.retain(|&m| m != mailbox);
                 }
-                let values = mb.results.into_iter().map(|r| r.unwrap_or_default()).collect();
+                let values = mb
+                    .results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_default())
+                    .collect();
                 Ok(WaitPoll::All(values))
             }
             WaitKind::Next if !mb.fresh.is_empty() || mb.complete() => {
@@ -432,7 +505,12 @@ impl WorkerCore {
 
     /// A running task cancels one of its futures: its mailbox goes away now (later results are
     /// dropped) and the cancel goes to every rank holding its tasks.
-    pub fn cancel(&mut self, task: TaskKey, mailbox: MailboxId, out: &mut Outbox) -> Result<(), CallError> {
+    pub fn cancel(
+        &mut self,
+        task: TaskKey,
+        mailbox: MailboxId,
+        out: &mut Outbox,
+    ) -> Result<(), CallError> {
         match self.mailboxes.get(&mailbox) {
             None => return Err(CallError::Gone),
             Some(mb) if mb.owner != task => return Err(CallError::NotOwner),
@@ -450,7 +528,10 @@ impl WorkerCore {
     /// Remove a mailbox and send its cancel where its tasks live (`local` collects this rank).
     fn drop_mailbox(&mut self, mailbox: MailboxId, local: &mut Vec<MailboxAddr>, out: &mut Outbox) {
         if let Some(mb) = self.mailboxes.remove(&mailbox) {
-            let target = MailboxAddr { rank: self.rank, mailbox };
+            let target = MailboxAddr {
+                rank: self.rank,
+                mailbox,
+            };
             for at in mb.locations {
                 if at == self.rank {
                     local.push(target);
@@ -481,7 +562,8 @@ impl WorkerCore {
             }
         }
         let before = self.delayed.len();
-        self.delayed.retain(|t| !all.contains(&t.addr.mailbox_addr()));
+        self.delayed
+            .retain(|t| !all.contains(&t.addr.mailbox_addr()));
         self.stats.cancelled_delayed += (before - self.delayed.len()) as u64;
     }
 
@@ -509,7 +591,13 @@ impl WorkerCore {
                 if t.msg.addr.rank == self.rank {
                     self.deposit(t.msg.addr, value);
                 } else {
-                    out.push((t.msg.addr.rank, Msg::Peer(Peer::Result { addr: t.msg.addr, value })));
+                    out.push((
+                        t.msg.addr.rank,
+                        Msg::Peer(Peer::Result {
+                            addr: t.msg.addr,
+                            value,
+                        }),
+                    ));
                 }
             }
             Err(message) => {
@@ -520,14 +608,29 @@ impl WorkerCore {
                     message,
                     rank: self.rank,
                 };
-                out.push((Rank::SERVER, Msg::Peer(Peer::Failed { job: t.msg.job, failure })));
+                out.push((
+                    Rank::SERVER,
+                    Msg::Peer(Peer::Failed {
+                        job: t.msg.job,
+                        failure,
+                    }),
+                ));
             }
         }
     }
 
     /// A log record from a running task, if its job's filter lets it through.
-    pub fn log(&mut self, key: TaskKey, level: u8, target: &str, message: String, out: &mut Outbox) {
-        let Some(t) = self.tasks.get(&key) else { return };
+    pub fn log(
+        &mut self,
+        key: TaskKey,
+        level: u8,
+        target: &str,
+        message: String,
+        out: &mut Outbox,
+    ) {
+        let Some(t) = self.tasks.get(&key) else {
+            return;
+        };
         if !log_enabled(&t.msg.log, t.msg.depth(), level) {
             return;
         }
@@ -540,12 +643,20 @@ impl WorkerCore {
             rank: self.rank,
             context: t.msg.context.clone(),
         };
-        out.push((Rank::SERVER, Msg::Peer(Peer::Log { job: t.msg.job, record })));
+        out.push((
+            Rank::SERVER,
+            Msg::Peer(Peer::Log {
+                job: t.msg.job,
+                record,
+            }),
+        ));
     }
 
     /// The job and log filter of a started task.
     pub fn log_filter(&self, key: TaskKey) -> Option<(JobId, LogSpec, u32)> {
-        self.tasks.get(&key).map(|t| (t.msg.job, t.msg.log, t.msg.depth()))
+        self.tasks
+            .get(&key)
+            .map(|t| (t.msg.job, t.msg.log, t.msg.depth()))
     }
 }
 

@@ -20,7 +20,9 @@ impl Cache {
     }
     /// Store `value` under `key`, returning the previous value if it had type `T`.
     pub fn insert<T: 'static>(&mut self, key: &str, value: T) -> Option<T> {
-        self.map.insert(key.to_string(), Box::new(value)).and_then(|old| old.downcast().ok().map(|b| *b))
+        self.map
+            .insert(key.to_string(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b| *b))
     }
     pub fn remove(&mut self, key: &str) -> bool {
         self.map.remove(key).is_some()

@@ -5,7 +5,7 @@
 //! worker refuses to let another task await one. Dropping a future that was not awaited cancels
 //! its tasks; a task that finishes cancels every child it did not await.
 
-use super::{Shared, Cache};
+use super::{Cache, Shared};
 use crate::core::{CallError, ChildSpec, TaskKey, WaitKind, WaitPoll};
 use crate::protocol::{Address, Format, JobId, MailboxId, Rank};
 use crate::task::{decode, encode, TaskError, TaskResult};
@@ -52,8 +52,9 @@ pub struct Ctx {
 
 impl Ctx {
     fn spec<A: Serialize>(&self, task: &str, args: &A, opts: &Options) -> TaskResult<ChildSpec> {
-        let bytes = encode(args, Format::Bincode)
-            .map_err(|e| TaskError::new(format!("arguments for task '{task}' do not encode: {e}")))?;
+        let bytes = encode(args, Format::Bincode).map_err(|e| {
+            TaskError::new(format!("arguments for task '{task}' do not encode: {e}"))
+        })?;
         Ok(ChildSpec {
             function: task.to_string(),
             label: opts.name.clone(),
@@ -70,19 +71,35 @@ impl Ctx {
     }
 
     /// Run `task(args)` as a child; await the returned future for its result.
-    pub fn submit<A: Serialize, R: DeserializeOwned>(&self, task: &str, args: A) -> TaskResult<TaskFuture<R>> {
+    pub fn submit<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: A,
+    ) -> TaskResult<TaskFuture<R>> {
         self.submit_with(task, args, Options::new())
     }
 
     /// [`Ctx::submit`] with a display name and log context.
-    pub fn submit_with<A: Serialize, R: DeserializeOwned>(&self, task: &str, args: A, opts: Options) -> TaskResult<TaskFuture<R>> {
+    pub fn submit_with<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: A,
+        opts: Options,
+    ) -> TaskResult<TaskFuture<R>> {
         let spec = self.spec(task, &args, &opts)?;
         let mailbox = self.submit_specs(vec![spec])?;
-        Ok(TaskFuture { handle: Handle::new(self, mailbox), _r: PhantomData })
+        Ok(TaskFuture {
+            handle: Handle::new(self, mailbox),
+            _r: PhantomData,
+        })
     }
 
     /// Run `task` once per argument; one future yields all results in input order.
-    pub fn map<A: Serialize, R: DeserializeOwned>(&self, task: &str, args: impl IntoIterator<Item = A>) -> TaskResult<MapFuture<R>> {
+    pub fn map<A: Serialize, R: DeserializeOwned>(
+        &self,
+        task: &str,
+        args: impl IntoIterator<Item = A>,
+    ) -> TaskResult<MapFuture<R>> {
         self.map_with(task, args, Options::new())
     }
 
@@ -93,10 +110,17 @@ impl Ctx {
         args: impl IntoIterator<Item = A>,
         opts: Options,
     ) -> TaskResult<MapFuture<R>> {
-        let specs = args.into_iter().map(|a| self.spec(task, &a, &opts)).collect::<TaskResult<Vec<_>>>()?;
+        let specs = args
+            .into_iter()
+            .map(|a| self.spec(task, &a, &opts))
+            .collect::<TaskResult<Vec<_>>>()?;
         let len = specs.len();
         let mailbox = self.submit_specs(specs)?;
-        Ok(MapFuture { handle: Handle::new(self, mailbox), len, _r: PhantomData })
+        Ok(MapFuture {
+            handle: Handle::new(self, mailbox),
+            len,
+            _r: PhantomData,
+        })
     }
 
     /// Results of `fut` that arrived since the last call, as `(index, value)`; waits only if
@@ -122,12 +146,22 @@ impl Ctx {
 
     /// This task's display name.
     pub fn name(&self) -> String {
-        self.shared.core.borrow().task(self.key).map(|t| t.name().to_string()).unwrap_or_default()
+        self.shared
+            .core
+            .borrow()
+            .task(self.key)
+            .map(|t| t.name().to_string())
+            .unwrap_or_default()
     }
 
     /// Depth in the job's task tree (the root is 0).
     pub fn depth(&self) -> u32 {
-        self.shared.core.borrow().task(self.key).map(|t| t.depth()).unwrap_or(0)
+        self.shared
+            .core
+            .borrow()
+            .task(self.key)
+            .map(|t| t.depth())
+            .unwrap_or(0)
     }
 
     /// This task's address (its system-wide id).
@@ -155,14 +189,23 @@ struct Handle {
 
 impl Handle {
     fn new(ctx: &Ctx, mailbox: MailboxId) -> Handle {
-        Handle { shared: Rc::clone(&ctx.shared), owner: ctx.key, mailbox, live: true }
+        Handle {
+            shared: Rc::clone(&ctx.shared),
+            owner: ctx.key,
+            mailbox,
+            live: true,
+        }
     }
 
     fn wait(&mut self, kind: WaitKind) -> Result<WaitPoll, CallError> {
         let Some(current) = self.shared.current.get() else {
             return Err(CallError::NotOwner);
         };
-        let r = self.shared.core.borrow_mut().wait(current, self.mailbox, kind);
+        let r = self
+            .shared
+            .core
+            .borrow_mut()
+            .wait(current, self.mailbox, kind);
         if matches!(r, Ok(WaitPoll::All(_)) | Err(CallError::Gone)) {
             self.live = false;
         }
@@ -176,7 +219,10 @@ impl Handle {
         self.live = false;
         // During teardown the core may be borrowed (the task is being dropped by the worker);
         // then the worker cancels the task's mailboxes itself.
-        if let (Ok(mut core), Ok(mut out)) = (self.shared.core.try_borrow_mut(), self.shared.out.try_borrow_mut()) {
+        if let (Ok(mut core), Ok(mut out)) = (
+            self.shared.core.try_borrow_mut(),
+            self.shared.out.try_borrow_mut(),
+        ) {
             let _ = core.cancel(self.owner, self.mailbox, &mut out);
         }
     }
@@ -245,9 +291,12 @@ impl<R: DeserializeOwned> Future for Next<'_, R> {
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         match this.fut.handle.wait(WaitKind::Next) {
-            Ok(WaitPoll::Next(pairs)) => {
-                Poll::Ready(pairs.into_iter().map(|(i, b)| decode_one(b).map(|v| (i as usize, v))).collect())
-            }
+            Ok(WaitPoll::Next(pairs)) => Poll::Ready(
+                pairs
+                    .into_iter()
+                    .map(|(i, b)| decode_one(b).map(|v| (i as usize, v)))
+                    .collect(),
+            ),
             Ok(_) => Poll::Pending,
             Err(e) => Poll::Ready(Err(e.into())),
         }
@@ -255,7 +304,11 @@ impl<R: DeserializeOwned> Future for Next<'_, R> {
 }
 
 fn decode_one<R: DeserializeOwned>(bytes: Vec<u8>) -> TaskResult<R> {
-    decode(&bytes, Format::Bincode).map_err(|e| TaskError::new(format!("a child's result does not decode as the expected type: {e}")))
+    decode(&bytes, Format::Bincode).map_err(|e| {
+        TaskError::new(format!(
+            "a child's result does not decode as the expected type: {e}"
+        ))
+    })
 }
 
 /// Futures that can be cancelled.

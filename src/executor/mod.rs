@@ -89,6 +89,7 @@ pub struct Executor {
     outbound: Sender<Outbox>,
     running: Arc<Running>,
     last_flush: Instant,
+    stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
 }
 
 impl Executor {
@@ -98,6 +99,7 @@ impl Executor {
         inbound: Receiver<Inbound>,
         outbound: Sender<Outbox>,
         running: Arc<Running>,
+        stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
     ) -> Executor {
         let shared = Rc::new(Shared {
             core: RefCell::new(core),
@@ -105,7 +107,16 @@ impl Executor {
             cache: RefCell::new(Cache::default()),
             current: Cell::new(None),
         });
-        Executor { shared, registry, futures: HashMap::new(), inbound, outbound, running, last_flush: Instant::now() }
+        Executor {
+            shared,
+            registry,
+            futures: HashMap::new(),
+            inbound,
+            outbound,
+            running,
+            last_flush: Instant::now(),
+            stats,
+        }
     }
 
     /// Run until told to stop or the transport goes away.
@@ -126,7 +137,12 @@ impl Executor {
                 core.next_ready(&mut out)
             };
             match next {
-                Some(Ready::Start { key, function, args, format }) => {
+                Some(Ready::Start {
+                    key,
+                    function,
+                    args,
+                    format,
+                }) => {
                     self.start(key, &function, args, format);
                     self.poll(key);
                 }
@@ -145,6 +161,10 @@ impl Executor {
     fn stop(mut self) {
         self.futures.clear();
         self.flush();
+        let stats = self.shared.core.borrow().stats().clone();
+        if let Ok(mut slot) = self.stats.lock() {
+            *slot = Some(stats);
+        }
     }
 
     /// Spin briefly (a result often comes back within microseconds), then block.
@@ -196,7 +216,13 @@ impl Executor {
         }
     }
 
-    fn start(&mut self, key: TaskKey, function: &str, args: Vec<u8>, format: crate::protocol::Format) {
+    fn start(
+        &mut self,
+        key: TaskKey,
+        function: &str,
+        args: Vec<u8>,
+        format: crate::protocol::Format,
+    ) {
         let lineage: Arc<[MailboxAddr]> = {
             let core = self.shared.core.borrow();
             match core.task(key) {
@@ -207,18 +233,29 @@ impl Executor {
             }
         };
         let flag = Arc::new(AtomicBool::new(false));
-        let ctx = Ctx { shared: Rc::clone(&self.shared), key, cancel: Arc::clone(&flag) };
+        let ctx = Ctx {
+            shared: Rc::clone(&self.shared),
+            key,
+            cancel: Arc::clone(&flag),
+        };
         let fut = self.registry.start(function, ctx, args, format);
         self.futures.insert(key, Slot { fut, flag, lineage });
     }
 
     fn poll(&mut self, key: TaskKey) {
-        let Some(slot) = self.futures.get_mut(&key) else { return };
+        let Some(slot) = self.futures.get_mut(&key) else {
+            return;
+        };
         self.shared.current.set(Some(key));
-        self.running.set(Some(RunningTask { lineage: Arc::clone(&slot.lineage), flag: Arc::clone(&slot.flag) }));
+        self.running.set(Some(RunningTask {
+            lineage: Arc::clone(&slot.lineage),
+            flag: Arc::clone(&slot.flag),
+        }));
         crate::logging::enter_task(&self.shared, key);
         let mut cx = Context::from_waker(Waker::noop());
+        IN_TASK.with(|t| t.set(true));
         let polled = catch_unwind(AssertUnwindSafe(|| slot.fut.as_mut().poll(&mut cx)));
+        IN_TASK.with(|t| t.set(false));
         crate::logging::leave_task();
         self.running.set(None);
         let outcome = match polled {
@@ -243,6 +280,21 @@ impl Executor {
         self.shared.current.set(None);
         self.flush();
     }
+}
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Install a panic hook that stays quiet for panics inside tasks (they become the task's failure
+/// and reach the job's owner) and reports every other panic as the runtime bug it is.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !IN_TASK.with(|t| t.get()) {
+            default(info);
+        }
+    }));
 }
 
 /// The text of a panic payload.

@@ -55,7 +55,10 @@ pub struct Address {
 impl Address {
     /// The mailbox this address belongs to.
     pub fn mailbox_addr(&self) -> MailboxAddr {
-        MailboxAddr { rank: self.rank, mailbox: self.mailbox }
+        MailboxAddr {
+            rank: self.rank,
+            mailbox: self.mailbox,
+        }
     }
 }
 
@@ -66,5 +69,7 @@ impl fmt::Display for Address {
 }
 
 /// Sequence number of an `Assign` batch on one boss-to-employee link; read receipts name it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct BatchSeq(pub u64);

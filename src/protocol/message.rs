@@ -32,7 +32,10 @@ pub struct LogSpec {
 
 impl LogSpec {
     /// Nothing is forwarded.
-    pub const OFF: LogSpec = LogSpec { level: 0, max_depth: None };
+    pub const OFF: LogSpec = LogSpec {
+        level: 0,
+        max_depth: None,
+    };
 }
 
 /// A task on the wire and in a worker's delayed queue: only its bytes.
@@ -80,7 +83,11 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "task '{}' {} on {} failed: {}", self.task, self.addr, self.rank, self.message)
+        write!(
+            f,
+            "task '{}' {} on {} failed: {}",
+            self.task, self.addr, self.rank, self.message
+        )
     }
 }
 

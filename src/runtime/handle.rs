@@ -25,13 +25,20 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     pub(crate) fn new(commands: Sender<Command>, events: Receiver<ServerEvent>) -> ServerHandle {
-        ServerHandle { commands, events, finished: HashMap::new(), logs: Vec::new() }
+        ServerHandle {
+            commands,
+            events,
+            finished: HashMap::new(),
+            logs: Vec::new(),
+        }
     }
 
     /// Submit a job. `None` if the runtime has stopped.
     pub fn submit(&self, spec: JobSpec) -> Option<JobId> {
         let (tx, rx) = bounded(1);
-        self.commands.send(Command::Submit { spec, reply: tx }).ok()?;
+        self.commands
+            .send(Command::Submit { spec, reply: tx })
+            .ok()?;
         rx.recv().ok()
     }
 
@@ -49,7 +56,11 @@ impl ServerHandle {
     /// Cancel a job; false if unknown or ended.
     pub fn cancel(&self, job: JobId) -> bool {
         let (tx, rx) = bounded(1);
-        if self.commands.send(Command::Cancel { job, reply: tx }).is_err() {
+        if self
+            .commands
+            .send(Command::Cancel { job, reply: tx })
+            .is_err()
+        {
             return false;
         }
         rx.recv().unwrap_or(false)
@@ -57,7 +68,12 @@ impl ServerHandle {
 
     /// Wait for a job to end, handing its log records to `on_log` as they come.
     /// `None` on timeout or if the runtime stopped.
-    pub fn wait(&mut self, job: JobId, timeout: Duration, mut on_log: impl FnMut(&LogRecord)) -> Option<Outcome> {
+    pub fn wait(
+        &mut self,
+        job: JobId,
+        timeout: Duration,
+        mut on_log: impl FnMut(&LogRecord),
+    ) -> Option<Outcome> {
         let deadline = Instant::now() + timeout;
         for (j, r) in std::mem::take(&mut self.logs) {
             if j == job {

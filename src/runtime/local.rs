@@ -24,8 +24,12 @@ impl LocalCluster {
         };
         let mut fabrics = LocalFabric::cluster(n).into_iter();
         let mut threads = Vec::new();
-        let Some(mut server_fabric) = fabrics.next() else { unreachable!("n >= 2") };
-        let Role::Server { employees } = &lay.roles[0] else { unreachable!("rank 0 is the server") };
+        let Some(mut server_fabric) = fabrics.next() else {
+            unreachable!("n >= 2")
+        };
+        let Role::Server { employees } = &lay.roles[0] else {
+            unreachable!("rank 0 is the server")
+        };
         let (mut logic, cmd_rx, handle) = server_parts(employees, 1);
         threads.push(std::thread::spawn(move || {
             if let Err(e) = drive(&mut server_fabric, &mut logic, &cmd_rx) {
@@ -36,7 +40,13 @@ impl LocalCluster {
             let role = lay.roles[i + 1].clone();
             let registry = registry.clone();
             threads.push(std::thread::spawn(move || {
-                if let Err(e) = run_member(fabric, &role, registry, 1) {
+                if let Err(e) = run_member(
+                    fabric,
+                    &role,
+                    registry,
+                    1,
+                    &mut super::RankReport::default(),
+                ) {
                     panic!("local rank: {e}");
                 }
             }));

@@ -29,7 +29,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Build the server's logic and the handle client threads use.
-pub(crate) fn server_parts(employees: &[(Rank, u32)], seed: u64) -> (ServerLogic, Receiver<Command>, ServerHandle) {
+pub(crate) fn server_parts(
+    employees: &[(Rank, u32)],
+    seed: u64,
+) -> (ServerLogic, Receiver<Command>, ServerHandle) {
     let (cmd_tx, cmd_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();
     let logic = ServerLogic {
@@ -41,36 +44,79 @@ pub(crate) fn server_parts(employees: &[(Rank, u32)], seed: u64) -> (ServerLogic
 }
 
 /// Run a manager or worker rank until shutdown.
-pub(crate) fn run_member<F: Fabric>(mut fabric: F, role: &Role, registry: Registry, seed: u64) -> Result<(), TransportError> {
+/// What a rank reports about itself at exit (`bqrt run --stats`).
+#[derive(Debug, Default)]
+pub struct RankReport {
+    pub worker: Option<crate::core::WorkerStats>,
+    /// Tasks placed by this rank (server and managers).
+    pub placed: u64,
+}
+
+/// Peak resident memory of this process in KiB (`VmHWM`), if the system tells.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub(crate) fn run_member<F: Fabric>(
+    mut fabric: F,
+    role: &Role,
+    registry: Registry,
+    seed: u64,
+    report: &mut RankReport,
+) -> Result<(), TransportError> {
     let me = fabric.rank();
     match role {
         Role::Server { .. } => unreachable!("the server is started with server_parts"),
-        Role::Manager { parent, employees, .. } => {
+        Role::Manager {
+            parent, employees, ..
+        } => {
             let mut logic = ManagerLogic {
                 core: ManagerCore::new(me, *parent, employees, seed ^ u64::from(me.0)),
                 employees: employees.iter().map(|e| e.0).collect(),
             };
             let (_keep, rx) = unbounded::<()>();
-            drive(&mut fabric, &mut logic, &rx)
+            let r = drive(&mut fabric, &mut logic, &rx);
+            report.placed = logic.core.boss.placed_total();
+            r
         }
         Role::Worker { parent } => {
             let (in_tx, in_rx) = unbounded();
             let (out_tx, out_rx) = unbounded();
             let running = Arc::new(Running::default());
             let running2 = Arc::clone(&running);
+            let stats_slot = Arc::new(std::sync::Mutex::new(None));
+            let stats2 = Arc::clone(&stats_slot);
             let parent = *parent;
             let (done_tx, done_rx) = unbounded::<()>();
-            let spawned = std::thread::Builder::new().name(format!("bqrt-exec-{}", me.0)).spawn(move || {
-                Executor::new(WorkerCore::new(me, parent), registry, in_rx, out_tx, running2).run();
-                let _ = done_tx.send(());
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("bqrt-exec-{}", me.0))
+                .spawn(move || {
+                    Executor::new(
+                        WorkerCore::new(me, parent),
+                        registry,
+                        in_rx,
+                        out_tx,
+                        running2,
+                        stats2,
+                    )
+                    .run();
+                    let _ = done_tx.send(());
+                });
             if let Err(e) = spawned {
                 panic!("{me}: cannot start the executor thread: {e}");
             }
-            let mut logic = WorkerLogic { inbound: in_tx, running };
+            let mut logic = WorkerLogic {
+                inbound: in_tx,
+                running,
+            };
             let r = drive(&mut fabric, &mut logic, &out_rx);
             // a task stuck in a long computation does not hold up shutdown
             let _ = done_rx.recv_timeout(Duration::from_secs(1));
+            if let Ok(mut s) = stats_slot.lock() {
+                report.worker = s.take();
+            }
             r
         }
     }

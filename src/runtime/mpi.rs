@@ -27,6 +27,8 @@ pub enum StartError {
 pub struct MpiOptions {
     pub fanout: u32,
     pub seed: u64,
+    /// Print one `bqrt-stats` line per rank on stderr at exit.
+    pub stats: bool,
 }
 
 /// Run this process's rank. On rank 0, `client` runs in its own thread with the server handle;
@@ -36,7 +38,8 @@ pub fn run_mpi<C>(registry: Registry, opts: &MpiOptions, client: C) -> Result<i3
 where
     C: FnOnce(ServerHandle) -> i32 + Send + 'static,
 {
-    let (universe, _threading) = mpi::initialize_with_threading(Threading::Funneled).ok_or(StartError::MpiInit)?;
+    let (universe, _threading) =
+        mpi::initialize_with_threading(Threading::Funneled).ok_or(StartError::MpiInit)?;
     let world = universe.world();
     let rank = world.rank();
     // nodes: the ranks sharing memory; a node is named by the world rank of its first member
@@ -51,6 +54,7 @@ where
     let role = lay.roles[rank as usize].clone();
     log::debug!(target: "bqrt::runtime", "rank {rank}: {role:?} on node {}", lay.node_of[rank as usize]);
     let fabric = MpiFabric::new(world);
+    let mut report = super::RankReport::default();
     let code = match &role {
         Role::Server { employees } => {
             let (mut logic, cmd_rx, handle) = server_parts(employees, opts.seed);
@@ -60,6 +64,7 @@ where
                 .map_err(StartError::Thread)?;
             let mut fabric = fabric;
             drive(&mut fabric, &mut logic, &cmd_rx)?;
+            report.placed = logic.core.boss.placed_total();
             drop(fabric);
             match client.join() {
                 Ok(code) => code,
@@ -67,10 +72,26 @@ where
             }
         }
         _ => {
-            run_member(fabric, &role, registry, opts.seed)?;
+            run_member(fabric, &role, registry, opts.seed, &mut report)?;
             0
         }
     };
+    if opts.stats {
+        let w = report.worker.unwrap_or_default();
+        crate::logging::eprint_line(&format!(
+            "bqrt-stats rank={rank} role={} node={} started={} finished={} kept={} stolen_from={} max_delayed={} submitted={} placed={} peak_rss_kib={}",
+            role.name(),
+            lay.node_of[rank as usize],
+            w.started,
+            w.finished,
+            w.kept,
+            w.stolen_from,
+            w.max_delayed,
+            w.submitted,
+            report.placed,
+            super::peak_rss_kib().unwrap_or(0)
+        ));
+    }
     drop(universe);
     Ok(code)
 }

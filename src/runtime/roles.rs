@@ -10,8 +10,14 @@ use std::sync::Arc;
 
 /// Requests from client-side threads of rank 0.
 pub enum Command {
-    Submit { spec: JobSpec, reply: Sender<JobId> },
-    Cancel { job: JobId, reply: Sender<bool> },
+    Submit {
+        spec: JobSpec,
+        reply: Sender<JobId>,
+    },
+    Cancel {
+        job: JobId,
+        reply: Sender<bool>,
+    },
     /// Stop every rank.
     Shutdown,
 }

@@ -16,9 +16,17 @@ use std::fmt;
 /// What a rank does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
-    Server { employees: Vec<(Rank, u32)> },
-    Manager { parent: Rank, employees: Vec<(Rank, u32)>, level: u32 },
-    Worker { parent: Rank },
+    Server {
+        employees: Vec<(Rank, u32)>,
+    },
+    Manager {
+        parent: Rank,
+        employees: Vec<(Rank, u32)>,
+        level: u32,
+    },
+    Worker {
+        parent: Rank,
+    },
 }
 
 impl Role {
@@ -61,7 +69,9 @@ enum Unit {
 impl Unit {
     fn rank(&self) -> Rank {
         match self {
-            Unit::NodeManager { rank, .. } | Unit::Lone { rank } | Unit::Upper { rank, .. } => *rank,
+            Unit::NodeManager { rank, .. } | Unit::Lone { rank } | Unit::Upper { rank, .. } => {
+                *rank
+            }
         }
     }
     fn workers(&self) -> u32 {
@@ -109,11 +119,19 @@ pub fn layout(node_of: &[u32], fanout: u32) -> Result<Layout, LayoutError> {
         .iter()
         .map(|nd| node_ids.iter().position(|x| x == nd).unwrap_or(0) as u32)
         .collect();
-    let mut roles: Vec<Role> = vec![Role::Worker { parent: Rank::SERVER }; n];
+    let mut roles: Vec<Role> = vec![
+        Role::Worker {
+            parent: Rank::SERVER
+        };
+        n
+    ];
     if members.len() == 1 {
         let employees = (1..n).map(|r| (Rank(r as u32), 1)).collect();
         roles[0] = Role::Server { employees };
-        return Ok(Layout { roles, node_of: dense_node });
+        return Ok(Layout {
+            roles,
+            node_of: dense_node,
+        });
     }
     let mut units: Vec<Unit> = Vec::new();
     for m in &members {
@@ -121,7 +139,10 @@ pub fn layout(node_of: &[u32], fanout: u32) -> Result<Layout, LayoutError> {
         match pool.len() {
             0 => {}
             1 => units.push(Unit::Lone { rank: pool[0] }),
-            _ => units.push(Unit::NodeManager { rank: pool[0], workers: pool[1..].to_vec() }),
+            _ => units.push(Unit::NodeManager {
+                rank: pool[0],
+                workers: pool[1..].to_vec(),
+            }),
         }
     }
     while units.len() > fanout as usize {
@@ -137,7 +158,10 @@ pub fn layout(node_of: &[u32], fanout: u32) -> Result<Layout, LayoutError> {
             let mut group = group;
             match spare_worker(&mut group) {
                 Some(rank) => {
-                    next.push(Unit::Upper { rank, children: group });
+                    next.push(Unit::Upper {
+                        rank,
+                        children: group,
+                    });
                     merged = true;
                 }
                 None => next.extend(group),
@@ -149,11 +173,16 @@ pub fn layout(node_of: &[u32], fanout: u32) -> Result<Layout, LayoutError> {
         }
     }
     let server_employees = units.iter().map(|u| (u.rank(), u.workers())).collect();
-    roles[0] = Role::Server { employees: server_employees };
+    roles[0] = Role::Server {
+        employees: server_employees,
+    };
     for u in &units {
         assign(u, Rank::SERVER, &mut roles, 1);
     }
-    Ok(Layout { roles, node_of: dense_node })
+    Ok(Layout {
+        roles,
+        node_of: dense_node,
+    })
 }
 
 /// Take the last worker of the first node (in group order) that can spare one (keeping one).
@@ -199,7 +228,10 @@ mod tests {
     use super::*;
 
     fn nodes(per: &[usize]) -> Vec<u32> {
-        per.iter().enumerate().flat_map(|(i, &k)| std::iter::repeat(i as u32).take(k)).collect()
+        per.iter()
+            .enumerate()
+            .flat_map(|(i, &k)| std::iter::repeat(i as u32).take(k))
+            .collect()
     }
 
     fn check(l: &Layout) {
@@ -223,7 +255,11 @@ mod tests {
                 Role::Worker { .. } => panic!("rank {r} has a worker as boss"),
             }
         }
-        let workers = l.roles.iter().filter(|r| matches!(r, Role::Worker { .. })).count() as u32;
+        let workers = l
+            .roles
+            .iter()
+            .filter(|r| matches!(r, Role::Worker { .. }))
+            .count() as u32;
         if let Role::Server { employees } = &l.roles[0] {
             assert_eq!(employees.iter().map(|e| e.1).sum::<u32>(), workers);
         }
@@ -234,14 +270,18 @@ mod tests {
         let l = layout(&nodes(&[6]), 16).unwrap();
         check(&l);
         assert!(matches!(&l.roles[0], Role::Server { employees } if employees.len() == 5));
-        assert!(l.roles[1..].iter().all(|r| *r == Role::Worker { parent: Rank(0) }));
+        assert!(l.roles[1..]
+            .iter()
+            .all(|r| *r == Role::Worker { parent: Rank(0) }));
     }
 
     #[test]
     fn one_manager_per_node() {
         let l = layout(&nodes(&[3, 3, 3]), 16).unwrap();
         check(&l);
-        let managers: Vec<usize> = (0..9).filter(|&r| matches!(l.roles[r], Role::Manager { .. })).collect();
+        let managers: Vec<usize> = (0..9)
+            .filter(|&r| matches!(l.roles[r], Role::Manager { .. }))
+            .collect();
         assert_eq!(managers, vec![1, 3, 6]);
         assert_eq!(l.roles[2], Role::Worker { parent: Rank(1) });
         assert_eq!(l.roles[8], Role::Worker { parent: Rank(6) });
@@ -252,12 +292,23 @@ mod tests {
         for (nodes_n, fanout) in [(4usize, 2u32), (9, 3), (40, 4), (100, 16), (7, 2)] {
             let l = layout(&nodes(&vec![4; nodes_n]), fanout).unwrap();
             check(&l);
-            let Role::Server { employees } = &l.roles[0] else { panic!() };
-            assert!(employees.len() <= fanout as usize, "{nodes_n} nodes fanout {fanout}: {employees:?}");
+            let Role::Server { employees } = &l.roles[0] else {
+                panic!()
+            };
+            assert!(
+                employees.len() <= fanout as usize,
+                "{nodes_n} nodes fanout {fanout}: {employees:?}"
+            );
             for role in &l.roles {
-                if let Role::Manager { employees, level, .. } = role {
+                if let Role::Manager {
+                    employees, level, ..
+                } = role
+                {
                     if *level > 0 {
-                        assert!(employees.len() <= fanout.max(3) as usize || employees.iter().all(|e| e.1 == 1));
+                        assert!(
+                            employees.len() <= fanout.max(3) as usize
+                                || employees.iter().all(|e| e.1 == 1)
+                        );
                     }
                 }
             }
@@ -275,6 +326,13 @@ mod tests {
         let l = layout(&nodes(&[1, 1, 2]), 16).unwrap();
         check(&l);
         assert_eq!(l.roles[1], Role::Worker { parent: Rank(0) });
-        assert_eq!(l.roles[2], Role::Manager { parent: Rank(0), employees: vec![(Rank(3), 1)], level: 1 });
+        assert_eq!(
+            l.roles[2],
+            Role::Manager {
+                parent: Rank(0),
+                employees: vec![(Rank(3), 1)],
+                level: 1
+            }
+        );
     }
 }

@@ -20,7 +20,11 @@ impl LocalFabric {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..size).map(|_| unbounded()).unzip();
         rxs.into_iter()
             .enumerate()
-            .map(|(r, inbox)| LocalFabric { rank: Rank(r as u32), peers: txs.clone(), inbox })
+            .map(|(r, inbox)| LocalFabric {
+                rank: Rank(r as u32),
+                peers: txs.clone(),
+                inbox,
+            })
             .collect()
     }
 }

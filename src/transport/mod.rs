@@ -32,7 +32,11 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum TransportError {
     #[error("{rank}: packet from {from}: {source}")]
-    Codec { rank: Rank, from: Rank, source: codec::CodecError },
+    Codec {
+        rank: Rank,
+        from: Rank,
+        source: codec::CodecError,
+    },
 }
 
 /// Point-to-point packets between ranks.
@@ -90,7 +94,11 @@ pub fn send_grouped<F: Fabric>(fabric: &mut F, out: &mut Outbox) {
 }
 
 /// Run a rank until its logic says stop, then finish sending (bounded by [`FLUSH_TIMEOUT`]).
-pub fn drive<F: Fabric, L: Logic>(fabric: &mut F, logic: &mut L, local: &Receiver<L::Local>) -> Result<(), TransportError> {
+pub fn drive<F: Fabric, L: Logic>(
+    fabric: &mut F,
+    logic: &mut L,
+    local: &Receiver<L::Local>,
+) -> Result<(), TransportError> {
     let mut out = Outbox::new();
     let mut last_active = Instant::now();
     let mut sleep = Duration::from_micros(20);
@@ -99,9 +107,15 @@ pub fn drive<F: Fabric, L: Logic>(fabric: &mut F, logic: &mut L, local: &Receive
         let mut active = false;
         let mut stop = false;
         for _ in 0..256 {
-            let Some((from, bytes)) = fabric.try_recv() else { break };
+            let Some((from, bytes)) = fabric.try_recv() else {
+                break;
+            };
             active = true;
-            let msgs = codec::decode(&bytes).map_err(|source| TransportError::Codec { rank: me, from, source })?;
+            let msgs = codec::decode(&bytes).map_err(|source| TransportError::Codec {
+                rank: me,
+                from,
+                source,
+            })?;
             for m in msgs {
                 if logic.on_message(from, m, &mut out) == Flow::Stop {
                     stop = true;

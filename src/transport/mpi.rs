@@ -31,7 +31,12 @@ impl MpiFabric {
     pub fn new(world: SimpleCommunicator) -> MpiFabric {
         let rank = Rank(world.rank() as u32);
         let size = world.size() as u32;
-        MpiFabric { world, rank, size, in_flight: Vec::new() }
+        MpiFabric {
+            world,
+            rank,
+            size,
+            in_flight: Vec::new(),
+        }
     }
 
     /// Sends not yet completed.
@@ -55,12 +60,21 @@ impl Fabric for MpiFabric {
         // MPI_Test reports the send complete (or never, if it never completes), so the slice
         // outlives the request as StaticScope requires.
         let slice: &'static [u8] = unsafe { &*buffer };
-        let request = self.world.process_at_rank(to.0 as i32).immediate_send_with_tag(StaticScope, slice, TAG);
-        self.in_flight.push(InFlight { request: Some(request), buffer });
+        let request = self
+            .world
+            .process_at_rank(to.0 as i32)
+            .immediate_send_with_tag(StaticScope, slice, TAG);
+        self.in_flight.push(InFlight {
+            request: Some(request),
+            buffer,
+        });
     }
 
     fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
-        let probed = self.world.any_process().immediate_matched_probe_with_tag(TAG)?;
+        let probed = self
+            .world
+            .any_process()
+            .immediate_matched_probe_with_tag(TAG)?;
         let (bytes, status) = probed.matched_receive_vec::<u8>();
         Some((Rank(status.source_rank() as u32), bytes))
     }
