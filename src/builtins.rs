@@ -70,6 +70,7 @@ async fn spin(ctx: Ctx, ms: u64) -> TaskResult<bool> {
     while Instant::now() < end {
         if ctx.is_cancelled() {
             log::warn!(
+                target: "demo",
                 "spin saw its cancel flag after {} ms",
                 start.elapsed().as_millis()
             );

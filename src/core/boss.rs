@@ -233,3 +233,87 @@ impl Boss {
             .count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Address, Format, JobId, LogSpec, MailboxId};
+
+    fn tasks(n: usize) -> Vec<TaskMsg> {
+        (0..n)
+            .map(|i| TaskMsg {
+                addr: Address {
+                    rank: Rank(9),
+                    mailbox: MailboxId(1),
+                    slot: i as u32,
+                },
+                job: JobId(1),
+                function: "t".into(),
+                label: None,
+                args: vec![],
+                format: Format::Bincode,
+                breadcrumbs: vec![],
+                log: LogSpec::OFF,
+                context: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn receipts_discount_batches_in_flight() {
+        let mut b = Boss::new(&[(Rank(1), 1)], 1);
+        let mut out = Outbox::new();
+        b.place_all(tasks(1), &mut out); // batch 1
+        assert_eq!(b.idle_total(), 0);
+        b.place_all(tasks(1), &mut out); // batch 2, overflow
+                                         // the worker finished batch 1 before reading batch 2: still busy
+        b.on_waiting(0, 1, BatchSeq(1));
+        assert_eq!(b.idle_total(), 0);
+        b.on_waiting(0, 1, BatchSeq(2));
+        assert_eq!(b.idle_total(), 1);
+    }
+
+    #[test]
+    fn idle_slots_fill_first_then_least_backlog() {
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1), (Rank(3), 1)], 7);
+        let mut out = Outbox::new();
+        b.place_all(tasks(9), &mut out);
+        let per: Vec<usize> = out
+            .iter()
+            .map(|(_, m)| match m {
+                Msg::Down(Down::Assign { tasks, .. }) => tasks.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(per.iter().sum::<usize>(), 9);
+        let mut counts = std::collections::HashMap::new();
+        for (to, m) in &out {
+            if let Msg::Down(Down::Assign { tasks, .. }) = m {
+                *counts.entry(*to).or_insert(0) += tasks.len();
+            }
+        }
+        assert!(counts.values().all(|&c| c == 3), "{counts:?}");
+    }
+
+    #[test]
+    fn steals_go_to_loaded_employees_only_while_someone_idles() {
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1)], 3);
+        let mut out = Outbox::new();
+        b.place_all(tasks(10), &mut out);
+        out.clear();
+        b.plan_steals(b.idle_total(), &mut out);
+        assert!(out.is_empty(), "nobody idle, no steal");
+        b.on_waiting(0, 1, BatchSeq(u64::MAX)); // employee 0 is done
+        b.plan_steals(b.idle_total(), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(
+            matches!(out[0], (Rank(2), Msg::Down(Down::Steal { max: 1 }))),
+            "{out:?}"
+        );
+        out.clear();
+        b.plan_steals(b.idle_total(), &mut out);
+        assert!(out.is_empty(), "one outstanding steal per employee");
+        b.on_stolen(1, 1);
+        assert_eq!(b.steals_pending(), 0);
+    }
+}

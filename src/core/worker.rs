@@ -664,3 +664,245 @@ impl WorkerCore {
 pub fn log_enabled(spec: &LogSpec, depth: u32, level: u8) -> bool {
     level != 0 && level <= spec.level && spec.max_depth.is_none_or(|d| depth <= d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MailboxId;
+
+    fn root_task(_rank: Rank) -> TaskMsg {
+        TaskMsg {
+            addr: Address {
+                rank: Rank::SERVER,
+                mailbox: MailboxId(1),
+                slot: 0,
+            },
+            job: JobId(1),
+            function: "root".into(),
+            label: None,
+            args: vec![],
+            format: Format::Bincode,
+            breadcrumbs: vec![],
+            log: LogSpec {
+                level: 3,
+                max_depth: Some(0),
+            },
+            context: vec![],
+        }
+    }
+
+    fn child() -> ChildSpec {
+        ChildSpec {
+            function: "c".into(),
+            label: None,
+            args: vec![],
+            format: Format::Bincode,
+            context: vec![],
+        }
+    }
+
+    /// A worker running the root task; returns (core, root key).
+    fn running() -> (WorkerCore, TaskKey) {
+        let mut w = WorkerCore::new(Rank(1), Rank::SERVER);
+        let mut out = Outbox::new();
+        w.handle(
+            Msg::Down(Down::Assign {
+                seq: BatchSeq(1),
+                tasks: vec![root_task(Rank(1))],
+            }),
+            &mut out,
+        );
+        match w.next_ready(&mut out) {
+            Some(Ready::Start { key, .. }) => (w, key),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn result(mailbox: MailboxId, slot: u32, v: u8) -> Msg {
+        Msg::Peer(Peer::Result {
+            addr: Address {
+                rank: Rank(1),
+                mailbox,
+                slot,
+            },
+            value: vec![v],
+        })
+    }
+
+    #[test]
+    fn next_returns_results_that_already_arrived_without_waiting() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w
+            .submit(root, vec![child(), child(), child()], &mut out)
+            .unwrap();
+        w.handle(result(m, 2, 20), &mut out);
+        w.handle(result(m, 0, 0), &mut out);
+        assert_eq!(
+            w.wait(root, m, WaitKind::Next),
+            Ok(WaitPoll::Next(vec![(2, vec![20]), (0, vec![0])]))
+        );
+        assert_eq!(w.wait(root, m, WaitKind::Next), Ok(WaitPoll::Pending));
+        w.handle(result(m, 1, 10), &mut out);
+        assert!(
+            matches!(w.next_ready(&mut out), Some(Ready::Resume(k)) if k == root),
+            "woken by the arrival"
+        );
+        assert_eq!(
+            w.wait(root, m, WaitKind::Next),
+            Ok(WaitPoll::Next(vec![(1, vec![10])]))
+        );
+        assert_eq!(
+            w.wait(root, m, WaitKind::Next),
+            Ok(WaitPoll::Next(vec![])),
+            "complete and consumed"
+        );
+        assert_eq!(
+            w.wait(root, m, WaitKind::All),
+            Ok(WaitPoll::All(vec![vec![0], vec![10], vec![20]]))
+        );
+        assert_eq!(w.wait(root, m, WaitKind::All), Err(CallError::Gone));
+    }
+
+    #[test]
+    fn only_the_owner_may_wait_and_cancelled_futures_are_gone() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w.submit(root, vec![child()], &mut out).unwrap();
+        assert_eq!(
+            w.wait(TaskKey(999), m, WaitKind::All),
+            Err(CallError::NotOwner)
+        );
+        w.cancel(root, m, &mut out).unwrap();
+        assert_eq!(w.wait(root, m, WaitKind::All), Err(CallError::Gone));
+        w.handle(result(m, 0, 1), &mut out); // a late result is dropped
+        assert!(
+            w.submit(root, vec![], &mut out).is_err(),
+            "empty map refused"
+        );
+    }
+
+    #[test]
+    fn a_placed_notice_for_a_dead_mailbox_is_answered_with_cancel() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w.submit(root, vec![child()], &mut out).unwrap();
+        w.cancel(root, m, &mut out).unwrap();
+        out.clear();
+        let mailbox = MailboxAddr {
+            rank: Rank(1),
+            mailbox: m,
+        };
+        w.handle(
+            Msg::Peer(Peer::Placed {
+                mailbox,
+                at: Rank(7),
+            }),
+            &mut out,
+        );
+        assert_eq!(out, vec![(Rank(7), Msg::Peer(Peer::Cancel { mailbox }))]);
+    }
+
+    #[test]
+    fn finishing_cancels_unawaited_children_where_they_were_placed() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w.submit(root, vec![child(), child()], &mut out).unwrap();
+        let mailbox = MailboxAddr {
+            rank: Rank(1),
+            mailbox: m,
+        };
+        w.handle(
+            Msg::Peer(Peer::Placed {
+                mailbox,
+                at: Rank(3),
+            }),
+            &mut out,
+        );
+        w.handle(
+            Msg::Peer(Peer::Placed {
+                mailbox,
+                at: Rank(4),
+            }),
+            &mut out,
+        );
+        out.clear();
+        w.finish(root, Ok(vec![9]), &mut out);
+        assert!(out.contains(&(Rank(3), Msg::Peer(Peer::Cancel { mailbox }))));
+        assert!(out.contains(&(Rank(4), Msg::Peer(Peer::Cancel { mailbox }))));
+        assert!(out
+            .iter()
+            .any(|(to, m)| *to == Rank::SERVER && matches!(m, Msg::Peer(Peer::Result { .. }))));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_worker_about_to_idle_keeps_one_child() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w
+            .submit(root, vec![child(), child(), child()], &mut out)
+            .unwrap();
+        assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
+        w.keep_one_for_self(&mut out);
+        match &out[..] {
+            [(to, Msg::Up(Up::Submit { tasks }))] => {
+                assert_eq!(*to, Rank::SERVER);
+                assert_eq!(
+                    tasks.iter().map(|t| t.addr.slot).collect::<Vec<_>>(),
+                    vec![0, 1]
+                );
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(
+            matches!(w.next_ready(&mut out), Some(Ready::Start { .. })),
+            "runs the kept child here"
+        );
+    }
+
+    #[test]
+    fn log_filter_by_level_and_depth() {
+        let spec = LogSpec {
+            level: 3,
+            max_depth: Some(1),
+        };
+        assert!(log_enabled(&spec, 0, 1));
+        assert!(log_enabled(&spec, 1, 3));
+        assert!(!log_enabled(&spec, 1, 4));
+        assert!(!log_enabled(&spec, 2, 1));
+        assert!(!log_enabled(&LogSpec::OFF, 0, 1));
+    }
+
+    #[test]
+    fn steal_hands_back_the_oldest_delayed_tasks() {
+        let mut w = WorkerCore::new(Rank(1), Rank::SERVER);
+        let mut out = Outbox::new();
+        let tasks: Vec<TaskMsg> = (0..4)
+            .map(|i| {
+                let mut t = root_task(Rank(1));
+                t.addr.mailbox = MailboxId(10 + i);
+                t
+            })
+            .collect();
+        w.handle(
+            Msg::Down(Down::Assign {
+                seq: BatchSeq(1),
+                tasks,
+            }),
+            &mut out,
+        );
+        out.clear();
+        w.handle(Msg::Down(Down::Steal { max: 2 }), &mut out);
+        match &out[..] {
+            [(_, Msg::Up(Up::Stolen { tasks }))] => {
+                assert_eq!(
+                    tasks.iter().map(|t| t.addr.mailbox.0).collect::<Vec<_>>(),
+                    vec![10, 11]
+                )
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(w.delayed_len(), 2);
+    }
+}

@@ -23,8 +23,19 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// Largest packet a rank accepts: a corrupted length prefix can never make it allocate more.
+pub const MAX_PACKET: usize = 1 << 30;
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_PACKET>,
+> {
+    bincode::config::standard().with_limit::<MAX_PACKET>()
 }
 
 /// Encode a packet.
@@ -43,10 +54,110 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Msg>, CodecError> {
     if version != WIRE_VERSION {
         return Err(CodecError::Version { got: version });
     }
-    let (msgs, used): (Vec<Msg>, usize) = bincode::serde::decode_from_slice(body, config())
+    let (msgs, used): (Vec<Msg>, usize) = bincode::serde::decode_from_slice(body, decode_config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Trailing(body.len() - used));
     }
     Ok(msgs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::BatchSeq;
+    use crate::protocol::{
+        Address, Down, Format, JobId, LogSpec, MailboxAddr, MailboxId, Peer, Rank, TaskMsg, Up,
+    };
+
+    fn sample() -> Vec<Msg> {
+        let addr = Address {
+            rank: Rank(3),
+            mailbox: MailboxId(7),
+            slot: 2,
+        };
+        let task = TaskMsg {
+            addr,
+            job: JobId(4),
+            function: "fib".into(),
+            label: Some("x".into()),
+            args: vec![1, 2, 3],
+            format: Format::Json,
+            breadcrumbs: vec![addr, addr],
+            log: LogSpec {
+                level: 3,
+                max_depth: Some(2),
+            },
+            context: vec![("k".into(), "v".into())],
+        };
+        vec![
+            Msg::Down(Down::Assign {
+                seq: BatchSeq(9),
+                tasks: vec![task.clone()],
+            }),
+            Msg::Up(Up::Waiting {
+                idle: 3,
+                receipt: BatchSeq(8),
+            }),
+            Msg::Up(Up::Submit { tasks: vec![task] }),
+            Msg::Peer(Peer::Result {
+                addr,
+                value: vec![0; 100],
+            }),
+            Msg::Peer(Peer::Cancel {
+                mailbox: MailboxAddr {
+                    rank: Rank(1),
+                    mailbox: MailboxId(2),
+                },
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trip() {
+        let msgs = sample();
+        assert_eq!(decode(&encode(&msgs)).unwrap(), msgs);
+    }
+
+    #[test]
+    fn wrong_version_and_trailing_bytes_are_errors() {
+        let mut b = encode(&sample());
+        b[0] = 99;
+        assert!(matches!(decode(&b), Err(CodecError::Version { got: 99 })));
+        let mut b = encode(&sample());
+        b.push(0);
+        assert!(matches!(decode(&b), Err(CodecError::Trailing(1))));
+        assert!(matches!(decode(&[]), Err(CodecError::Empty)));
+    }
+
+    /// Truncated, mutated and random packets decode to an error or to some messages, never a
+    /// panic or a runaway allocation.
+    #[test]
+    fn mutated_packets_never_panic() {
+        let good = encode(&sample());
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for cut in 0..good.len() {
+            let _ = decode(&good[..cut]);
+        }
+        for _ in 0..20_000 {
+            let mut b = good.clone();
+            for _ in 0..1 + rnd() % 4 {
+                let i = (rnd() as usize) % b.len();
+                b[i] = rnd() as u8;
+            }
+            let _ = decode(&b);
+            let n = (rnd() % 64) as usize;
+            let mut r: Vec<u8> = (0..n).map(|_| rnd() as u8).collect();
+            if !r.is_empty() {
+                r[0] = WIRE_VERSION;
+            }
+            let _ = decode(&r);
+        }
+    }
 }

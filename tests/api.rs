@@ -1,0 +1,364 @@
+//! The native task API on an in-process cluster (same cores, executor and transport loop as
+//! under MPI; channels instead of MPI). Statics let the test observe what tasks did.
+
+use bqrt::protocol::LogSpec;
+use bqrt::runtime::{LocalCluster, Outcome};
+use bqrt::{Ctx, Registry, TaskError, TaskFuture, TaskResult};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn cluster(workers: u32, r: Registry) -> LocalCluster {
+    bqrt::logging::init();
+    bqrt::executor::install_panic_hook();
+    LocalCluster::start(workers, r)
+}
+
+fn run(c: &mut LocalCluster, task: &str, json: &str) -> Outcome {
+    run_logged(c, task, json, LogSpec::OFF).0
+}
+
+fn run_logged(
+    c: &mut LocalCluster,
+    task: &str,
+    json: &str,
+    log: LogSpec,
+) -> (Outcome, Vec<bqrt::protocol::LogRecord>) {
+    let h = c.handle();
+    let job = h.submit_json(task, json, log).expect("runtime up");
+    let mut logs = Vec::new();
+    let o = h
+        .wait(job, Duration::from_secs(60), |r| logs.push(r.clone()))
+        .expect("job finished in time");
+    (o, logs)
+}
+
+fn done_json(o: Outcome) -> serde_json::Value {
+    match o {
+        Outcome::Done(b) => serde_json::from_slice(&b).expect("JSON result"),
+        Outcome::Failed(f) => panic!("job failed: {f}"),
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One test body over several cluster shapes.
+fn shapes(body: impl Fn(u32)) {
+    for workers in [1, 2, 5] {
+        body(workers);
+    }
+}
+
+#[test]
+fn builtins_compute_the_right_answers() {
+    shapes(|w| {
+        let mut c = cluster(w, Registry::with_builtins());
+        assert_eq!(done_json(run(&mut c, "fib", "15")), 610);
+        assert_eq!(done_json(run(&mut c, "tree", "8")), 511);
+        assert_eq!(done_json(run(&mut c, "chain", "200")), 200);
+        assert_eq!(done_json(run(&mut c, "fanout", "3000")), 3000);
+        c.shutdown();
+    });
+}
+
+#[test]
+fn map_keeps_input_order_and_two_level_maps_nest() {
+    async fn pair(ctx: Ctx, i: u64) -> TaskResult<Vec<u64>> {
+        Ok(ctx.map("ident", [2 * i, 2 * i + 1])?.await?)
+    }
+    async fn outer(ctx: Ctx, n: u64) -> TaskResult<Vec<Vec<u64>>> {
+        Ok(ctx.map("pair", 0..n)?.await?)
+    }
+    let r = Registry::new()
+        .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })
+        .task("pair", pair)
+        .task("outer", outer);
+    shapes(|w| {
+        let mut c = cluster(w, r.clone());
+        let v = done_json(run(&mut c, "outer", "1000"));
+        let want: Vec<Vec<u64>> = (0..1000u64).map(|i| vec![2 * i, 2 * i + 1]).collect();
+        assert_eq!(v, serde_json::json!(want));
+        c.shutdown();
+    });
+}
+
+#[test]
+fn next_yields_every_result_once_then_nothing() {
+    async fn collect(ctx: Ctx, n: u64) -> TaskResult<(Vec<u64>, usize, Vec<u64>)> {
+        let mut f = ctx.map::<u64, u64>("ident", 0..n)?;
+        let mut seen = Vec::new();
+        while seen.len() < n as usize {
+            let got = ctx.next(&mut f).await?;
+            if got.is_empty() {
+                return Err(TaskError::new("empty next before completion"));
+            }
+            seen.extend(got.into_iter().map(|(i, v)| {
+                assert_eq!(i as u64, v);
+                v
+            }));
+        }
+        let after = ctx.next(&mut f).await?.len();
+        let all = f.await?;
+        seen.sort();
+        Ok((seen, after, all))
+    }
+    let r = Registry::new()
+        .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })
+        .task("collect", collect);
+    shapes(|w| {
+        let mut c = cluster(w, r.clone());
+        let v = done_json(run(&mut c, "collect", "50"));
+        let want: Vec<u64> = (0..50).collect();
+        assert_eq!(v, serde_json::json!([want, 0, want]));
+        c.shutdown();
+    });
+}
+
+static MARKS: AtomicU64 = AtomicU64::new(0);
+static SAW_FLAG: AtomicBool = AtomicBool::new(false);
+static SPIN_STARTED: AtomicBool = AtomicBool::new(false);
+
+#[test]
+fn cancel_stops_queued_tasks_and_flags_the_running_one() {
+    async fn mark(_c: Ctx, _: u64) -> TaskResult<()> {
+        MARKS.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2));
+        Ok(())
+    }
+    async fn spin(ctx: Ctx, _: ()) -> TaskResult<()> {
+        SPIN_STARTED.store(true, Ordering::SeqCst);
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if ctx.is_cancelled() {
+                SAW_FLAG.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+    async fn root(ctx: Ctx, _: ()) -> TaskResult<String> {
+        let doomed = ctx.map::<u64, ()>("mark", 0..2000)?;
+        ctx.cancel(doomed);
+        let s = ctx.submit::<(), ()>("spin", ())?;
+        // wait (by awaiting children, never sleeping blindly) until the spinner runs
+        while !SPIN_STARTED.load(Ordering::SeqCst) {
+            let _: u64 = ctx.submit("ident", 0u64)?.await?;
+        }
+        ctx.cancel(s);
+        // awaiting a cancelled future is an error, not a hang
+        let gone = ctx.map::<u64, u64>("ident", [1u64])?;
+        let mut gone2 = gone;
+        let first = ctx.next(&mut gone2).await?;
+        Ok(format!("{}", first.len()))
+    }
+    let r = Registry::new()
+        .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })
+        .task("mark", mark)
+        .task("spin", spin)
+        .task("root", root);
+    let mut c = cluster(3, r);
+    done_json(run(&mut c, "root", "null"));
+    wait_until("the running task sees its cancel flag", || {
+        SAW_FLAG.load(Ordering::SeqCst)
+    });
+    let marks = MARKS.load(Ordering::SeqCst);
+    assert!(marks < 100, "{marks} of 2000 cancelled tasks started");
+    c.shutdown();
+}
+
+static LEFT_RUNNING: AtomicBool = AtomicBool::new(false);
+
+#[test]
+fn a_finished_task_cancels_children_it_did_not_await() {
+    async fn spin_flag(ctx: Ctx, _: ()) -> TaskResult<()> {
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if ctx.is_cancelled() {
+                LEFT_RUNNING.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+    async fn root(ctx: Ctx, _: ()) -> TaskResult<u64> {
+        let _orphan = ctx.submit::<(), ()>("spin_flag", ())?;
+        let x: u64 = ctx.submit("sleepy", 50u64)?.await?;
+        Ok(x)
+    }
+    let r = Registry::with_builtins()
+        .task("spin_flag", spin_flag)
+        .task("root", root)
+        .task("sleepy", |_c: Ctx, ms: u64| async move {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(ms)
+        });
+    let mut c = cluster(3, r);
+    assert_eq!(done_json(run(&mut c, "root", "null")), 50);
+    wait_until("the abandoned child is cancelled", || {
+        LEFT_RUNNING.load(Ordering::SeqCst)
+    });
+    c.shutdown();
+}
+
+#[test]
+fn a_future_belongs_to_the_task_that_made_it() {
+    async fn hide(ctx: Ctx, _: ()) -> TaskResult<String> {
+        let f: TaskFuture<u64> = ctx.submit("ident", 7u64)?;
+        ctx.cache().insert("stolen", Some(f));
+        // the child runs on this worker (1 worker) and tries to await our future
+        let msg: String = ctx.submit("thief", ())?.await?;
+        Ok(msg)
+    }
+    async fn thief(ctx: Ctx, _: ()) -> TaskResult<String> {
+        let f = ctx
+            .cache()
+            .get_mut::<Option<TaskFuture<u64>>>("stolen")
+            .and_then(Option::take);
+        match f {
+            Some(f) => match f.await {
+                Ok(v) => Ok(format!("awaited someone else's future: {v}")),
+                Err(e) => Ok(e.message().to_string()),
+            },
+            None => Ok("no future in the cache".into()),
+        }
+    }
+    let r = Registry::new()
+        .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })
+        .task("hide", hide)
+        .task("thief", thief);
+    let mut c = cluster(1, r);
+    let v = done_json(run(&mut c, "hide", "null"));
+    assert_eq!(
+        v,
+        "a future can only be awaited by the task that created it"
+    );
+    c.shutdown();
+}
+
+#[test]
+fn the_cache_outlives_jobs_on_its_worker() {
+    async fn put(ctx: Ctx, v: u64) -> TaskResult<()> {
+        ctx.cache().insert("k", v);
+        Ok(())
+    }
+    async fn get(ctx: Ctx, _: ()) -> TaskResult<Option<u64>> {
+        Ok(ctx.cache().get::<u64>("k").copied())
+    }
+    let r = Registry::new().task("put", put).task("get", get);
+    let mut c = cluster(1, r);
+    done_json(run(&mut c, "put", "41"));
+    assert_eq!(done_json(run(&mut c, "get", "null")), 41);
+    c.shutdown();
+}
+
+#[test]
+fn failures_and_panics_fail_the_job_and_the_runtime_keeps_serving() {
+    shapes(|w| {
+        let mut c = cluster(w, Registry::with_builtins());
+        match run(
+            &mut c,
+            "nest",
+            r#"{"depth":4,"task":"fail","arg":"deep trouble"}"#,
+        ) {
+            Outcome::Failed(f) => {
+                assert_eq!(f.task, "fail");
+                assert_eq!(f.message, "deep trouble");
+            }
+            o => panic!("{o:?}"),
+        }
+        match run(
+            &mut c,
+            "nest",
+            r#"{"depth":2,"task":"panic","arg":"oh no"}"#,
+        ) {
+            Outcome::Failed(f) => assert_eq!(f.message, "panicked: oh no"),
+            o => panic!("{o:?}"),
+        }
+        match run(&mut c, "nest", r#"{"depth":1,"task":"missing","arg":null}"#) {
+            Outcome::Failed(f) => assert!(
+                f.message.contains("no task named 'missing'"),
+                "{}",
+                f.message
+            ),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(
+            done_json(run(&mut c, "fib", "10")),
+            55,
+            "still serving after failures"
+        );
+        c.shutdown();
+    });
+}
+
+#[test]
+fn wrong_result_type_is_a_clear_failure() {
+    async fn confused(ctx: Ctx, _: ()) -> TaskResult<String> {
+        let s: String = ctx.submit("ident", 5u64)?.await?;
+        Ok(s)
+    }
+    let r = Registry::new()
+        .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })
+        .task("confused", confused);
+    let mut c = cluster(2, r);
+    match run(&mut c, "confused", "null") {
+        Outcome::Failed(f) => assert!(
+            f.message.contains("does not decode as the expected type"),
+            "{}",
+            f.message
+        ),
+        o => panic!("{o:?}"),
+    }
+    c.shutdown();
+}
+
+#[test]
+fn logs_follow_level_depth_and_context() {
+    shapes(|w| {
+        let mut c = cluster(w, Registry::with_builtins());
+        let (o, logs) = run_logged(
+            &mut c,
+            "log_demo",
+            "4",
+            LogSpec {
+                level: 2,
+                max_depth: Some(2),
+            },
+        );
+        assert_eq!(done_json(o), 4);
+        let mut got: Vec<(u32, u8)> = logs.iter().map(|r| (r.depth, r.level)).collect();
+        got.sort();
+        assert_eq!(got, vec![(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]);
+        let deepest = logs.iter().find(|r| r.depth == 2).unwrap();
+        assert_eq!(
+            deepest.context,
+            vec![("level".to_string(), "1".to_string())]
+        );
+        assert_eq!(deepest.task, "log_demo");
+        let (_, none) = run_logged(&mut c, "log_demo", "2", LogSpec::OFF);
+        assert!(none.is_empty());
+        c.shutdown();
+    });
+}
+
+#[test]
+fn client_cancel_of_a_running_job() {
+    let mut c = cluster(2, Registry::with_builtins());
+    let h = c.handle();
+    let job = h.submit_json("spin", "60000", LogSpec::OFF).unwrap();
+    assert!(h.cancel(job));
+    assert!(!h.cancel(job), "second cancel: the job is gone");
+    assert_eq!(
+        done_json(run(&mut c, "fib", "12")),
+        144,
+        "workers free again"
+    );
+    c.shutdown();
+}
