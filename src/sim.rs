@@ -506,7 +506,7 @@ impl Sim {
                 assert!(self.finished.insert(addr), "task {addr} finished twice");
                 self.stats.tasks_finished += 1;
             }
-            w.core.finish(key, done.map(|v| encode_u64(v)), &mut out);
+            w.core.finish(key, done.map(encode_u64), &mut out);
         }
         for k in w.core.take_dropped() {
             w.tasks.remove(&k);

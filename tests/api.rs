@@ -69,10 +69,10 @@ fn builtins_compute_the_right_answers() {
 #[test]
 fn map_keeps_input_order_and_two_level_maps_nest() {
     async fn pair(ctx: Ctx, i: u64) -> TaskResult<Vec<u64>> {
-        Ok(ctx.map("ident", [2 * i, 2 * i + 1])?.await?)
+        ctx.map("ident", [2 * i, 2 * i + 1])?.await
     }
     async fn outer(ctx: Ctx, n: u64) -> TaskResult<Vec<Vec<u64>>> {
-        Ok(ctx.map("pair", 0..n)?.await?)
+        ctx.map("pair", 0..n)?.await
     }
     let r = Registry::new()
         .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })

@@ -66,10 +66,7 @@ where
             drive(&mut fabric, &mut logic, &cmd_rx)?;
             report.placed = logic.core.boss.placed_total();
             drop(fabric);
-            match client.join() {
-                Ok(code) => code,
-                Err(_) => 70,
-            }
+            client.join().unwrap_or(70)
         }
         _ => {
             run_member(fabric, &role, registry, opts.seed, &mut report)?;

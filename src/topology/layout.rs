@@ -230,7 +230,7 @@ mod tests {
     fn nodes(per: &[usize]) -> Vec<u32> {
         per.iter()
             .enumerate()
-            .flat_map(|(i, &k)| std::iter::repeat(i as u32).take(k))
+            .flat_map(|(i, &k)| std::iter::repeat_n(i as u32, k))
             .collect()
     }
 
@@ -245,8 +245,8 @@ mod tests {
                 }
             }
         }
-        for r in 1..n {
-            assert_eq!(listed[r], 1, "rank {r} listed {} times in {l:?}", listed[r]);
+        for (r, &times) in listed.iter().enumerate().skip(1) {
+            assert_eq!(times, 1, "rank {r} listed {times} times in {l:?}");
             let p = l.roles[r].parent().unwrap();
             match &l.roles[p.0 as usize] {
                 Role::Server { employees } | Role::Manager { employees, .. } => {

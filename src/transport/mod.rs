@@ -18,7 +18,7 @@ pub mod mpi;
 
 use crate::core::Outbox;
 use crate::protocol::{codec, Msg, Rank};
-use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam::channel::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -122,15 +122,10 @@ pub fn drive<F: Fabric, L: Logic>(
                 }
             }
         }
-        loop {
-            match local.try_recv() {
-                Ok(ev) => {
-                    active = true;
-                    if logic.on_local(ev, &mut out) == Flow::Stop {
-                        stop = true;
-                    }
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        while let Ok(ev) = local.try_recv() {
+            active = true;
+            if logic.on_local(ev, &mut out) == Flow::Stop {
+                stop = true;
             }
         }
         if !out.is_empty() {
