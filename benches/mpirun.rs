@@ -22,7 +22,15 @@ fn job_seconds(bin: &str, ranks: u32, w: &Workload) -> f64 {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_hwloc_base_binding_policy", "none")
-        .args(["-n", &ranks.to_string(), bin, "run", w.task, w.arg, "--stats"])
+        .args([
+            "-n",
+            &ranks.to_string(),
+            bin,
+            "run",
+            w.task,
+            w.arg,
+            "--stats",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run mpirun: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -37,25 +45,85 @@ fn job_seconds(bin: &str, ranks: u32, w: &Workload) -> f64 {
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need
     let bin = env!("CARGO_BIN_EXE_bqrt");
-    let runs: usize = std::env::var("BQRT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let ranks: u32 = std::env::var("BQRT_BENCH_RANKS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("BQRT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let ranks: u32 = std::env::var("BQRT_BENCH_RANKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let workloads = [
-        Workload { name: "W1 fanout 10k", task: "fanout", arg: "10000", units: 10_000.0, unit: "tasks/s" },
-        Workload { name: "W1 fanout 100k", task: "fanout", arg: "100000", units: 100_000.0, unit: "tasks/s" },
-        Workload { name: "W1 fanout 1M", task: "fanout", arg: "1000000", units: 1_000_000.0, unit: "tasks/s" },
-        Workload { name: "W2 chain 200", task: "chain", arg: "200", units: 200.0, unit: "us/level" },
-        Workload { name: "W2 chain 2000", task: "chain", arg: "2000", units: 2000.0, unit: "us/level" },
-        Workload { name: "W3 tree 12", task: "tree", arg: "12", units: 8191.0, unit: "tasks/s" },
-        Workload { name: "fib 20", task: "fib", arg: "20", units: 21891.0, unit: "tasks/s" },
+        Workload {
+            name: "W1 fanout 10k",
+            task: "fanout",
+            arg: "10000",
+            units: 10_000.0,
+            unit: "tasks/s",
+        },
+        Workload {
+            name: "W1 fanout 100k",
+            task: "fanout",
+            arg: "100000",
+            units: 100_000.0,
+            unit: "tasks/s",
+        },
+        Workload {
+            name: "W1 fanout 1M",
+            task: "fanout",
+            arg: "1000000",
+            units: 1_000_000.0,
+            unit: "tasks/s",
+        },
+        Workload {
+            name: "W2 chain 200",
+            task: "chain",
+            arg: "200",
+            units: 200.0,
+            unit: "us/level",
+        },
+        Workload {
+            name: "W2 chain 2000",
+            task: "chain",
+            arg: "2000",
+            units: 2000.0,
+            unit: "us/level",
+        },
+        Workload {
+            name: "W3 tree 12",
+            task: "tree",
+            arg: "12",
+            units: 8191.0,
+            unit: "tasks/s",
+        },
+        Workload {
+            name: "fib 20",
+            task: "fib",
+            arg: "20",
+            units: 21891.0,
+            unit: "tasks/s",
+        },
     ];
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    println!("bqrt end-to-end benchmark: {ranks} ranks (1 server + {} workers), {runs} runs each", ranks - 1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "bqrt end-to-end benchmark: {ranks} ranks (1 server + {} workers), {runs} runs each",
+        ranks - 1
+    );
     println!("machine: {cores} cores, {host}");
-    println!("{:<16} {:>12} {:>12} {:>12}  unit", "workload", "min", "median", "max");
+    println!(
+        "{:<16} {:>12} {:>12} {:>12}  unit",
+        "workload", "min", "median", "max"
+    );
     let started = Instant::now();
     let mut json = Vec::new();
     for w in &workloads {
@@ -73,16 +141,25 @@ fn main() {
             .collect();
         vals.sort_by(|a, b| a.total_cmp(b));
         let (min, med, max) = (vals[0], vals[vals.len() / 2], vals[vals.len() - 1]);
-        println!("{:<16} {:>12.1} {:>12.1} {:>12.1}  {}", w.name, min, med, max, w.unit);
+        println!(
+            "{:<16} {:>12.1} {:>12.1} {:>12.1}  {}",
+            w.name, min, med, max, w.unit
+        );
         json.push(format!(
             "{{\"workload\":\"{}\",\"unit\":\"{}\",\"min\":{min:.3},\"median\":{med:.3},\"max\":{max:.3}}}",
             w.name, w.unit
         ));
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-mpirun.json");
-    let body = format!("{{\"ranks\":{ranks},\"runs\":{runs},\"cores\":{cores},\"results\":[{}]}}\n", json.join(","));
+    let body = format!(
+        "{{\"ranks\":{ranks},\"runs\":{runs},\"cores\":{cores},\"results\":[{}]}}\n",
+        json.join(",")
+    );
     if let Err(e) = std::fs::write(path, body) {
         eprintln!("cannot write {path}: {e}");
     }
-    println!("done in {:.1} s; figures in {path}", started.elapsed().as_secs_f64());
+    println!(
+        "done in {:.1} s; figures in {path}",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -31,9 +31,7 @@ pub(crate) fn register(r: Registry) -> Registry {
         })
         .task("spin", spin)
         .task("fanout", |ctx: Ctx, n: u64| async move {
-            let done: Vec<()> = ctx
-                .map("noop", (0..n).map(|_| ()))?
-                .await?;
+            let done: Vec<()> = ctx.map("noop", (0..n).map(|_| ()))?.await?;
             Ok(done.len() as u64)
         })
         .task("chain", chain)
