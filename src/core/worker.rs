@@ -232,6 +232,7 @@ impl WorkerCore {
     fn on_assign(&mut self, seq: BatchSeq, tasks: Vec<TaskMsg>, out: &mut Outbox) {
         self.receipt = seq;
         self.stats.received += tasks.len() as u64;
+        self.delayed.reserve_exact(tasks.len());
         let mut told: HashSet<MailboxAddr> = HashSet::new();
         for task in tasks {
             let parent = task.addr.mailbox_addr();
