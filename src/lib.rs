@@ -6,8 +6,10 @@
 
 pub mod builtins;
 pub mod cli;
+pub mod client;
 pub mod core;
 pub mod executor;
+pub mod gateway;
 pub mod logging;
 pub mod protocol;
 pub mod runtime;

@@ -221,6 +221,7 @@ pub struct Sim {
     started: HashSet<Address>,
     finished: HashSet<Address>,
     results: HashMap<JobId, Result<u64, String>>,
+    finished_counts: HashMap<JobId, u64>,
     pub stats: SimStats,
 }
 
@@ -276,6 +277,7 @@ impl Sim {
             started: HashSet::new(),
             finished: HashSet::new(),
             results: HashMap::new(),
+            finished_counts: HashMap::new(),
             stats: SimStats::default(),
         }
     }
@@ -315,6 +317,11 @@ impl Sim {
             self.results.insert(job, Err("cancelled".into()));
         }
         ok
+    }
+
+    /// Tasks the server reported finished for an ended job.
+    pub fn finished_count(&self, job: JobId) -> Option<u64> {
+        self.finished_counts.get(&job).copied()
     }
 
     pub fn result(&self, job: JobId) -> Option<&Result<u64, String>> {
@@ -417,7 +424,14 @@ impl Sim {
                 s.handle(Rank(from), msg, &mut out);
                 let events = s.take_events();
                 for ev in events {
-                    if let ServerEvent::Finished { job, outcome } = ev {
+                    if let ServerEvent::Finished {
+                        job,
+                        outcome,
+                        finished,
+                        ..
+                    } = ev
+                    {
+                        self.finished_counts.insert(job, finished);
                         let r = match outcome {
                             Ok(bytes) => Ok(decode_u64(&bytes)),
                             Err(f) => Err(f.message),

@@ -10,7 +10,14 @@ fn run_jobs(cfg: SimConfig, scripts: &[Script]) -> Sim {
     for (job, s) in jobs.iter().zip(scripts) {
         let got = sim.result(*job).cloned();
         match s.expected() {
-            Some(v) => assert_eq!(got, Some(Ok(v)), "{job}"),
+            Some(v) => {
+                assert_eq!(got, Some(Ok(v)), "{job}");
+                assert_eq!(
+                    sim.finished_count(*job),
+                    Some(v),
+                    "{job}: exact finished count in the result"
+                );
+            }
             None => assert!(
                 matches!(got, Some(Err(_))),
                 "{job}: expected failure, got {got:?}"

@@ -1,8 +1,12 @@
-//! The command line: `bqrt run`, `bqrt tasks`.
+//! The command line: `bqrt run|serve|tasks` under a launcher, and the client commands
+//! `bqrt submit|status|result|cancel|watch|top` against a running server.
 //!
 //! Every rank parses the same arguments and validates them before MPI starts, so bad input
 //! stops every rank the same way instead of leaving some waiting for others.
 
+mod clients;
+
+use crate::gateway;
 use crate::logging;
 use crate::protocol::LogSpec;
 use crate::runtime::{run_mpi, MpiOptions, Outcome, ServerHandle};
@@ -10,6 +14,8 @@ use crate::task::Registry;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -28,8 +34,96 @@ enum Cmd {
     /// Run one job and exit: `mpirun -n N bqrt run TASK [ARGS_JSON]`. The result is printed as
     /// JSON on the last line of stdout; a failed job exits with status 1.
     Run(RunArgs),
+    /// Run the runtime until SIGINT/SIGTERM: `mpirun -n N bqrt serve`. Rank 0 listens for clients
+    /// and prints `bqrt ready HOST:PORT` once every rank is up.
+    Serve(ServeArgs),
     /// List the tasks this binary can run.
     Tasks,
+    /// Submit a job to a running server; prints its id. The job outlives this command.
+    Submit(SubmitArgs),
+    /// Show a job's state and task counts.
+    Status(JobArgs),
+    /// Wait for a job's result and print it as JSON (frees the job's record).
+    Result(ResultArgs),
+    /// Cancel a job and its whole task tree.
+    Cancel(JobArgs),
+    /// Show a job's progress and logs until it ends.
+    Watch(JobArgs),
+    /// Show workers busy/idle per group, queued tasks, jobs and throughput.
+    Top(TopArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address for clients (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7472", env = "BQRT_LISTEN")]
+    listen: String,
+    /// Also write the address to this file (atomically) when ready.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+    /// Where to write the client token (mode 0600); default ~/.bqrt/token-PORT.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// Most client connections at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds a client may take to finish a frame it started.
+    #[arg(long, default_value_t = 30.0)]
+    frame_timeout: f64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Conn {
+    /// The server's client address.
+    #[arg(long, default_value = "127.0.0.1:7472", env = "BQRT_SERVER")]
+    server: String,
+    /// The server's token file (default: BQRT_TOKEN, BQRT_TOKEN_FILE, ~/.bqrt/token-PORT).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct SubmitArgs {
+    task: String,
+    /// The task's argument as JSON (default null).
+    args: Option<String>,
+    #[arg(long, value_enum, default_value_t = Level::Warn)]
+    log_level: Level,
+    #[arg(long)]
+    log_depth: Option<u32>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(clap::Args, Debug)]
+struct JobArgs {
+    job: u64,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(clap::Args, Debug)]
+struct ResultArgs {
+    job: u64,
+    /// Give up after this many seconds (exit 124; the job goes on).
+    #[arg(long)]
+    timeout: Option<f64>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(clap::Args, Debug)]
+struct TopArgs {
+    /// Print one snapshot and exit (throughput measured over --interval).
+    #[arg(long)]
+    once: bool,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,7 +160,7 @@ struct Common {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
-enum Level {
+pub(crate) enum Level {
     Off,
     Error,
     Warn,
@@ -76,7 +170,7 @@ enum Level {
 }
 
 impl Level {
-    fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             Level::Off => 0,
             Level::Error => 1,
@@ -102,7 +196,112 @@ pub fn main(registry: Registry) -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Run(args) => run(registry, args),
+        Cmd::Serve(args) => serve(registry, args),
+        Cmd::Submit(a) => clients::submit(a),
+        Cmd::Status(a) => clients::status(a),
+        Cmd::Result(a) => clients::result(a),
+        Cmd::Cancel(a) => clients::cancel(a),
+        Cmd::Watch(a) => clients::watch(a),
+        Cmd::Top(a) => clients::top(a),
     }
+}
+
+fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
+    if args.common.fanout < 2 {
+        return fail(&format!(
+            "--fanout {}: must be at least 2",
+            args.common.fanout
+        ));
+    }
+    if !(args.frame_timeout > 0.0 && args.frame_timeout.is_finite()) {
+        return fail(&format!(
+            "--frame-timeout {}: must be a positive number of seconds",
+            args.frame_timeout
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            return fail(&format!("cannot install the signal handler: {e}"));
+        }
+    }
+    let opts = MpiOptions {
+        fanout: args.common.fanout,
+        seed: args.common.seed,
+        stats: args.common.stats,
+    };
+    let result = run_mpi(registry, &opts, move |handle: ServerHandle| {
+        let code = gateway_main(&handle, &args, stop);
+        handle.shutdown();
+        code
+    });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Rank 0 of `bqrt serve`: bind, write the token, say ready, serve until signalled.
+fn gateway_main(handle: &ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) -> i32 {
+    let (listener, addr) = match gateway::bind(&args.listen) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("bqrt: {e}");
+            return 2;
+        }
+    };
+    let token = match gateway::token::generate() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bqrt: cannot read /dev/urandom for the client token: {e}");
+            return 70;
+        }
+    };
+    let token_path = match args
+        .token_file
+        .clone()
+        .or_else(|| gateway::token::default_path(addr.port()))
+    {
+        Some(p) => p,
+        None => {
+            eprintln!("bqrt: HOME is not set; pass --token-file PATH");
+            return 2;
+        }
+    };
+    if let Err(e) = gateway::token::write(&token_path, &token) {
+        eprintln!(
+            "bqrt: cannot write the token file {}: {e}; pass --token-file PATH",
+            token_path.display()
+        );
+        return 2;
+    }
+    logging::eprint_line(&format!(
+        "bqrt: client token in {} (mode 0600)",
+        token_path.display()
+    ));
+    if let Some(p) = &args.ready_file {
+        if let Err(e) = gateway::token::write_atomic(p, &format!("{addr}\n")) {
+            eprintln!("bqrt: cannot write --ready-file {}: {e}", p.display());
+            return 2;
+        }
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "bqrt ready {addr}");
+        let _ = out.flush();
+    }
+    let mut cfg = gateway::GatewayConfig::new(token);
+    cfg.max_connections = args.max_connections;
+    cfg.frame_timeout = Duration::from_secs_f64(args.frame_timeout);
+    gateway::serve(
+        listener,
+        cfg,
+        handle,
+        stop,
+        "the server received a stop signal",
+    );
+    logging::eprint_line("bqrt: stopping");
+    0
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -12,7 +12,7 @@ pub mod worker;
 
 pub use boss::Outbox;
 pub use manager::ManagerCore;
-pub use server::{JobSpec, ServerCore, ServerEvent};
+pub use server::{ClusterView, JobInfo, JobSpec, ServerCore, ServerEvent};
 pub use worker::{
     CallError, ChildSpec, Ready, TaskKey, WaitKind, WaitPoll, WorkerCore, WorkerStats,
 };

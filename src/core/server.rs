@@ -27,9 +27,12 @@ pub struct JobSpec {
 /// What the server reports to the job owners' side (gateway or batch runner).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServerEvent {
+    /// A job ended; `spawned` and `finished` are its task counts as last reported.
     Finished {
         job: JobId,
         outcome: Result<Vec<u8>, Failure>,
+        spawned: u64,
+        finished: u64,
     },
     Log {
         job: JobId,
@@ -40,6 +43,32 @@ pub enum ServerEvent {
 #[derive(Debug)]
 struct Job {
     locations: Vec<Rank>,
+    spawned: u64,
+    finished: u64,
+}
+
+/// A running job as the server sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    /// False until a worker reported holding the root task.
+    pub started: bool,
+    /// Tasks created so far (the root included) and tasks finished, as reported by workers.
+    pub spawned: u64,
+    pub finished: u64,
+}
+
+/// The cluster as the server sees it, for monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub workers: u32,
+    pub idle: u32,
+    /// Tasks waiting in workers' queues (last reports).
+    pub queued: u64,
+    pub active_jobs: usize,
+    /// Tasks finished since start (reported).
+    pub finished_tasks: u64,
+    /// The server's employees: `(rank, workers, idle)`.
+    pub employees: Vec<(Rank, u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -48,6 +77,8 @@ pub struct ServerCore {
     next_job: u64,
     jobs: HashMap<JobId, Job>,
     events: Vec<ServerEvent>,
+    queued: HashMap<Rank, u32>,
+    finished_tasks: u64,
 }
 
 impl ServerCore {
@@ -58,6 +89,8 @@ impl ServerCore {
             next_job: 0,
             jobs: HashMap::new(),
             events: Vec::new(),
+            queued: HashMap::new(),
+            finished_tasks: 0,
         }
     }
 
@@ -101,10 +134,43 @@ impl ServerCore {
             job,
             Job {
                 locations: Vec::new(),
+                spawned: 1,
+                finished: 0,
             },
         );
         self.boss.place_all(vec![task], out);
         job
+    }
+
+    /// The state of a job that has not ended.
+    pub fn job(&self, job: JobId) -> Option<JobInfo> {
+        self.jobs.get(&job).map(|j| JobInfo {
+            started: !j.locations.is_empty(),
+            spawned: j.spawned,
+            finished: j.finished,
+        })
+    }
+
+    /// The highest job id handed out so far.
+    pub fn last_job(&self) -> JobId {
+        JobId(self.next_job)
+    }
+
+    /// Monitoring snapshot.
+    pub fn cluster(&self) -> ClusterView {
+        ClusterView {
+            workers: self.boss.workers_total(),
+            idle: self.boss.idle_total(),
+            queued: self.queued.values().map(|&q| u64::from(q)).sum(),
+            active_jobs: self.jobs.len(),
+            finished_tasks: self.finished_tasks,
+            employees: self
+                .boss
+                .employees
+                .iter()
+                .map(|e| (e.rank, e.workers, e.idle))
+                .collect(),
+        }
     }
 
     /// Cancel a running job and its whole tree. False if the job is unknown or already ended.
@@ -145,12 +211,14 @@ impl ServerCore {
                     }
                 }
             }
-            Msg::Peer(Peer::Result { addr, value }) => {
+            Msg::Peer(Peer::Result { addr, value, tasks }) => {
                 let job = JobId(addr.mailbox.0);
-                if self.jobs.remove(&job).is_some() {
+                if let Some(j) = self.jobs.remove(&job) {
                     self.events.push(ServerEvent::Finished {
                         job,
                         outcome: Ok(value),
+                        spawned: tasks.spawned.max(j.spawned),
+                        finished: tasks.finished,
                     });
                 }
             }
@@ -166,16 +234,29 @@ impl ServerCore {
             }
             Msg::Peer(Peer::Failed { job, failure }) => {
                 if let Some(j) = self.jobs.remove(&job) {
+                    let (spawned, finished) = (j.spawned, j.finished);
                     Self::cancel_root(job, j, out);
                     self.events.push(ServerEvent::Finished {
                         job,
                         outcome: Err(failure),
+                        spawned,
+                        finished,
                     });
                 }
             }
             Msg::Peer(Peer::Log { job, record }) => {
                 if self.jobs.contains_key(&job) {
                     self.events.push(ServerEvent::Log { job, record });
+                }
+            }
+            Msg::Peer(Peer::Progress { queued, jobs }) => {
+                self.queued.insert(from, queued);
+                for p in jobs {
+                    self.finished_tasks += p.finished;
+                    if let Some(j) = self.jobs.get_mut(&p.job) {
+                        j.spawned += p.spawned;
+                        j.finished += p.finished;
+                    }
                 }
             }
             Msg::Peer(Peer::Cancel { .. }) | Msg::Down(_) => {

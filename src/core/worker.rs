@@ -20,7 +20,7 @@
 use super::boss::Outbox;
 use crate::protocol::{
     Address, BatchSeq, Down, Failure, Format, JobId, LogRecord, LogSpec, MailboxAddr, MailboxId,
-    Msg, Peer, Rank, TaskMsg, Up,
+    Msg, Peer, Rank, Subtree, TaskMsg, Up,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
 use thiserror::Error;
@@ -90,6 +90,8 @@ pub enum WaitPoll {
 struct Started {
     msg: TaskMsg,
     owned: Vec<MailboxId>,
+    /// Counts of this task's subtree so far (itself included).
+    tasks: Subtree,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,8 @@ pub struct WorkerCore {
     receipt: BatchSeq,
     last_waiting: Option<BatchSeq>,
     dropped: Vec<TaskKey>,
+    progress: HashMap<JobId, (u64, u64)>,
+    reported_queued: u32,
     pub stats: WorkerStats,
 }
 
@@ -158,6 +162,8 @@ impl WorkerCore {
             receipt: BatchSeq(0),
             last_waiting: None,
             dropped: Vec::new(),
+            progress: HashMap::new(),
+            reported_queued: 0,
             stats: WorkerStats::default(),
         }
     }
@@ -217,10 +223,10 @@ impl WorkerCore {
                     self.rank
                 )
             }
-            Msg::Peer(Peer::Result { addr, value }) => self.deposit(addr, value),
+            Msg::Peer(Peer::Result { addr, value, tasks }) => self.deposit(addr, value, tasks),
             Msg::Peer(Peer::Placed { mailbox, at }) => self.on_placed(mailbox.mailbox, at, out),
             Msg::Peer(Peer::Cancel { mailbox }) => self.cancel_closure(vec![mailbox], out),
-            Msg::Peer(Peer::Failed { .. } | Peer::Log { .. }) => {
+            Msg::Peer(Peer::Failed { .. } | Peer::Log { .. } | Peer::Progress { .. }) => {
                 log::error!(
                     "{}: a worker got a message meant for the server; ignored",
                     self.rank
@@ -284,7 +290,7 @@ impl WorkerCore {
         }
     }
 
-    fn deposit(&mut self, addr: Address, value: Vec<u8>) {
+    fn deposit(&mut self, addr: Address, value: Vec<u8>, tasks: Subtree) {
         let Some(mb) = self.mailboxes.get_mut(&addr.mailbox) else {
             return; // cancelled: the result is dropped
         };
@@ -301,6 +307,15 @@ impl WorkerCore {
         );
         *slot = Some(value);
         mb.received += 1;
+        let owner = mb.owner;
+        if let Some(t) = self.tasks.get_mut(&owner) {
+            // the child was counted once when submitted
+            t.tasks.spawned += tasks.spawned.saturating_sub(1);
+            t.tasks.finished += tasks.finished;
+        }
+        let Some(mb) = self.mailboxes.get_mut(&addr.mailbox) else {
+            return;
+        };
         mb.fresh.push(addr.slot);
         let wake = match mb.waiting {
             Some(WaitKind::Next) => true,
@@ -336,6 +351,10 @@ impl WorkerCore {
                 Started {
                     msg,
                     owned: Vec::new(),
+                    tasks: Subtree {
+                        spawned: 1,
+                        finished: 1,
+                    },
                 },
             );
             self.stats.started += 1;
@@ -346,6 +365,7 @@ impl WorkerCore {
                 format,
             });
         }
+        self.report_progress(out);
         if self.last_waiting != Some(self.receipt) {
             self.last_waiting = Some(self.receipt);
             out.push((
@@ -393,6 +413,26 @@ impl WorkerCore {
         }
     }
 
+    /// Send the server the task counts gathered since the last report, and the queue length, if
+    /// anything changed. Called when the worker goes idle, and by the executor periodically.
+    pub fn report_progress(&mut self, out: &mut Outbox) {
+        let queued = self.delayed.len() as u32;
+        if self.progress.is_empty() && queued == self.reported_queued {
+            return;
+        }
+        self.reported_queued = queued;
+        let jobs = self
+            .progress
+            .drain()
+            .map(|(job, (spawned, finished))| crate::protocol::JobProgress {
+                job,
+                spawned,
+                finished,
+            })
+            .collect();
+        out.push((Rank::SERVER, Msg::Peer(Peer::Progress { queued, jobs })));
+    }
+
     /// True when `next_ready` would return something.
     pub fn has_ready(&self) -> bool {
         !self.delayed.is_empty() || self.ready.iter().any(|k| self.tasks.contains_key(k))
@@ -420,6 +460,8 @@ impl WorkerCore {
         breadcrumbs.push(p.msg.addr);
         let n = children.len();
         self.stats.submitted += n as u64;
+        p.tasks.spawned += n as u64;
+        self.progress.entry(p.msg.job).or_default().0 += n as u64;
         let tasks: Vec<TaskMsg> = children
             .into_iter()
             .enumerate()
@@ -589,14 +631,20 @@ impl WorkerCore {
         match outcome {
             Ok(value) => {
                 self.stats.finished += 1;
+                self.progress.entry(t.msg.job).or_default().1 += 1;
                 if t.msg.addr.rank == self.rank {
-                    self.deposit(t.msg.addr, value);
+                    self.deposit(t.msg.addr, value, t.tasks);
                 } else {
+                    if t.msg.addr.rank == Rank::SERVER {
+                        // the server sees the job's live counts before its end
+                        self.report_progress(out);
+                    }
                     out.push((
                         t.msg.addr.rank,
                         Msg::Peer(Peer::Result {
                             addr: t.msg.addr,
                             value,
+                            tasks: t.tasks,
                         }),
                     ));
                 }
@@ -727,6 +775,7 @@ mod tests {
                 slot,
             },
             value: vec![v],
+            tasks: Subtree::default(),
         })
     }
 

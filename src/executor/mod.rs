@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) current: Cell<Option<TaskKey>>,
 }
 
+/// How often a busy worker reports task counts to the server (an idle one reports at once).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
 /// What the transport thread may see of the task being polled right now.
 #[derive(Default)]
 pub struct Running {
@@ -89,6 +92,7 @@ pub struct Executor {
     outbound: Sender<Outbox>,
     running: Arc<Running>,
     last_flush: Instant,
+    last_progress: Instant,
     stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
 }
 
@@ -115,6 +119,7 @@ impl Executor {
             outbound,
             running,
             last_flush: Instant::now(),
+            last_progress: Instant::now(),
             stats,
         }
     }
@@ -278,6 +283,12 @@ impl Executor {
             core.finish(key, outcome, &mut out);
         }
         self.shared.current.set(None);
+        if self.last_progress.elapsed() >= PROGRESS_EVERY {
+            self.last_progress = Instant::now();
+            let mut core = self.shared.core.borrow_mut();
+            let mut out = self.shared.out.borrow_mut();
+            core.report_progress(&mut out);
+        }
         self.flush();
     }
 }

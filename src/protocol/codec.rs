@@ -9,7 +9,7 @@ use super::message::Msg;
 use thiserror::Error;
 
 /// Version of the rank-to-rank packet format. Bump on any change to [`Msg`].
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 3;
 
 #[derive(Debug, Error)]
 pub enum CodecError {
@@ -103,6 +103,10 @@ mod tests {
             Msg::Peer(Peer::Result {
                 addr,
                 value: vec![0; 100],
+                tasks: crate::protocol::Subtree {
+                    spawned: 5,
+                    finished: 4,
+                },
             }),
             Msg::Peer(Peer::Cancel {
                 mailbox: MailboxAddr {

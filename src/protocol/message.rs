@@ -130,8 +130,13 @@ pub enum Up {
 /// Any rank -> any rank, addressed by task or job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Peer {
-    /// A task's result, sent to the rank of its return address.
-    Result { addr: Address, value: Vec<u8> },
+    /// A task's result, sent to the rank of its return address, with the task counts of its
+    /// subtree (so the root's result carries the job's exact totals).
+    Result {
+        addr: Address,
+        value: Vec<u8>,
+        tasks: Subtree,
+    },
     /// Tasks of mailbox `mailbox` now live on rank `at` (sent by `at` when it receives them).
     Placed { mailbox: MailboxAddr, at: Rank },
     /// Cancel every task whose return address is in `mailbox`, and their descendants.
@@ -140,6 +145,25 @@ pub enum Peer {
     Failed { job: JobId, failure: Failure },
     /// A log record for the job's owner; sent to the server.
     Log { job: JobId, record: LogRecord },
+    /// A worker's counters since its last report, sent to the server: per job, tasks created
+    /// and tasks finished; and the tasks queued on the worker now.
+    Progress { queued: u32, jobs: Vec<JobProgress> },
+}
+
+/// Task counts of a finished task's subtree: tasks created in it (itself included, cancelled
+/// children counted once) and tasks finished in it (those whose results reached their parents).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subtree {
+    pub spawned: u64,
+    pub finished: u64,
+}
+
+/// Task counts of one job since the last report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub job: JobId,
+    pub spawned: u64,
+    pub finished: u64,
 }
 
 /// Everything a rank can receive from another rank.

@@ -2,7 +2,7 @@
 //! server core running on the transport thread.
 
 use super::roles::Command;
-use crate::core::{JobSpec, ServerEvent};
+use crate::core::{ClusterView, JobInfo, JobSpec, ServerEvent};
 use crate::protocol::{Failure, Format, JobId, LogRecord, LogSpec};
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
@@ -88,7 +88,9 @@ impl ServerHandle {
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.events.recv_timeout(left) {
-                Ok(ServerEvent::Finished { job: j, outcome }) => {
+                Ok(ServerEvent::Finished {
+                    job: j, outcome, ..
+                }) => {
                     let o = match outcome {
                         Ok(v) => Outcome::Done(v),
                         Err(f) => Outcome::Failed(f),
@@ -105,6 +107,27 @@ impl ServerHandle {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    /// State of a job that has not ended, and the last job id handed out.
+    pub fn job_info(&self, job: JobId) -> Option<(Option<JobInfo>, JobId)> {
+        let (tx, rx) = bounded(1);
+        self.commands
+            .send(Command::JobInfo { job, reply: tx })
+            .ok()?;
+        rx.recv().ok()
+    }
+
+    /// Monitoring snapshot of the cluster.
+    pub fn cluster(&self) -> Option<ClusterView> {
+        let (tx, rx) = bounded(1);
+        self.commands.send(Command::Cluster { reply: tx }).ok()?;
+        rx.recv().ok()
+    }
+
+    /// The raw event stream (for a single consumer that routes events itself, like the gateway).
+    pub fn events(&self) -> &Receiver<ServerEvent> {
+        &self.events
     }
 
     /// Stop every rank.

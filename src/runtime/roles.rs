@@ -1,7 +1,7 @@
 //! Each role's [`Logic`] for the transport loop: the glue between a sans-IO core and the
 //! threads of its rank.
 
-use crate::core::{JobSpec, ManagerCore, Outbox, ServerCore, ServerEvent};
+use crate::core::{ClusterView, JobInfo, JobSpec, ManagerCore, Outbox, ServerCore, ServerEvent};
 use crate::executor::{Inbound, Running};
 use crate::protocol::{Down, JobId, Msg, Peer, Rank};
 use crate::transport::{Flow, Logic};
@@ -17,6 +17,14 @@ pub enum Command {
     Cancel {
         job: JobId,
         reply: Sender<bool>,
+    },
+    /// State of a job that has not ended, and the last job id handed out.
+    JobInfo {
+        job: JobId,
+        reply: Sender<(Option<JobInfo>, JobId)>,
+    },
+    Cluster {
+        reply: Sender<ClusterView>,
     },
     /// Stop every rank.
     Shutdown,
@@ -55,6 +63,12 @@ impl Logic for ServerLogic {
             Command::Cancel { job, reply } => {
                 let ok = self.core.cancel(job, out);
                 let _ = reply.send(ok);
+            }
+            Command::JobInfo { job, reply } => {
+                let _ = reply.send((self.core.job(job), self.core.last_job()));
+            }
+            Command::Cluster { reply } => {
+                let _ = reply.send(self.core.cluster());
             }
             Command::Shutdown => {
                 for &e in &self.employees {
