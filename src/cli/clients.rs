@@ -29,7 +29,7 @@ fn state_code(s: JobState) -> ExitCode {
     })
 }
 
-pub(super) fn print_log(r: &LogRecord) {
+pub(crate) fn print_log(r: &LogRecord) {
     let ctx: Vec<String> = r.context.iter().map(|(k, v)| format!("{k}={v}")).collect();
     logging::eprint_line(&format!(
         "[{} {} depth={} rank={}{}] {}: {}",

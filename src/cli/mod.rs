@@ -219,12 +219,7 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
             args.frame_timeout
         ));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            return fail(&format!("cannot install the signal handler: {e}"));
-        }
-    }
+    let stop = crate::runtime::signals::shared();
     let opts = MpiOptions {
         fanout: args.common.fanout,
         seed: args.common.seed,
@@ -365,23 +360,22 @@ fn batch(
         eprintln!("bqrt: the runtime stopped before the job could be submitted");
         return 70;
     };
-    let outcome = handle.wait(job, timeout, |r| {
-        let ctx: Vec<String> = r.context.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        logging::eprint_line(&format!(
-            "[{} {} depth={} rank={}{}] {}: {}",
-            logging::level_from_number(r.level),
-            r.task,
-            r.depth,
-            r.rank.0,
-            if ctx.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", ctx.join(" "))
-            },
-            r.target,
-            r.message
-        ));
-    });
+    let deadline = std::time::Instant::now() + timeout;
+    let outcome = loop {
+        let slice = Duration::from_millis(100)
+            .min(deadline.saturating_duration_since(std::time::Instant::now()));
+        if let Some(o) = handle.wait(job, slice, clients::print_log) {
+            break Some(o);
+        }
+        if crate::runtime::signals::requested() {
+            eprintln!("bqrt: interrupted; cancelling {job} and stopping");
+            handle.cancel(job);
+            return 130;
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+    };
     if stats {
         eprintln!(
             "bqrt-stats job_seconds={:.6}",

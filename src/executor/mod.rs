@@ -64,6 +64,15 @@ impl Running {
         }
     }
 
+    /// Raise the running task's cancel flag (shutdown: cooperative tasks end early).
+    pub fn cancel_current(&self) {
+        if let Ok(slot) = self.slot.lock() {
+            if let Some(t) = slot.as_ref() {
+                t.flag.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn set(&self, t: Option<RunningTask>) {
         if let Ok(mut slot) = self.slot.lock() {
             *slot = t;

@@ -106,7 +106,12 @@ pub(crate) enum HubIn {
     },
 }
 
+/// Log records kept for a detached job until someone watches it or fetches its result.
+const KEPT_LOGS: usize = 1000;
+
 struct Entry {
+    /// Records of a detached job nobody has seen yet (at most [`KEPT_LOGS`], oldest dropped).
+    logs: VecDeque<crate::protocol::LogRecord>,
     owner: Option<ConnId>,
     watchers: Vec<ConnId>,
     ended: Option<(JobResult, JobStatus)>,
@@ -284,6 +289,7 @@ impl Hub<'_> {
                         self.jobs.insert(
                             job,
                             Entry {
+                                logs: VecDeque::new(),
                                 owner,
                                 watchers: Vec::new(),
                                 ended: None,
@@ -359,6 +365,10 @@ impl Hub<'_> {
                 Some(e) => {
                     if !e.watchers.contains(&conn) {
                         e.watchers.push(conn);
+                    }
+                    let kept: Vec<_> = e.logs.drain(..).collect();
+                    for record in kept {
+                        self.send(conn, Reply::Log { job, record });
                     }
                     let status = self.status(job);
                     self.send(conn, Reply::Progress { job, status });
@@ -495,6 +505,9 @@ impl Hub<'_> {
         if !to.contains(&conn) {
             to.push(conn);
         }
+        for record in e.logs {
+            self.send(conn, Reply::Log { job, record });
+        }
         for c in to {
             self.send(
                 c,
@@ -540,7 +553,16 @@ impl Hub<'_> {
                 );
             }
             ServerEvent::Log { job, record } => {
-                let Some(e) = self.jobs.get(&job) else { return };
+                let Some(e) = self.jobs.get_mut(&job) else {
+                    return;
+                };
+                if e.owner.is_none() && e.watchers.is_empty() {
+                    if e.logs.len() >= KEPT_LOGS {
+                        e.logs.pop_front();
+                    }
+                    e.logs.push_back(record);
+                    return;
+                }
                 let mut to = e.watchers.clone();
                 if let Some(o) = e.owner {
                     if !to.contains(&o) {

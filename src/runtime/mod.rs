@@ -11,6 +11,7 @@ mod handle;
 mod local;
 mod mpi;
 mod roles;
+pub mod signals;
 
 pub use handle::{Outcome, ServerHandle};
 pub use local::LocalCluster;
@@ -112,8 +113,9 @@ pub(crate) fn run_member<F: Fabric>(
                 running,
             };
             let r = drive(&mut fabric, &mut logic, &out_rx);
-            // a task stuck in a long computation does not hold up shutdown
-            let _ = done_rx.recv_timeout(Duration::from_secs(1));
+            // a task stuck in a long computation does not hold up shutdown: its thread simply
+            // ends with the process
+            let _ = done_rx.recv_timeout(Duration::from_millis(100));
             if let Ok(mut s) = stats_slot.lock() {
                 report.worker = s.take();
             }

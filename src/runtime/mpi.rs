@@ -22,6 +22,9 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// Longest wait for `MPI_Finalize` before the rank exits anyway.
+const FINALIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Options every rank needs identically.
 #[derive(Clone, Debug)]
 pub struct MpiOptions {
@@ -38,6 +41,7 @@ pub fn run_mpi<C>(registry: Registry, opts: &MpiOptions, client: C) -> Result<i3
 where
     C: FnOnce(ServerHandle) -> i32 + Send + 'static,
 {
+    super::signals::install().map_err(StartError::Thread)?;
     let (universe, _threading) =
         mpi::initialize_with_threading(Threading::Funneled).ok_or(StartError::MpiInit)?;
     let world = universe.world();
@@ -89,6 +93,20 @@ where
             super::peak_rss_kib().unwrap_or(0)
         ));
     }
+    // MPI_Finalize waits for the launcher, which never answers while it aborts the job after a
+    // signal; a rank that is done must still exit promptly with its own status.
+    let watchdog_code = code;
+    let _ = std::thread::Builder::new()
+        .name("bqrt-finalize".into())
+        .spawn(move || {
+            std::thread::sleep(FINALIZE_TIMEOUT);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: _exit ends the process without running atexit handlers, which could block on
+            // MPI state held by the main thread (stuck in MPI_Finalize); nothing else is needed.
+            unsafe { libc::_exit(watchdog_code) };
+        });
     drop(universe);
     Ok(code)
 }

@@ -48,6 +48,18 @@ impl ServerLogic {
 impl Logic for ServerLogic {
     type Local = Command;
 
+    /// The client thread (gateway or batch runner) stops the runtime in order; only if it has
+    /// not within three grace periods does the server stop the tree itself.
+    fn on_signal(&mut self, waited: std::time::Duration, out: &mut Outbox) -> Flow {
+        if waited >= 3 * super::signals::GRACE {
+            for &e in &self.employees {
+                out.push((e, Msg::Down(Down::Shutdown)));
+            }
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
         self.core.handle(from, msg, out);
         self.forward_events();
@@ -121,6 +133,7 @@ impl Logic for WorkerLogic {
             self.running.on_cancel(*mailbox);
         }
         if let Msg::Down(Down::Shutdown) = msg {
+            self.running.cancel_current();
             let _ = self.inbound.send(Inbound::Stop);
             return Flow::Stop;
         }

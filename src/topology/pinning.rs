@@ -810,28 +810,4 @@ mod tests {
             format_cpus(&current)
         );
     }
-
-    #[test]
-    fn apply_binds_through_hwloc() {
-        // re-binding to the current cpuset exercises hwloc without changing anything
-        let current = current_cpuset().unwrap();
-        let p = PinPlan::Core {
-            core_os_index: 7,
-            pus: current.clone(),
-            wrapped: false,
-        };
-        assert_eq!(apply(&p), Ok(Some(7)));
-        assert_eq!(current_cpuset().unwrap(), current);
-        // bind to one cpu, check, then restore the original binding
-        let one = PinPlan::Core {
-            core_os_index: 0,
-            pus: vec![current[0]],
-            wrapped: false,
-        };
-        let narrowed = apply(&one).and_then(|_| current_cpuset());
-        assert_eq!(apply(&p), Ok(Some(7)));
-        assert_eq!(narrowed, Ok(vec![current[0]]));
-        assert_eq!(current_cpuset().unwrap(), current);
-        assert_eq!(apply(&PinPlan::Leave { reason: "x".into() }), Ok(None));
-    }
 }

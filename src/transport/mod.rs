@@ -64,6 +64,15 @@ pub trait Logic {
     type Local;
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow;
     fn on_local(&mut self, event: Self::Local, out: &mut Outbox) -> Flow;
+    /// A stop signal arrived `waited` ago and the loop is still running. By default a rank stops
+    /// by itself after [`crate::runtime::signals::GRACE`] (the server's shutdown did not come).
+    fn on_signal(&mut self, waited: Duration, _out: &mut Outbox) -> Flow {
+        if waited >= crate::runtime::signals::GRACE {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
 }
 
 /// Group messages by destination, keeping order per destination, and send one packet each.
@@ -103,9 +112,16 @@ pub fn drive<F: Fabric, L: Logic>(
     let mut last_active = Instant::now();
     let mut sleep = Duration::from_micros(20);
     let me = fabric.rank();
+    let mut signalled: Option<Instant> = None;
     loop {
         let mut active = false;
         let mut stop = false;
+        if crate::runtime::signals::requested() {
+            let since = *signalled.get_or_insert_with(Instant::now);
+            if logic.on_signal(since.elapsed(), &mut out) == Flow::Stop {
+                stop = true;
+            }
+        }
         for _ in 0..256 {
             let Some((from, bytes)) = fabric.try_recv() else {
                 break;

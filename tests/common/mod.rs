@@ -132,3 +132,202 @@ pub fn mpirun_bin(n: u32, bin: &Path, args: &[&str]) -> Run {
 pub fn bqrt(n: u32, args: &[&str]) -> Run {
     mpirun_bin(n, &bqrt_bin(), args)
 }
+
+/// `mpirun -n N bqrt serve` on a free port, ready when the ready file appears; stopped with
+/// SIGINT (then killed if it hangs) when dropped.
+pub struct Serve {
+    pub child: Option<std::process::Child>,
+    pub addr: String,
+    pub token_file: PathBuf,
+    pub dir: PathBuf,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "bqrt-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Serve {
+    pub fn start(n: u32, extra: &[&str]) -> Serve {
+        Self::start_with(mpirun(n), extra)
+    }
+
+    pub fn start_with(mut cmd: Command, extra: &[&str]) -> Serve {
+        let dir = tempdir("serve");
+        let ready = dir.join("ready");
+        let token_file = dir.join("token");
+        cmd.arg(bqrt_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut v = String::new();
+            let _ = err.read_to_string(&mut v);
+            v
+        });
+        let mut out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut v = String::new();
+            let _ = out.read_to_string(&mut v);
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(s) = std::fs::read_to_string(&ready) {
+                if s.ends_with('\n') {
+                    break s.trim().to_string();
+                }
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                let e = stderr.join().unwrap_or_default();
+                panic!("bqrt serve exited early ({st}):\n{e}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bqrt serve not ready within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Serve {
+            child: Some(child),
+            addr,
+            token_file,
+            dir,
+            stderr: Some(stderr),
+        }
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A `bqrt` client command against this server.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let mut c = Command::new(bqrt_bin());
+        c.args(args)
+            .arg("--server")
+            .arg(&self.addr)
+            .arg("--token-file")
+            .arg(&self.token_file);
+        run(c, Duration::from_secs(60))
+    }
+
+    /// Signal the launcher (`ranks: false`) or every rank directly, as `srun` and a batch
+    /// system's kill forward it (`ranks: true`); wait for the launcher to exit. Returns (exit
+    /// code, time, stderr).
+    pub fn stop(&mut self, signal: &str, ranks: bool) -> (Option<i32>, Duration, String) {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        let targets = if ranks {
+            descendants(child.id())
+        } else {
+            vec![child.id()]
+        };
+        assert!(!targets.is_empty(), "no rank processes found");
+        for pid in targets {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status();
+        }
+        let deadline = start + Duration::from_secs(20);
+        let code = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("bqrt serve did not stop within 20 s of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = start.elapsed();
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (code, elapsed, stderr)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Processes whose parent is `pid`, recursively.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for e in entries.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            // the parent pid is the second field after the parenthesised command name
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(p) {
+                all.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    all
+}
+
+/// Poll `f` until it returns true, failing after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
