@@ -86,6 +86,22 @@ impl Registry {
         self
     }
 
+    /// Register a task that takes and returns encoded bytes itself (for task kinds that are not
+    /// Rust functions, like Python coroutines). The result is passed on as is.
+    pub fn task_raw<F, Fut>(mut self, name: &str, f: F) -> Registry
+    where
+        F: Fn(Ctx, Vec<u8>, Format) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult<Vec<u8>>> + 'static,
+    {
+        let f = Arc::new(f);
+        let erased = move |ctx: Ctx, args: Vec<u8>, format: Format| -> BoxFuture {
+            let f = Arc::clone(&f);
+            Box::pin(async move { f(ctx, args, format).await })
+        };
+        self.tasks.insert(name.to_string(), Arc::new(erased));
+        self
+    }
+
     /// Names of the registered tasks.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tasks.keys().map(String::as_str)

@@ -129,6 +129,47 @@ impl Ctx {
         Next { fut }
     }
 
+    /// Submit children whose arguments are already encoded, for task kinds that are not Rust
+    /// functions (e.g. Python coroutines). One mailbox, one slot per child in order.
+    pub fn submit_raw(&self, children: Vec<RawChild>) -> TaskResult<RawFuture> {
+        let len = children.len();
+        let specs = children
+            .into_iter()
+            .map(|c| ChildSpec {
+                function: c.function,
+                label: c.label,
+                args: c.args,
+                format: c.format,
+                context: c.context,
+            })
+            .collect();
+        let mailbox = self.submit_specs(specs)?;
+        Ok(RawFuture {
+            handle: Handle::new(self, mailbox),
+            len,
+        })
+    }
+
+    /// Log a record for the job's owner from code that does not use the `log` crate (it goes
+    /// through the job's level and depth filter like any other record).
+    pub fn log_raw(&self, level: u8, target: &str, message: String) {
+        if let (Ok(mut core), Ok(mut out)) = (
+            self.shared.core.try_borrow_mut(),
+            self.shared.out.try_borrow_mut(),
+        ) {
+            core.log(self.key, level, target, message, &mut out);
+        }
+    }
+
+    /// The task's job-wide settings: log filter and context.
+    pub fn log_spec(&self) -> Option<(crate::protocol::LogSpec, Vec<(String, String)>)> {
+        self.shared
+            .core
+            .borrow()
+            .task(self.key)
+            .map(|t| (t.log, t.context.clone()))
+    }
+
     /// Cancel a future's tasks and their descendants, wherever they run. Returns at once.
     pub fn cancel(&self, fut: impl Cancel) {
         fut.cancel_now();
@@ -309,6 +350,60 @@ fn decode_one<R: DeserializeOwned>(bytes: Vec<u8>) -> TaskResult<R> {
             "a child's result does not decode as the expected type: {e}"
         ))
     })
+}
+
+/// A child for [`Ctx::submit_raw`].
+#[derive(Clone, Debug)]
+pub struct RawChild {
+    pub function: String,
+    pub args: Vec<u8>,
+    pub format: Format,
+    pub label: Option<String>,
+    pub context: Vec<(String, String)>,
+}
+
+/// Future of [`Ctx::submit_raw`], polled by hand (for coroutine steppers). Values are the
+/// children's encoded results. Dropping it before it is consumed cancels its tasks.
+pub struct RawFuture {
+    handle: Handle,
+    len: usize,
+}
+
+impl RawFuture {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// All results in slot order, once every one arrived (consumes the mailbox).
+    pub fn poll_all(&mut self) -> Poll<TaskResult<Vec<Vec<u8>>>> {
+        match self.handle.wait(WaitKind::All) {
+            Ok(WaitPoll::All(v)) => Poll::Ready(Ok(v)),
+            Ok(_) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+    /// Results that arrived since the last call, `(slot, value)`; pending only if none did.
+    pub fn poll_next(&mut self) -> Poll<TaskResult<Vec<(usize, Vec<u8>)>>> {
+        match self.handle.wait(WaitKind::Next) {
+            Ok(WaitPoll::Next(p)) => {
+                Poll::Ready(Ok(p.into_iter().map(|(i, v)| (i as usize, v)).collect()))
+            }
+            Ok(_) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+    /// Whether the future still has a live mailbox (not consumed or cancelled).
+    pub fn is_live(&self) -> bool {
+        self.handle.live
+    }
+}
+
+impl Cancel for RawFuture {
+    fn cancel_now(mut self) {
+        self.handle.cancel();
+    }
 }
 
 /// Futures that can be cancelled.

@@ -14,7 +14,7 @@ mod cache;
 mod ctx;
 
 pub use cache::Cache;
-pub use ctx::{Cancel, Ctx, MapFuture, Next, Options, TaskFuture};
+pub use ctx::{Cancel, Ctx, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture};
 
 use crate::core::{Outbox, Ready, TaskKey, WorkerCore};
 use crate::protocol::{MailboxAddr, Msg};

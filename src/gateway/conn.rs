@@ -50,6 +50,16 @@ impl Conn {
             return;
         }
         if &head[..4] != MAGIC {
+            if let Some(foreign) = self.cfg.foreign.as_ref().filter(|f| f.accepts(&head)) {
+                let _ = stream.set_read_timeout(None);
+                let link = super::Link {
+                    id: self.id,
+                    hub: self.hub.clone(),
+                    opened: false,
+                };
+                foreign.serve(stream, head, link);
+                return;
+            }
             let msg = "bqrt: unrecognised protocol on this port (expected the bqrt client protocol); connection closed\n";
             let _ = stream.write_all(msg.as_bytes());
             let _ = stream.shutdown(Shutdown::Both);

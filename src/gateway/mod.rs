@@ -29,9 +29,50 @@ use thiserror::Error;
 /// Ended jobs kept for clients that have not fetched their results.
 pub const MAX_ENDED: usize = 10_000;
 
-#[derive(Clone, Debug)]
+/// Another client protocol sharing the gateway's port. It is offered every connection whose
+/// first five bytes are not the native header, and talks to the hub through a [`Link`] with the
+/// same requests and replies as a native client (translating its own messages).
+pub trait ForeignProtocol: Send + Sync {
+    /// Whether the connection's first five bytes look like this protocol.
+    fn accepts(&self, head: &[u8; 5]) -> bool;
+    /// Serve the connection until it ends (runs on the connection's own thread). `head` holds
+    /// the bytes already read.
+    fn serve(&self, stream: std::net::TcpStream, head: [u8; 5], link: Link);
+}
+
+/// A foreign-protocol connection's handle on the hub.
+pub struct Link {
+    id: ConnId,
+    hub: Sender<HubIn>,
+    opened: bool,
+}
+
+impl Link {
+    /// Register with the hub; replies for this connection arrive on the returned channel.
+    pub fn open(&mut self) -> Receiver<Reply> {
+        let (tx, rx) = crossbeam::channel::bounded(4096);
+        self.opened = self.hub.send(HubIn::Open { conn: self.id, tx }).is_ok();
+        rx
+    }
+    /// Send a request as if it came from a native client.
+    pub fn request(&self, req: Request) -> bool {
+        self.hub.send(HubIn::Request { conn: self.id, req }).is_ok()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if self.opened {
+            let _ = self.hub.send(HubIn::Closed { conn: self.id });
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct GatewayConfig {
     pub token: String,
+    /// Another protocol on the same port (BQSKit's, with the `python` feature).
+    pub foreign: Option<Arc<dyn ForeignProtocol>>,
     pub max_connections: usize,
     pub max_frame: usize,
     /// A frame started must complete within this.
@@ -44,6 +85,7 @@ impl GatewayConfig {
     pub fn new(token: String) -> GatewayConfig {
         GatewayConfig {
             token,
+            foreign: None,
             max_connections: 256,
             max_frame: crate::protocol::client::MAX_FRAME,
             frame_timeout: Duration::from_secs(30),
@@ -85,9 +127,9 @@ pub fn bind(listen: &str) -> Result<(TcpListener, SocketAddr), GatewayError> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ConnId(u64);
+pub struct ConnId(u64);
 
-pub(crate) enum HubIn {
+pub enum HubIn {
     Open {
         conn: ConnId,
         tx: Sender<Reply>,
