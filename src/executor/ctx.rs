@@ -362,6 +362,9 @@ pub struct RawChild {
     pub context: Vec<(String, String)>,
 }
 
+/// A result with its slot: `(slot, encoded value)`.
+pub type Slot = (usize, Vec<u8>);
+
 /// Future of [`Ctx::submit_raw`], polled by hand (for coroutine steppers). Values are the
 /// children's encoded results. Dropping it before it is consumed cancels its tasks.
 pub struct RawFuture {
@@ -385,7 +388,7 @@ impl RawFuture {
         }
     }
     /// Results that arrived since the last call, `(slot, value)`; pending only if none did.
-    pub fn poll_next(&mut self) -> Poll<TaskResult<Vec<(usize, Vec<u8>)>>> {
+    pub fn poll_next(&mut self) -> Poll<TaskResult<Vec<Slot>>> {
         match self.handle.wait(WaitKind::Next) {
             Ok(WaitPoll::Next(p)) => {
                 Poll::Ready(Ok(p.into_iter().map(|(i, v)| (i as usize, v)).collect()))
