@@ -16,6 +16,8 @@
 //! | `cancel_demo` | `{"children","spin_ms"}` | cancels a map and a running `spin`; see the logs |
 //! | `cache_demo` | n | per rank, the counts its cache saw |
 //! | `log_demo` | depth | logs at every level from a chain of that depth |
+//! | `spread` | `{"outer","inner","ms"}` | ranks that ran the children of a 2-level map |
+//! | `env_all` | n | per worker rank: its GPU, BLAS threads and cpus (from n probes) |
 
 use crate::executor::Ctx;
 use crate::task::{Registry, TaskError, TaskResult};
@@ -59,6 +61,17 @@ pub(crate) fn register(r: Registry) -> Registry {
         .task("cache_count", cache_count)
         .task("cache_demo", cache_demo)
         .task("log_demo", log_demo)
+        .task("whereami", |ctx: Ctx, ms: u64| async move {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(ctx.rank().0)
+        })
+        .task("spread", spread)
+        .task("spread_outer", spread_outer)
+        .task("env_probe", |ctx: Ctx, ms: u64| async move {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(EnvProbe::here(ctx.rank().0))
+        })
+        .task("env_all", env_all)
 }
 
 async fn spin(ctx: Ctx, ms: u64) -> TaskResult<bool> {
@@ -218,4 +231,71 @@ async fn log_demo(ctx: Ctx, depth: u32) -> TaskResult<u32> {
         crate::Options::new().context("level", d.to_string()),
     )?
     .await
+}
+
+#[derive(Serialize, Deserialize)]
+struct Spread {
+    outer: u32,
+    inner: u32,
+    ms: u64,
+}
+
+async fn spread_outer(ctx: Ctx, s: Spread) -> TaskResult<Vec<u32>> {
+    ctx.map("whereami", (0..s.inner).map(|_| s.ms))?.await
+}
+
+/// A 2-level map; the sorted set of ranks that ran the inner children.
+async fn spread(ctx: Ctx, s: Spread) -> TaskResult<Vec<u32>> {
+    let inner = ctx.map(
+        "spread_outer",
+        (0..s.outer).map(|_| Spread {
+            outer: 0,
+            inner: s.inner,
+            ms: s.ms,
+        }),
+    )?;
+    let all: Vec<Vec<u32>> = inner.await?;
+    let mut ranks: Vec<u32> = all.into_iter().flatten().collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    Ok(ranks)
+}
+
+/// What a worker's environment looks like.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EnvProbe {
+    pub rank: u32,
+    pub cuda_visible_devices: Option<String>,
+    pub omp_num_threads: Option<String>,
+    pub openblas_num_threads: Option<String>,
+    pub cpus: String,
+}
+
+impl EnvProbe {
+    fn here(rank: u32) -> EnvProbe {
+        let cpus = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Cpus_allowed_list:"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        EnvProbe {
+            rank,
+            cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            omp_num_threads: std::env::var("OMP_NUM_THREADS").ok(),
+            openblas_num_threads: std::env::var("OPENBLAS_NUM_THREADS").ok(),
+            cpus,
+        }
+    }
+}
+
+async fn env_all(ctx: Ctx, n: u64) -> TaskResult<Vec<EnvProbe>> {
+    let all: Vec<EnvProbe> = ctx.map("env_probe", (0..n).map(|_| 30u64))?.await?;
+    let mut per: BTreeMap<u32, EnvProbe> = BTreeMap::new();
+    for p in all {
+        per.insert(p.rank, p);
+    }
+    Ok(per.into_values().collect())
 }

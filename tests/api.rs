@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 fn cluster(workers: u32, r: Registry) -> LocalCluster {
     bqrt::logging::init();
-    bqrt::executor::install_panic_hook();
+    bqrt::executor::install_panic_hook(false);
     LocalCluster::start(workers, r)
 }
 
@@ -36,6 +36,7 @@ fn done_json(o: Outcome) -> serde_json::Value {
     match o {
         Outcome::Done(b) => serde_json::from_slice(&b).expect("JSON result"),
         Outcome::Failed(f) => panic!("job failed: {f}"),
+        Outcome::RuntimeFailed(m) => panic!("runtime failed: {m}"),
     }
 }
 

@@ -51,6 +51,9 @@ enum Cmd {
     Watch(JobArgs),
     /// Show workers busy/idle per group, queued tasks, jobs and throughput.
     Top(TopArgs),
+    /// Compile a circuit with BQSKit through bqrt: `bqrt compile IN.qasm -o OUT.qasm`.
+    #[cfg(feature = "python")]
+    Compile(crate::python::compile::CompileArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -72,6 +75,9 @@ struct ServeArgs {
     frame_timeout: f64,
     #[command(flatten)]
     common: Common,
+    #[cfg(feature = "python")]
+    #[command(flatten)]
+    python: crate::python::ServeOptions,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -157,6 +163,45 @@ struct Common {
     /// and the job's wall time.
     #[arg(long)]
     stats: bool,
+    /// Do not pin workers to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Pin worker i of each node to cpu i of this list (e.g. 0,2,4-7).
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
+    /// Threads each worker's BLAS/OpenMP libraries may use.
+    #[arg(long, default_value_t = 1, env = "BQRT_BLAS_THREADS")]
+    blas_threads: u32,
+    /// GPUs per node: worker i of a node gets CUDA_VISIBLE_DEVICES = i mod N.
+    #[arg(long, default_value_t = 0, env = "BQRT_GPUS_PER_NODE")]
+    gpus_per_node: u32,
+    /// Print one line per rank at start: rank, role, node, core, parent.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+impl Common {
+    /// Check the flags every rank shares (before MPI starts, so all ranks fail alike).
+    fn options(&self) -> Result<MpiOptions, String> {
+        if self.fanout < 2 {
+            return Err(format!("--fanout {}: must be at least 2", self.fanout));
+        }
+        if self.blas_threads == 0 {
+            return Err("--blas-threads 0: must be at least 1".into());
+        }
+        let pin =
+            crate::topology::pinning::PinPolicy::from_flags(self.no_pin, self.cpus.as_deref())
+                .map_err(|e| e.to_string())?;
+        Ok(MpiOptions {
+            fanout: self.fanout,
+            seed: self.seed,
+            stats: self.stats,
+            pin,
+            blas_threads: self.blas_threads,
+            gpus_per_node: self.gpus_per_node,
+            verbose: self.verbose,
+        })
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -186,7 +231,7 @@ impl Level {
 /// tasks.
 pub fn main(registry: Registry) -> ExitCode {
     logging::init();
-    crate::executor::install_panic_hook();
+    crate::executor::install_panic_hook(true);
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Tasks => {
@@ -203,16 +248,21 @@ pub fn main(registry: Registry) -> ExitCode {
         Cmd::Cancel(a) => clients::cancel(a),
         Cmd::Watch(a) => clients::watch(a),
         Cmd::Top(a) => clients::top(a),
+        #[cfg(feature = "python")]
+        Cmd::Compile(a) => crate::python::compile::main(a),
     }
 }
 
 fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
-    if args.common.fanout < 2 {
-        return fail(&format!(
-            "--fanout {}: must be at least 2",
-            args.common.fanout
-        ));
-    }
+    #[cfg(feature = "python")]
+    let registry = match crate::python::setup(registry, &args.python, &args.listen) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let opts = match args.common.options() {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
     if !(args.frame_timeout > 0.0 && args.frame_timeout.is_finite()) {
         return fail(&format!(
             "--frame-timeout {}: must be a positive number of seconds",
@@ -220,11 +270,6 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
         ));
     }
     let stop = crate::runtime::signals::shared();
-    let opts = MpiOptions {
-        fanout: args.common.fanout,
-        seed: args.common.seed,
-        stats: args.common.stats,
-    };
     let result = run_mpi(registry, &opts, move |handle: ServerHandle| {
         let code = gateway_main(&handle, &args, stop);
         handle.shutdown();
@@ -288,15 +333,29 @@ fn gateway_main(handle: &ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) 
     let mut cfg = gateway::GatewayConfig::new(token);
     cfg.max_connections = args.max_connections;
     cfg.frame_timeout = Duration::from_secs_f64(args.frame_timeout);
-    gateway::serve(
+    #[cfg(feature = "python")]
+    {
+        let (foreign, notice) = crate::python::gateway_setup();
+        logging::eprint_line(&notice);
+        cfg.foreign = foreign;
+    }
+    let fatal = gateway::serve(
         listener,
         cfg,
         handle,
         stop,
         "the server received a stop signal",
     );
-    logging::eprint_line("bqrt: stopping");
-    0
+    match fatal {
+        Some(e) => {
+            logging::eprint_line(&format!("bqrt: stopping: {e}"));
+            1
+        }
+        None => {
+            logging::eprint_line("bqrt: stopping");
+            0
+        }
+    }
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -317,23 +376,16 @@ fn run(registry: Registry, args: RunArgs) -> ExitCode {
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&json) {
         return fail(&format!("ARGS_JSON '{json}' is not valid JSON ({e}); quote it for the shell, e.g. '20' or '\"text\"'"));
     }
-    if args.common.fanout < 2 {
-        return fail(&format!(
-            "--fanout {}: must be at least 2",
-            args.common.fanout
-        ));
-    }
+    let opts = match args.common.options() {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
     let log = LogSpec {
         level: args.log_level.number(),
         max_depth: args.log_depth,
     };
     let task = args.task.clone();
     let timeout = Duration::from_secs(args.timeout.unwrap_or(u64::MAX / 4));
-    let opts = MpiOptions {
-        fanout: args.common.fanout,
-        seed: args.common.seed,
-        stats: args.common.stats,
-    };
     let stats = args.common.stats;
     let result = run_mpi(registry, &opts, move |mut handle: ServerHandle| {
         let code = batch(&mut handle, &task, &json, log, timeout, stats);
@@ -368,6 +420,13 @@ fn batch(
             break Some(o);
         }
         if crate::runtime::signals::requested() {
+            // a launcher signals every rank when one dies: learn about the death first
+            if let Some(Outcome::RuntimeFailed(m)) =
+                handle.wait(job, Duration::from_millis(300), clients::print_log)
+            {
+                eprintln!("bqrt: {job} lost: {m}");
+                return 1;
+            }
             eprintln!("bqrt: interrupted; cancelling {job} and stopping");
             handle.cancel(job);
             return 130;
@@ -392,6 +451,10 @@ fn batch(
         }
         Some(Outcome::Failed(f)) => {
             eprintln!("bqrt: {job} failed: {f}");
+            1
+        }
+        Some(Outcome::RuntimeFailed(m)) => {
+            eprintln!("bqrt: {job} lost: {m}");
             1
         }
         None => {

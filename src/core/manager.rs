@@ -57,7 +57,7 @@ impl ManagerCore {
                 self.boss.plan_steals(max, out);
                 self.answer_upstream(out);
             }
-            Msg::Down(Down::Shutdown) => {}
+            Msg::Down(Down::Shutdown { .. }) => {}
             Msg::Up(up) => {
                 let Some(e) = self.boss.employee(from) else {
                     log::error!(

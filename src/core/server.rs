@@ -38,6 +38,10 @@ pub enum ServerEvent {
         job: JobId,
         record: LogRecord,
     },
+    /// A rank died; the runtime is stopping with this error.
+    Lost {
+        message: String,
+    },
 }
 
 #[derive(Debug)]
@@ -259,6 +263,7 @@ impl ServerCore {
                     }
                 }
             }
+            Msg::Peer(Peer::Lost { .. }) => {} // handled by the rank's driver
             Msg::Peer(Peer::Cancel { .. }) | Msg::Down(_) => {
                 log::error!("server: unexpected message from {from}; dropped");
             }

@@ -216,7 +216,7 @@ impl WorkerCore {
                 self.stats.stolen_from += tasks.len() as u64;
                 out.push((self.boss, Msg::Up(Up::Stolen { tasks })));
             }
-            Msg::Down(Down::Shutdown) => {}
+            Msg::Down(Down::Shutdown { .. }) => {}
             Msg::Up(_) => {
                 log::error!(
                     "{}: a worker got a message meant for a boss; ignored",
@@ -226,7 +226,9 @@ impl WorkerCore {
             Msg::Peer(Peer::Result { addr, value, tasks }) => self.deposit(addr, value, tasks),
             Msg::Peer(Peer::Placed { mailbox, at }) => self.on_placed(mailbox.mailbox, at, out),
             Msg::Peer(Peer::Cancel { mailbox }) => self.cancel_closure(vec![mailbox], out),
-            Msg::Peer(Peer::Failed { .. } | Peer::Log { .. } | Peer::Progress { .. }) => {
+            Msg::Peer(
+                Peer::Failed { .. } | Peer::Log { .. } | Peer::Progress { .. } | Peer::Lost { .. },
+            ) => {
                 log::error!(
                     "{}: a worker got a message meant for the server; ignored",
                     self.rank

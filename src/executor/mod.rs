@@ -307,12 +307,17 @@ thread_local! {
 }
 
 /// Install a panic hook that stays quiet for panics inside tasks (they become the task's failure
-/// and reach the job's owner) and reports every other panic as the runtime bug it is.
-pub fn install_panic_hook() {
+/// and reach the job's owner) and reports every other panic as the runtime bug it is. With
+/// `abort`, such a panic also ends the process at once, so the rest of the runtime sees a lost
+/// rank instead of a rank with a dead thread (the binary does this; tests do not).
+pub fn install_panic_hook(abort: bool) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !IN_TASK.with(|t| t.get()) {
             default(info);
+            if abort {
+                std::process::abort();
+            }
         }
     }));
 }

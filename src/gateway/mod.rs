@@ -167,7 +167,7 @@ pub fn serve(
     handle: &ServerHandle,
     stop: Arc<AtomicBool>,
     reason: &str,
-) {
+) -> Option<String> {
     let cfg = Arc::new(cfg);
     let (hub_tx, hub_rx) = unbounded::<HubIn>();
     let active = Arc::new(AtomicUsize::new(0));
@@ -207,7 +207,7 @@ pub fn serve(
             });
         if let Err(e) = spawned {
             log::error!(target: "bqrt::gateway", "cannot start the accept thread: {e}");
-            return;
+            return Some(format!("cannot start the accept thread: {e}"));
         }
     }
     let mut hub = Hub {
@@ -216,11 +216,13 @@ pub fn serve(
         jobs: HashMap::new(),
         ended: VecDeque::new(),
         last_progress: Instant::now(),
+        fatal: None,
     };
     hub.run(&hub_rx, &stop);
+    let reason = hub.fatal.clone().unwrap_or_else(|| reason.to_string());
     for tx in hub.conns.values() {
         let _ = tx.try_send(Reply::Shutdown {
-            reason: reason.to_string(),
+            reason: reason.clone(),
         });
     }
     // give writers a moment to deliver the notice
@@ -228,7 +230,12 @@ pub fn serve(
     while hub.conns.values().any(|tx| !tx.is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+    hub.fatal
 }
+
+/// After a stop signal, how long the hub keeps listening for a lost-rank report (a launcher
+/// signals every rank when one dies; the clients should learn about the death, not the signal).
+const SIGNAL_SETTLE: Duration = Duration::from_millis(300);
 
 struct Hub<'h> {
     handle: &'h ServerHandle,
@@ -236,12 +243,21 @@ struct Hub<'h> {
     jobs: HashMap<JobId, Entry>,
     ended: VecDeque<JobId>,
     last_progress: Instant,
+    /// The runtime is failing (a rank died): why.
+    fatal: Option<String>,
 }
 
 impl Hub<'_> {
     fn run(&mut self, hub_rx: &Receiver<HubIn>, stop: &AtomicBool) {
         let events = self.handle.events().clone();
-        while !stop.load(Ordering::SeqCst) {
+        let mut settle: Option<Instant> = None;
+        while self.fatal.is_none() {
+            if stop.load(Ordering::SeqCst) {
+                let until = *settle.get_or_insert_with(|| Instant::now() + SIGNAL_SETTLE);
+                if Instant::now() >= until {
+                    return;
+                }
+            }
             select! {
                 recv(hub_rx) -> m => match m {
                     Ok(m) => self.on_conn(m),
@@ -593,6 +609,10 @@ impl Hub<'_> {
                         note,
                     },
                 );
+            }
+            ServerEvent::Lost { message } => {
+                log::error!(target: "bqrt::gateway", "{message}");
+                self.fatal = Some(message);
             }
             ServerEvent::Log { job, record } => {
                 let Some(e) = self.jobs.get_mut(&job) else {

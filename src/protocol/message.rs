@@ -111,8 +111,9 @@ pub enum Down {
     Assign { seq: BatchSeq, tasks: Vec<TaskMsg> },
     /// Give back up to `max` delayed tasks (oldest first) with [`Up::Stolen`].
     Steal { max: u32 },
-    /// Stop: finish nothing, exit.
-    Shutdown,
+    /// Stop: finish nothing, exit. `error`: why, when the runtime stops because of a failure
+    /// (the rank then exits with status 1).
+    Shutdown { error: Option<String> },
 }
 
 /// Employee -> boss.
@@ -145,6 +146,8 @@ pub enum Peer {
     Failed { job: JobId, failure: Failure },
     /// A log record for the job's owner; sent to the server.
     Log { job: JobId, record: LogRecord },
+    /// A node leader found a rank of its node dead; sent to the server.
+    Lost { rank: Rank, role: String, node: u32 },
     /// A worker's counters since its last report, sent to the server: per job, tasks created
     /// and tasks finished; and the tasks queued on the worker now.
     Progress { queued: u32, jobs: Vec<JobProgress> },

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub enum Outcome {
     Done(Vec<u8>),
     Failed(Failure),
+    /// The runtime stopped because a rank died (the error names it).
+    RuntimeFailed(String),
 }
 
 /// Client-side access to the server.
@@ -104,6 +106,7 @@ impl ServerHandle {
                         self.logs.push((j, record));
                     }
                 }
+                Ok(ServerEvent::Lost { message }) => return Some(Outcome::RuntimeFailed(message)),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }

@@ -30,7 +30,7 @@ impl LocalCluster {
         let Role::Server { employees } = &lay.roles[0] else {
             unreachable!("rank 0 is the server")
         };
-        let (mut logic, cmd_rx, handle) = server_parts(employees, 1);
+        let (mut logic, cmd_rx, handle) = server_parts(employees, 1, n, None);
         threads.push(std::thread::spawn(move || {
             if let Err(e) = drive(&mut server_fabric, &mut logic, &cmd_rx) {
                 panic!("local server: {e}");
@@ -46,6 +46,7 @@ impl LocalCluster {
                     registry,
                     1,
                     &mut super::RankReport::default(),
+                    None,
                 ) {
                     panic!("local rank: {e}");
                 }

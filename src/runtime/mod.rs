@@ -8,6 +8,7 @@
 //! * the server adds a client-side thread (the batch runner, or the gateway).
 
 mod handle;
+pub mod liveness;
 mod local;
 mod mpi;
 mod roles;
@@ -33,6 +34,8 @@ use std::time::Duration;
 pub(crate) fn server_parts(
     employees: &[(Rank, u32)],
     seed: u64,
+    ranks: u32,
+    watcher: Option<liveness::Watcher>,
 ) -> (ServerLogic, Receiver<Command>, ServerHandle) {
     let (cmd_tx, cmd_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();
@@ -40,11 +43,14 @@ pub(crate) fn server_parts(
         core: ServerCore::new(employees, seed),
         events: ev_tx,
         employees: employees.iter().map(|e| e.0).collect(),
+        ranks,
+        watcher,
+        lost: Vec::new(),
+        lost_at: None,
     };
     (logic, cmd_rx, ServerHandle::new(cmd_tx, ev_rx))
 }
 
-/// Run a manager or worker rank until shutdown.
 /// What a rank reports about itself at exit (`bqrt run --stats`).
 #[derive(Debug, Default)]
 pub struct RankReport {
@@ -66,7 +72,8 @@ pub(crate) fn run_member<F: Fabric>(
     registry: Registry,
     seed: u64,
     report: &mut RankReport,
-) -> Result<(), TransportError> {
+    watcher: Option<liveness::Watcher>,
+) -> Result<i32, TransportError> {
     let me = fabric.rank();
     match role {
         Role::Server { .. } => unreachable!("the server is started with server_parts"),
@@ -74,13 +81,17 @@ pub(crate) fn run_member<F: Fabric>(
             parent, employees, ..
         } => {
             let mut logic = ManagerLogic {
+                me,
                 core: ManagerCore::new(me, *parent, employees, seed ^ u64::from(me.0)),
                 employees: employees.iter().map(|e| e.0).collect(),
+                watcher,
+                exit_code: 0,
+                ranks: fabric.size(),
             };
             let (_keep, rx) = unbounded::<()>();
             let r = drive(&mut fabric, &mut logic, &rx);
             report.placed = logic.core.boss.placed_total();
-            r
+            r.map(|()| logic.exit_code)
         }
         Role::Worker { parent } => {
             let (in_tx, in_rx) = unbounded();
@@ -109,8 +120,12 @@ pub(crate) fn run_member<F: Fabric>(
                 panic!("{me}: cannot start the executor thread: {e}");
             }
             let mut logic = WorkerLogic {
+                me,
                 inbound: in_tx,
                 running,
+                watcher,
+                exit_code: 0,
+                ranks: fabric.size(),
             };
             let r = drive(&mut fabric, &mut logic, &out_rx);
             // a task stuck in a long computation does not hold up shutdown: its thread simply
@@ -119,7 +134,7 @@ pub(crate) fn run_member<F: Fabric>(
             if let Ok(mut s) = stats_slot.lock() {
                 report.worker = s.take();
             }
-            r
+            r.map(|()| logic.exit_code)
         }
     }
 }

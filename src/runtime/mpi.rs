@@ -3,6 +3,7 @@
 
 use super::{run_member, server_parts, ServerHandle};
 use crate::task::Registry;
+use crate::topology::pinning::{self, PinPolicy};
 use crate::topology::{layout, LayoutError, Role};
 use crate::transport::{drive, mpi::MpiFabric, TransportError};
 use mpi::collective::{CommunicatorCollectives, Root};
@@ -20,6 +21,8 @@ pub enum StartError {
     Transport(#[from] TransportError),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Longest wait for `MPI_Finalize` before the rank exits anyway.
@@ -32,6 +35,72 @@ pub struct MpiOptions {
     pub seed: u64,
     /// Print one `bqrt-stats` line per rank on stderr at exit.
     pub stats: bool,
+    pub pin: PinPolicy,
+    pub blas_threads: u32,
+    pub gpus_per_node: u32,
+    /// Rank 0 prints the role map at start.
+    pub verbose: bool,
+}
+
+impl Default for MpiOptions {
+    fn default() -> MpiOptions {
+        MpiOptions {
+            fanout: 16,
+            seed: 0,
+            stats: false,
+            pin: PinPolicy::Auto,
+            blas_threads: 1,
+            gpus_per_node: 0,
+            verbose: false,
+        }
+    }
+}
+
+/// This rank's place, shared with every rank: role, node, core (-1: none), parent (-1), whether
+/// setting up the worker failed (1), and its process id (for liveness watching).
+const FIELDS: usize = 6;
+
+fn describe(role: &Role, node: u32, core: Option<u32>, failed: bool) -> [i32; FIELDS] {
+    let code = match role {
+        Role::Server { .. } => 0,
+        Role::Manager { .. } => 1,
+        Role::Worker { .. } => 2,
+    };
+    [
+        code,
+        node as i32,
+        core.map_or(-1, |c| c as i32),
+        role.parent().map_or(-1, |p| p.0 as i32),
+        failed as i32,
+        std::process::id() as i32,
+    ]
+}
+
+/// A worker's environment and binding: BLAS threads, its GPU, its core.
+fn prepare_worker(
+    opts: &MpiOptions,
+    rank: usize,
+    lay: &crate::topology::Layout,
+) -> Result<Option<u32>, String> {
+    let node = lay.node_of[rank];
+    let mates: Vec<usize> = (0..lay.roles.len())
+        .filter(|&r| lay.node_of[r] == node && matches!(lay.roles[r], Role::Worker { .. }))
+        .collect();
+    let Some(index) = mates.iter().position(|&r| r == rank) else {
+        return Ok(None);
+    };
+    // Only this thread runs yet (the executor thread starts later), so changing the
+    // environment races with nothing.
+    for (k, v) in pinning::blas_env(opts.blas_threads) {
+        std::env::set_var(k, v);
+    }
+    if let Some((k, v)) = pinning::gpu_env(opts.gpus_per_node, index as u32) {
+        std::env::set_var(k, v);
+    }
+    match pinning::pin_worker(&opts.pin, mates.len() as u32, index as u32) {
+        Ok((_, core)) => Ok(core),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Run this process's rank. On rank 0, `client` runs in its own thread with the server handle;
@@ -56,12 +125,51 @@ where
     let node_of: Vec<u32> = leaders.iter().map(|&l| l as u32).collect();
     let lay = layout(&node_of, opts.fanout)?;
     let role = lay.roles[rank as usize].clone();
+    let node_id = lay.node_of[rank as usize];
+    let (core, failure) = match prepare_worker(opts, rank as usize, &lay) {
+        Ok(c) => (c, None),
+        Err(e) => (None, Some(e)),
+    };
+    let mine = describe(&role, node_id, core, failure.is_some());
+    let mut all = vec![0i32; FIELDS * world.size() as usize];
+    world.all_gather_into(&mine[..], &mut all[..]);
+    if let Some(e) = &failure {
+        crate::logging::eprint_line(&format!("bqrt: rank {rank}: cannot set up the worker: {e}"));
+    }
+    if all.chunks(FIELDS).any(|c| c[4] != 0) {
+        return Err(StartError::Setup(
+            "a worker could not be set up (see the messages above)".into(),
+        ));
+    }
+    if opts.verbose && rank == 0 {
+        let names = ["server", "manager", "worker"];
+        for (r, c) in all.chunks(FIELDS).enumerate() {
+            let core = if c[2] < 0 {
+                "-".to_string()
+            } else {
+                c[2].to_string()
+            };
+            let parent = if c[3] < 0 {
+                "-".to_string()
+            } else {
+                c[3].to_string()
+            };
+            crate::logging::eprint_line(&format!(
+                "bqrt: rank {r} role {} node {} core {core} parent {parent}",
+                names.get(c[0] as usize).unwrap_or(&"?"),
+                c[1]
+            ));
+        }
+    }
     log::debug!(target: "bqrt::runtime", "rank {rank}: {role:?} on node {}", lay.node_of[rank as usize]);
+    let pids: Vec<i32> = all.chunks(FIELDS).map(|c| c[5]).collect();
+    let watcher = super::liveness::Watcher::new(crate::protocol::Rank(rank as u32), &lay, &pids);
+    let ranks = world.size() as u32;
     let fabric = MpiFabric::new(world);
     let mut report = super::RankReport::default();
     let code = match &role {
         Role::Server { employees } => {
-            let (mut logic, cmd_rx, handle) = server_parts(employees, opts.seed);
+            let (mut logic, cmd_rx, handle) = server_parts(employees, opts.seed, ranks, watcher);
             let client = std::thread::Builder::new()
                 .name("bqrt-client".into())
                 .spawn(move || client(handle))
@@ -72,10 +180,7 @@ where
             drop(fabric);
             client.join().unwrap_or(70)
         }
-        _ => {
-            run_member(fabric, &role, registry, opts.seed, &mut report)?;
-            0
-        }
+        _ => run_member(fabric, &role, registry, opts.seed, &mut report, watcher)?,
     };
     if opts.stats {
         let w = report.worker.unwrap_or_default();

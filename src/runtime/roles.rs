@@ -1,12 +1,14 @@
 //! Each role's [`Logic`] for the transport loop: the glue between a sans-IO core and the
-//! threads of its rank.
+//! threads of its rank, plus liveness watching and shutdown.
 
+use super::liveness::{Lost, Watcher};
 use crate::core::{ClusterView, JobInfo, JobSpec, ManagerCore, Outbox, ServerCore, ServerEvent};
 use crate::executor::{Inbound, Running};
 use crate::protocol::{Down, JobId, Msg, Peer, Rank};
 use crate::transport::{Flow, Logic};
 use crossbeam::channel::Sender;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Requests from client-side threads of rank 0.
 pub enum Command {
@@ -30,10 +32,18 @@ pub enum Command {
     Shutdown,
 }
 
+/// How long the server waits for its client thread to stop the runtime after a rank was lost.
+const LOST_DEADLINE: Duration = Duration::from_secs(3);
+
 pub(crate) struct ServerLogic {
     pub(crate) core: ServerCore,
     pub(crate) events: Sender<ServerEvent>,
     pub(crate) employees: Vec<Rank>,
+    /// Every rank of the runtime (for stopping them all when the tree is broken).
+    pub(crate) ranks: u32,
+    pub(crate) watcher: Option<Watcher>,
+    pub(crate) lost: Vec<Lost>,
+    pub(crate) lost_at: Option<Instant>,
 }
 
 impl ServerLogic {
@@ -43,24 +53,62 @@ impl ServerLogic {
             let _ = self.events.send(ev);
         }
     }
+
+    fn shutdown(&self, out: &mut Outbox) {
+        let error = self.lost.first().map(|l| l.to_string());
+        if error.is_some() {
+            // the tree may be broken: tell every live rank directly
+            for r in 1..self.ranks {
+                if !self.lost.iter().any(|l| l.rank.0 == r) {
+                    out.push((
+                        Rank(r),
+                        Msg::Down(Down::Shutdown {
+                            error: error.clone(),
+                        }),
+                    ));
+                }
+            }
+        } else {
+            for &e in &self.employees {
+                out.push((e, Msg::Down(Down::Shutdown { error: None })));
+            }
+        }
+    }
+
+    fn on_lost(&mut self, lost: Lost, out: &mut Outbox) {
+        if self.lost.iter().any(|l| l.rank == lost.rank) {
+            return;
+        }
+        crate::logging::eprint_line(&format!("bqrt: {lost}; stopping the runtime"));
+        let _ = self.events.send(ServerEvent::Lost {
+            message: format!("{lost}; the runtime is stopping"),
+        });
+        self.lost.push(lost);
+        self.lost_at.get_or_insert_with(Instant::now);
+        self.shutdown(out);
+    }
 }
 
 impl Logic for ServerLogic {
     type Local = Command;
 
-    /// The client thread (gateway or batch runner) stops the runtime in order; only if it has
-    /// not within three grace periods does the server stop the tree itself.
-    fn on_signal(&mut self, waited: std::time::Duration, out: &mut Outbox) -> Flow {
-        if waited >= 3 * super::signals::GRACE {
-            for &e in &self.employees {
-                out.push((e, Msg::Down(Down::Shutdown)));
-            }
-            return Flow::Stop;
-        }
-        Flow::Continue
-    }
-
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
+        if let Msg::Peer(Peer::Lost { rank, role, node }) = &msg {
+            let role = match role.as_str() {
+                "manager" => "manager",
+                "server" => "server",
+                _ => "worker",
+            };
+            self.on_lost(
+                Lost {
+                    rank: *rank,
+                    role,
+                    node: *node,
+                },
+                out,
+            );
+            return Flow::Continue;
+        }
         self.core.handle(from, msg, out);
         self.forward_events();
         Flow::Continue
@@ -83,29 +131,106 @@ impl Logic for ServerLogic {
                 let _ = reply.send(self.core.cluster());
             }
             Command::Shutdown => {
-                for &e in &self.employees {
-                    out.push((e, Msg::Down(Down::Shutdown)));
-                }
+                self.shutdown(out);
                 return Flow::Stop;
             }
         }
         self.forward_events();
         Flow::Continue
     }
+
+    fn on_tick(&mut self, out: &mut Outbox) -> Flow {
+        let found = self
+            .watcher
+            .as_mut()
+            .map(Watcher::check)
+            .unwrap_or_default();
+        for l in found {
+            self.on_lost(l, out);
+        }
+        if self.lost_at.is_some_and(|t| t.elapsed() >= LOST_DEADLINE) {
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    /// The client thread (gateway or batch runner) stops the runtime in order; only if it has
+    /// not within three grace periods does the server stop the tree itself.
+    fn on_signal(&mut self, waited: Duration, out: &mut Outbox) -> Flow {
+        if waited >= 3 * super::signals::GRACE {
+            self.shutdown(out);
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+}
+
+/// A watcher's liveness report, for managers and workers. Returns `Stop` when the server itself
+/// died: then this rank stops every other rank.
+fn report_lost(
+    me: Rank,
+    ranks: u32,
+    watcher: &mut Option<Watcher>,
+    exit_code: &mut i32,
+    out: &mut Outbox,
+) -> Flow {
+    for l in watcher.as_mut().map(Watcher::check).unwrap_or_default() {
+        crate::logging::eprint_line(&format!("bqrt: {l}"));
+        if l.rank == Rank::SERVER {
+            let error = Some(format!("{l}; the runtime is stopping"));
+            for r in (1..ranks).filter(|&r| r != me.0) {
+                out.push((
+                    Rank(r),
+                    Msg::Down(Down::Shutdown {
+                        error: error.clone(),
+                    }),
+                ));
+            }
+            stopping_with(me, &error, exit_code);
+            return Flow::Stop;
+        }
+        out.push((
+            Rank::SERVER,
+            Msg::Peer(Peer::Lost {
+                rank: l.rank,
+                role: l.role.to_string(),
+                node: l.node,
+            }),
+        ));
+    }
+    Flow::Continue
+}
+
+/// Note an error shutdown on this rank.
+fn stopping_with(me: Rank, error: &Option<String>, exit_code: &mut i32) {
+    if let (Some(e), 0) = (error, *exit_code) {
+        crate::logging::eprint_line(&format!("bqrt: rank {} stopping: {e}", me.0));
+        *exit_code = 1;
+    }
 }
 
 pub(crate) struct ManagerLogic {
+    pub(crate) me: Rank,
     pub(crate) core: ManagerCore,
     pub(crate) employees: Vec<Rank>,
+    pub(crate) watcher: Option<Watcher>,
+    pub(crate) exit_code: i32,
+    pub(crate) ranks: u32,
 }
 
 impl Logic for ManagerLogic {
     type Local = ();
 
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
-        if let Msg::Down(Down::Shutdown) = msg {
+        if let Msg::Down(Down::Shutdown { error }) = msg {
+            stopping_with(self.me, &error, &mut self.exit_code);
             for &e in &self.employees {
-                out.push((e, Msg::Down(Down::Shutdown)));
+                out.push((
+                    e,
+                    Msg::Down(Down::Shutdown {
+                        error: error.clone(),
+                    }),
+                ));
             }
             return Flow::Stop;
         }
@@ -116,13 +241,27 @@ impl Logic for ManagerLogic {
     fn on_local(&mut self, _: (), _: &mut Outbox) -> Flow {
         Flow::Continue
     }
+
+    fn on_tick(&mut self, out: &mut Outbox) -> Flow {
+        report_lost(
+            self.me,
+            self.ranks,
+            &mut self.watcher,
+            &mut self.exit_code,
+            out,
+        )
+    }
 }
 
 /// The transport side of a worker: messages go to the executor thread; what the executor
 /// wants sent comes back as local events.
 pub(crate) struct WorkerLogic {
+    pub(crate) me: Rank,
     pub(crate) inbound: Sender<Inbound>,
     pub(crate) running: Arc<Running>,
+    pub(crate) watcher: Option<Watcher>,
+    pub(crate) exit_code: i32,
+    pub(crate) ranks: u32,
 }
 
 impl Logic for WorkerLogic {
@@ -132,7 +271,8 @@ impl Logic for WorkerLogic {
         if let Msg::Peer(Peer::Cancel { mailbox }) = &msg {
             self.running.on_cancel(*mailbox);
         }
-        if let Msg::Down(Down::Shutdown) = msg {
+        if let Msg::Down(Down::Shutdown { error }) = msg {
+            stopping_with(self.me, &error, &mut self.exit_code);
             self.running.cancel_current();
             let _ = self.inbound.send(Inbound::Stop);
             return Flow::Stop;
@@ -144,5 +284,20 @@ impl Logic for WorkerLogic {
     fn on_local(&mut self, msgs: Outbox, out: &mut Outbox) -> Flow {
         out.extend(msgs);
         Flow::Continue
+    }
+
+    fn on_tick(&mut self, out: &mut Outbox) -> Flow {
+        let flow = report_lost(
+            self.me,
+            self.ranks,
+            &mut self.watcher,
+            &mut self.exit_code,
+            out,
+        );
+        if flow == Flow::Stop {
+            self.running.cancel_current();
+            let _ = self.inbound.send(Inbound::Stop);
+        }
+        flow
     }
 }

@@ -8,10 +8,13 @@
 //!
 //! # Idle policy
 //! A turn that moved nothing counts as idle. The loop spins (yielding the core) for
-//! [`SPIN`] after the last activity, so a busy rank answers in microseconds; then sleeps in
-//! steps that double from 20 us up to [`MAX_SLEEP`], so an idle rank costs next to nothing.
-//! Local events (a worker's executor, a client) wake the sleep at once because the sleep is a
-//! wait on their channel; packets from other ranks are seen at the next turn.
+//! [`SPIN`] after the last activity, so a busy rank answers in microseconds. Then it sleeps,
+//! each sleep a twentieth of the time since the last activity (at least 20 us, at most
+//! [`MAX_SLEEP`]): a packet that arrives after an idle gap waits at most ~5% of that gap, and a
+//! rank idle for long polls 20 times a second (a poll of Open MPI costs tens of microseconds
+//! here, see docs/performance.md). Local events (a worker's executor, a client) wake the sleep at
+//! once because the sleep is a wait on their channel; packets from other ranks are seen at the
+//! next turn.
 
 pub mod local;
 pub mod mpi;
@@ -24,8 +27,12 @@ use thiserror::Error;
 
 /// How long a rank keeps spinning after its last activity.
 pub const SPIN: Duration = Duration::from_micros(200);
-/// Longest sleep of an idle rank (the worst added latency for the first packet after idling).
-pub const MAX_SLEEP: Duration = Duration::from_millis(4);
+/// Longest sleep of an idle rank (the worst added latency for the first packet after a long
+/// idle period).
+pub const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Shortest sleep, and the divisor of the idle time that sets the sleep.
+const MIN_SLEEP: Duration = Duration::from_micros(20);
+const SLEEP_FRACTION: u32 = 20;
 /// How long a stopping rank keeps trying to complete its sends.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -64,6 +71,11 @@ pub trait Logic {
     type Local;
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow;
     fn on_local(&mut self, event: Self::Local, out: &mut Outbox) -> Flow;
+    /// Called about every [`crate::runtime::liveness::TICK`], and at once when a stop signal
+    /// arrives (liveness checks).
+    fn on_tick(&mut self, _out: &mut Outbox) -> Flow {
+        Flow::Continue
+    }
     /// A stop signal arrived `waited` ago and the loop is still running. By default a rank stops
     /// by itself after [`crate::runtime::signals::GRACE`] (the server's shutdown did not come).
     fn on_signal(&mut self, waited: Duration, _out: &mut Outbox) -> Flow {
@@ -110,12 +122,19 @@ pub fn drive<F: Fabric, L: Logic>(
 ) -> Result<(), TransportError> {
     let mut out = Outbox::new();
     let mut last_active = Instant::now();
-    let mut sleep = Duration::from_micros(20);
     let me = fabric.rank();
     let mut signalled: Option<Instant> = None;
+    let mut last_tick = Instant::now();
     loop {
         let mut active = false;
         let mut stop = false;
+        let first_signal = signalled.is_none() && crate::runtime::signals::requested();
+        if first_signal || last_tick.elapsed() >= crate::runtime::liveness::TICK {
+            last_tick = Instant::now();
+            if logic.on_tick(&mut out) == Flow::Stop {
+                stop = true;
+            }
+        }
         if crate::runtime::signals::requested() {
             let since = *signalled.get_or_insert_with(Instant::now);
             if logic.on_signal(since.elapsed(), &mut out) == Flow::Stop {
@@ -158,17 +177,16 @@ pub fn drive<F: Fabric, L: Logic>(
         }
         if active || pending {
             last_active = Instant::now();
-            sleep = Duration::from_micros(20);
             continue;
         }
         if last_active.elapsed() < SPIN {
             std::thread::yield_now();
             continue;
         }
+        let sleep = (last_active.elapsed() / SLEEP_FRACTION).clamp(MIN_SLEEP, MAX_SLEEP);
         match local.recv_timeout(sleep) {
             Ok(ev) => {
                 last_active = Instant::now();
-                sleep = Duration::from_micros(20);
                 if logic.on_local(ev, &mut out) == Flow::Stop {
                     send_grouped(fabric, &mut out);
                     let deadline = Instant::now() + FLUSH_TIMEOUT;
@@ -178,11 +196,8 @@ pub fn drive<F: Fabric, L: Logic>(
                     return Ok(());
                 }
             }
-            Err(RecvTimeoutError::Timeout) => sleep = (sleep * 2).min(MAX_SLEEP),
-            Err(RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(sleep);
-                sleep = (sleep * 2).min(MAX_SLEEP);
-            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(sleep),
         }
     }
 }

@@ -236,19 +236,29 @@ impl Serve {
     /// system's kill forward it (`ranks: true`); wait for the launcher to exit. Returns (exit
     /// code, time, stderr).
     pub fn stop(&mut self, signal: &str, ranks: bool) -> (Option<i32>, Duration, String) {
+        let signal = signal.to_string();
+        self.stop_by(move |launcher| {
+            let targets = if ranks {
+                descendants(launcher)
+            } else {
+                vec![launcher]
+            };
+            assert!(!targets.is_empty(), "no rank processes found");
+            for pid in targets {
+                let _ = Command::new("kill")
+                    .args([&format!("-{signal}"), &pid.to_string()])
+                    .status();
+            }
+        })
+    }
+
+    /// Stop the runtime with `how(launcher pid)`; wait for the launcher to exit. Returns (exit
+    /// code, time, stderr).
+    pub fn stop_by(&mut self, how: impl FnOnce(u32)) -> (Option<i32>, Duration, String) {
         let mut child = self.child.take().expect("running");
         let start = Instant::now();
-        let targets = if ranks {
-            descendants(child.id())
-        } else {
-            vec![child.id()]
-        };
-        assert!(!targets.is_empty(), "no rank processes found");
-        for pid in targets {
-            let _ = Command::new("kill")
-                .args([&format!("-{signal}"), &pid.to_string()])
-                .status();
-        }
+        how(child.id());
+        let signal = "the stop request";
         let deadline = start + Duration::from_secs(20);
         let code = loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -257,7 +267,7 @@ impl Serve {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("bqrt serve did not stop within 20 s of SIG{signal}");
+                panic!("bqrt serve did not stop within 20 s of {signal}");
             }
             std::thread::sleep(Duration::from_millis(10));
         };

@@ -1,0 +1,392 @@
+//! Cluster shape and process control on several (fake or SLURM virtual) nodes: roles, the
+//! manager tree, pinning, placement across nodes, worker environment, crashes, idle cost.
+
+mod common;
+use bqrt::client::{Client, ClientError};
+use bqrt::protocol::client::JobState;
+use bqrt::protocol::LogSpec;
+use common::{bqrt, run, wait_for, Run, Serve};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `launch/cluster.sh NODES PER -- bqrt ARGS...` (fake hosts, one UTS namespace each).
+fn fake(nodes: u32, per: u32) -> Command {
+    let mut c = Command::new(repo().join("launch/cluster.sh"));
+    c.args([nodes.to_string(), per.to_string(), "--".into()]);
+    c
+}
+
+fn fake_bqrt(nodes: u32, per: u32, args: &[&str]) -> Run {
+    let mut c = fake(nodes, per);
+    c.arg(common::bqrt_bin()).args(args);
+    run(c, Duration::from_secs(120))
+}
+
+/// The `-v` role map: rank -> (role, node, core, parent).
+fn roles(stderr: &str) -> BTreeMap<u32, (String, u32, String, String)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.strip_prefix("bqrt: rank ")?.split_whitespace().collect();
+            // "R role ROLE node N core C parent P"
+            if w.len() != 9 || w[1] != "role" {
+                return None;
+            }
+            Some((
+                w[0].parse().ok()?,
+                (
+                    w[2].to_string(),
+                    w[4].parse().ok()?,
+                    w[6].to_string(),
+                    w[8].to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Depth of each rank in the tree (server 0).
+fn depth(map: &BTreeMap<u32, (String, u32, String, String)>, r: u32) -> u32 {
+    match map[&r].3.parse::<u32>() {
+        Ok(p) => 1 + depth(map, p),
+        Err(_) => 0,
+    }
+}
+
+fn check_shape(nodes: u32, per: u32) {
+    let r = fake_bqrt(
+        nodes,
+        per,
+        &[
+            "run",
+            "spread",
+            r#"{"outer":8,"inner":6,"ms":15}"#,
+            "-v",
+            "--fanout",
+            "2",
+        ],
+    );
+    r.ok();
+    let map = roles(&r.stderr);
+    assert_eq!(map.len() as u32, nodes * per, "{}", r.stderr);
+    assert_eq!(map[&0].0, "server");
+    let server_links = map.values().filter(|v| v.3 == "0").count();
+    assert!(
+        server_links <= 2,
+        "--fanout 2 bounds the server's employees: {map:?}"
+    );
+    for n in 0..nodes {
+        let mgrs = map
+            .values()
+            .filter(|v| v.1 == n && v.0 == "manager")
+            .count();
+        assert!(mgrs >= 1, "node {n} has a manager: {map:?}");
+        // every worker's boss is a manager of its own node
+        for (rank, v) in map.iter().filter(|(_, v)| v.1 == n && v.0 == "worker") {
+            let boss = &map[&v.3.parse::<u32>().unwrap()];
+            assert!(
+                boss.0 == "manager" && boss.1 == n,
+                "worker {rank} on node {n} reports to {boss:?}"
+            );
+        }
+    }
+    if nodes > 2 {
+        assert!(
+            map.keys().any(|&k| depth(&map, k) >= 3),
+            "managers of managers expected: {map:?}"
+        );
+    }
+    // pinning map: workers of a node on distinct cores while they fit (2 cores per machine here)
+    for n in 0..nodes {
+        let cores: Vec<&String> = map
+            .values()
+            .filter(|v| v.1 == n && v.0 == "worker")
+            .map(|v| &v.2)
+            .collect();
+        assert!(
+            cores.iter().all(|c| c.parse::<u32>().is_ok()),
+            "workers are pinned: {cores:?}"
+        );
+        if cores.len() <= 2 {
+            let mut d = cores.clone();
+            d.dedup();
+            assert_eq!(
+                d.len(),
+                cores.len(),
+                "distinct cores on node {n}: {cores:?}"
+            );
+        }
+    }
+    // the children of a 2-level map ran on workers of every node
+    let ran: Vec<u32> = serde_json::from_str(r.last_line()).unwrap();
+    let nodes_used: std::collections::BTreeSet<u32> = ran.iter().map(|r| map[r].1).collect();
+    assert_eq!(
+        nodes_used.len() as u32,
+        nodes,
+        "ranks {ran:?} cover every node ({map:?})"
+    );
+}
+
+#[test]
+fn three_fake_nodes() {
+    check_shape(3, 3);
+}
+
+#[test]
+fn four_fake_nodes() {
+    check_shape(4, 3);
+}
+
+#[test]
+fn workers_get_their_gpu_blas_threads_and_core() {
+    let r = bqrt(
+        5,
+        &[
+            "run",
+            "env_all",
+            "60",
+            "--gpus-per-node",
+            "2",
+            "--blas-threads",
+            "3",
+            "-v",
+        ],
+    );
+    r.ok();
+    let probes: Vec<serde_json::Value> = serde_json::from_str(r.last_line()).unwrap();
+    let map = roles(&r.stderr);
+    assert_eq!(probes.len(), 4, "every worker answered: {probes:?}");
+    for (i, p) in probes.iter().enumerate() {
+        let rank = p["rank"].as_u64().unwrap() as u32;
+        assert_eq!(p["cuda_visible_devices"], (i % 2).to_string(), "{p}");
+        assert_eq!(p["omp_num_threads"], "3");
+        assert_eq!(p["openblas_num_threads"], "3");
+        assert_eq!(
+            p["cpus"], map[&rank].2,
+            "the probe runs on the core the map shows"
+        );
+    }
+    let r = bqrt(3, &["run", "env_all", "20", "--no-pin"]);
+    r.ok();
+    let probes: Vec<serde_json::Value> = serde_json::from_str(r.last_line()).unwrap();
+    assert!(probes
+        .iter()
+        .all(|p| p["cuda_visible_devices"].is_null() && p["omp_num_threads"] == "1"));
+    let r = bqrt(4, &["run", "noop", "--cpus", "0"]);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("--cpus"), "{}", r.stderr);
+}
+
+fn lost_test(mut s: Serve, victim_rank: u32, role: &str) {
+    let mut c = Client::connect(&s.addr, Some(s.token())).unwrap();
+    let job = c
+        .submit(
+            "spread",
+            r#"{"outer":6,"inner":6,"ms":2000}"#,
+            LogSpec::OFF,
+            false,
+        )
+        .unwrap();
+    wait_for("the job to run", Duration::from_secs(30), || {
+        c.status(job).unwrap().state == JobState::Running
+    });
+    let launcher = s.child.as_ref().unwrap().id();
+    let all: Vec<u32> = common::descendants(launcher)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .map(|c| c.contains("bqrt"))
+                .unwrap_or(false)
+        })
+        .collect();
+    // the victim: the rank process with this rank number (ranks' pids sorted follow rank order
+    // within a launch, so find it by its environment instead)
+    let victim = all
+        .iter()
+        .copied()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .map(|e| {
+                    e.split(|&b| b == 0)
+                        .any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={victim_rank}").as_bytes())
+                })
+                .unwrap_or(false)
+        })
+        .expect("victim process");
+    let _ = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status();
+    let t0 = std::time::Instant::now();
+    // the client hears about the lost rank (not merely that the server stopped)
+    match c.result(job, None) {
+        Err(ClientError::Shutdown(reason)) => {
+            assert!(
+                reason.contains(&format!("rank {victim_rank} ({role}")),
+                "{reason}"
+            );
+        }
+        other => panic!("client got {other:?}"),
+    }
+    // the launcher ends by itself (no signal from the test)
+    let (code, _elapsed, stderr) = s.stop_by(|_| {});
+    assert_ne!(code, Some(0));
+    wait_for("every rank gone", Duration::from_secs(10), || {
+        all.iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    });
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // the ranks say why they stop, unless Open MPI's abort (which names the rank too) cut
+    // their output off
+    let ours = stderr.contains(&format!("rank {victim_rank} ({role}"));
+    let launchers = stderr.contains(&format!(",{victim_rank}]"));
+    assert!(ours || launchers, "no error names the lost rank:\n{stderr}");
+}
+
+#[test]
+fn killing_a_worker_stops_everything_with_an_error_naming_it() {
+    lost_test(Serve::start(5, &[]), 3, "worker on node 0");
+}
+
+#[test]
+fn killing_a_manager_stops_everything_with_an_error_naming_it() {
+    // 2 fake nodes of 3 ranks: rank 3 is node 1's manager
+    lost_test(Serve::start_with(fake(2, 3), &[]), 3, "manager on node 1");
+}
+
+#[test]
+fn an_idle_runtime_costs_under_2_percent_of_a_core() {
+    let s = Serve::start(8, &[]);
+    let launcher = s.child.as_ref().unwrap().id();
+    let ranks: Vec<u32> = common::descendants(launcher);
+    assert_eq!(ranks.len(), 8);
+    let ticks = || -> u64 {
+        ranks
+            .iter()
+            .map(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let f: Vec<u64> = stat
+                    .rsplit_once(')')
+                    .map(|(_, r)| {
+                        r.split_whitespace()
+                            .filter_map(|x| x.parse().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                // utime and stime are fields 14 and 15 (11th and 12th after the state)
+                f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+            })
+            .sum()
+    };
+    // settle after start-up, then measure 10 s
+    std::thread::sleep(Duration::from_secs(2));
+    let a = ticks();
+    std::thread::sleep(Duration::from_secs(10));
+    let b = ticks();
+    let hz = 100.0; // USER_HZ on Linux
+    let share = (b - a) as f64 / hz / 10.0;
+    eprintln!(
+        "idle: 8 ranks used {:.2}% of one core over 10 s",
+        share * 100.0
+    );
+    assert!(
+        share < 0.02,
+        "idle runtime used {:.2}% of one core",
+        share * 100.0
+    );
+    // and it still answers at once
+    let mut c = Client::connect(&s.addr, Some(s.token())).unwrap();
+    let j = c.submit("fib", "10", LogSpec::OFF, false).unwrap();
+    assert!(matches!(
+        c.result(j, Some(Duration::from_secs(20))).unwrap(),
+        bqrt::protocol::client::JobResult::Done { .. }
+    ));
+}
+
+/// SLURM: the project's local SLURM (3 virtual nodes on this machine), started here.
+fn slurm() -> bool {
+    let st = Command::new("bash")
+        .arg(repo().join("launch/slurm-local.sh"))
+        .arg("start")
+        .output();
+    match st {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => panic!(
+            "local SLURM did not start:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("cannot run launch/slurm-local.sh: {e}"),
+    }
+}
+
+#[test]
+fn srun_on_virtual_nodes() {
+    assert!(slurm());
+    let mut c = Command::new("srun");
+    c.args(["-N", "3", "--ntasks-per-node=3", "--overcommit"])
+        .arg(common::bqrt_bin())
+        .args([
+            "run",
+            "spread",
+            r#"{"outer":8,"inner":6,"ms":15}"#,
+            "-v",
+            "--fanout",
+            "2",
+        ]);
+    let r = run(c, Duration::from_secs(120));
+    r.ok();
+    let map = roles(&r.stderr);
+    assert_eq!(map.len(), 9, "{}", r.stderr);
+    let nodes: std::collections::BTreeSet<u32> = map.values().map(|v| v.1).collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "three virtual nodes told apart without hostnames: {map:?}"
+    );
+    assert!(
+        map.values().filter(|v| v.3 == "0").count() <= 2,
+        "fanout 2: {map:?}"
+    );
+    let ran: Vec<u32> = serde_json::from_str(r.last_line()).unwrap();
+    let used: std::collections::BTreeSet<u32> = ran.iter().map(|r| map[r].1).collect();
+    assert_eq!(used.len(), 3, "children ran on every node: {ran:?} {map:?}");
+}
+
+#[test]
+fn scancel_signal_stops_every_rank_with_status_0() {
+    assert!(slurm());
+    let name = format!("bqrt-test-{}", std::process::id());
+    let mut c = Command::new("srun");
+    c.args([
+        "-J",
+        &name,
+        "-N",
+        "2",
+        "--ntasks-per-node=2",
+        "--overcommit",
+    ]);
+    let mut s = Serve::start_with(c, &[]);
+    let mut cl = Client::connect(&s.addr, Some(s.token())).unwrap();
+    let j = cl.submit("spin", "60000", LogSpec::OFF, false).unwrap();
+    wait_for("the spin to run", Duration::from_secs(30), || {
+        cl.status(j).unwrap().state == JobState::Running
+    });
+    // SLURM delivers the signal to every task of the step, as a batch system's stop does
+    let (code, elapsed, stderr) = s.stop_by(|_| {
+        let _ = Command::new("scancel")
+            .args(["--signal=INT", "-n", &name])
+            .status();
+    });
+    assert_eq!(code, Some(0), "srun reports the ranks' status:\n{stderr}");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+}
