@@ -286,15 +286,6 @@ fn bad_input_is_refused_on_every_rank_without_hanging() {
 }
 
 #[test]
-fn a_single_rank_explains_how_to_launch() {
-    let mut c = Command::new(common::bqrt_bin());
-    c.args(["run", "noop"]);
-    let r = run(c, std::time::Duration::from_secs(60));
-    assert_ne!(r.code, Some(0));
-    assert!(r.stderr.contains("mpirun -n N"), "{}", r.stderr);
-}
-
-#[test]
 fn a_library_user_adds_tasks_in_their_own_binary() {
     let bin = example_binary("custom_task");
     let r = mpirun_bin(

@@ -1,6 +1,6 @@
 //! The client commands: talk to a running server over the native protocol.
 
-use super::{Conn, JobArgs, ResultArgs, SubmitArgs, TopArgs};
+use super::{Conn, ConnOnly, JobArgs, ResultArgs, SubmitArgs, TopArgs};
 use crate::client::{Client, ClientError, WatchEvent};
 use crate::logging;
 use crate::protocol::client::{JobResult, JobState, JobStatus, TopView};
@@ -268,5 +268,15 @@ pub(super) fn top(a: TopArgs) -> ExitCode {
             }
         }
         std::thread::sleep(Duration::from_secs_f64(a.interval));
+    }
+}
+
+pub(super) fn shutdown(a: ConnOnly) -> ExitCode {
+    match connect(&a.conn).and_then(|mut c| c.shutdown()) {
+        Ok(reason) => {
+            println!("stopping: {reason}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed(&e),
     }
 }

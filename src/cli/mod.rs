@@ -5,6 +5,7 @@
 //! stops every rank the same way instead of leaving some waiting for others.
 
 mod clients;
+mod embedded;
 
 use crate::gateway;
 use crate::logging;
@@ -51,6 +52,8 @@ enum Cmd {
     Watch(JobArgs),
     /// Show workers busy/idle per group, queued tasks, jobs and throughput.
     Top(TopArgs),
+    /// Stop a running server and all its ranks in order (batch scripts end the runtime so).
+    Shutdown(ConnOnly),
     /// Compile a circuit with BQSKit through bqrt: `bqrt compile IN.qasm -o OUT.qasm`.
     #[cfg(feature = "python")]
     Compile(crate::python::compile::CompileArgs),
@@ -99,6 +102,12 @@ struct SubmitArgs {
     log_level: Level,
     #[arg(long)]
     log_depth: Option<u32>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConnOnly {
     #[command(flatten)]
     conn: Conn,
 }
@@ -178,6 +187,9 @@ struct Common {
     /// Print one line per rank at start: rank, role, node, core, parent.
     #[arg(short, long)]
     verbose: bool,
+    /// Without a launcher: how many workers to start on this machine (default: one per core).
+    #[arg(long)]
+    workers: Option<u32>,
 }
 
 impl Common {
@@ -240,6 +252,8 @@ pub fn main(registry: Registry) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Run(args) if !embedded::under_launcher() => embedded::relaunch(args.common.workers),
+        Cmd::Serve(args) if !embedded::under_launcher() => embedded::relaunch(args.common.workers),
         Cmd::Run(args) => run(registry, args),
         Cmd::Serve(args) => serve(registry, args),
         Cmd::Submit(a) => clients::submit(a),
@@ -248,6 +262,7 @@ pub fn main(registry: Registry) -> ExitCode {
         Cmd::Cancel(a) => clients::cancel(a),
         Cmd::Watch(a) => clients::watch(a),
         Cmd::Top(a) => clients::top(a),
+        Cmd::Shutdown(a) => clients::shutdown(a),
         #[cfg(feature = "python")]
         Cmd::Compile(a) => crate::python::compile::main(a),
     }

@@ -280,6 +280,21 @@ impl Client {
         }
     }
 
+    /// Stop the whole runtime in order. Returns once the server has said it is stopping.
+    pub fn shutdown(&mut self) -> Result<String, ClientError> {
+        self.send(&Request::Shutdown)?;
+        loop {
+            match self.next_message() {
+                Err(ClientError::Shutdown(reason)) => return Ok(reason),
+                Err(ClientError::Frame(FrameError::Closed)) => {
+                    return Ok("connection closed".into())
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Log records received so far, in order.
     pub fn take_logs(&mut self) -> Vec<(JobId, LogRecord)> {
         self.logs.drain(..).collect()

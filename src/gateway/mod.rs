@@ -217,9 +217,14 @@ pub fn serve(
         ended: VecDeque::new(),
         last_progress: Instant::now(),
         fatal: None,
+        stop_requested: false,
     };
     hub.run(&hub_rx, &stop);
-    let reason = hub.fatal.clone().unwrap_or_else(|| reason.to_string());
+    let reason = match (&hub.fatal, hub.stop_requested) {
+        (Some(f), _) => f.clone(),
+        (None, true) => "a client asked the runtime to stop".to_string(),
+        (None, false) => reason.to_string(),
+    };
     for tx in hub.conns.values() {
         let _ = tx.try_send(Reply::Shutdown {
             reason: reason.clone(),
@@ -245,13 +250,15 @@ struct Hub<'h> {
     last_progress: Instant,
     /// The runtime is failing (a rank died): why.
     fatal: Option<String>,
+    /// A client asked the runtime to stop.
+    stop_requested: bool,
 }
 
 impl Hub<'_> {
     fn run(&mut self, hub_rx: &Receiver<HubIn>, stop: &AtomicBool) {
         let events = self.handle.events().clone();
         let mut settle: Option<Instant> = None;
-        while self.fatal.is_none() {
+        while self.fatal.is_none() && !self.stop_requested {
             if stop.load(Ordering::SeqCst) {
                 let until = *settle.get_or_insert_with(|| Instant::now() + SIGNAL_SETTLE);
                 if Instant::now() >= until {
@@ -456,6 +463,10 @@ impl Hub<'_> {
                         .collect(),
                 };
                 self.send(conn, Reply::Top(top));
+            }
+            Request::Shutdown => {
+                log::warn!(target: "bqrt::gateway", "connection {} asked the runtime to stop", conn.0);
+                self.stop_requested = true;
             }
             Request::Bye => self.close(conn),
         }

@@ -56,6 +56,8 @@ pub enum Request {
     },
     /// A snapshot of the cluster.
     Top,
+    /// Stop the whole runtime in order (every client is told; every rank exits 0).
+    Shutdown,
     Bye,
 }
 

@@ -1,0 +1,149 @@
+//! Started without a launcher, `bqrt run` and `bqrt serve` start the runtime themselves: they
+//! run again under `mpiexec` with one worker per core (or `--workers N`) on this machine.
+//!
+//! The ranks run in their own process group, so a Ctrl-C reaches only this parent, which forwards
+//! it to the ranks (not to `mpiexec`, which would terminate the job abruptly): the runtime stops
+//! in order and this process exits with the ranks' status.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+/// Environment variables set by MPI launchers (Open MPI, MPICH/Hydra, PMIx, SLURM).
+const LAUNCHER_VARS: &[&str] = &[
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "PMI_RANK",
+    "PMIX_RANK",
+    "SLURM_STEP_ID",
+    "MPI_LOCALNRANKS",
+    "BQRT_EMBEDDED",
+];
+
+/// True when some launcher started this process.
+pub(super) fn under_launcher() -> bool {
+    LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some())
+}
+
+fn find_launcher() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for name in ["mpiexec", "mpirun"] {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Run this same command again under `mpiexec` with `workers` workers plus the server.
+pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
+    let Some(mpiexec) = find_launcher() else {
+        eprintln!(
+            "bqrt: no MPI launcher (mpiexec) found on PATH. Install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev) or start bqrt under srun/mpirun."
+        );
+        return ExitCode::from(2);
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("bqrt: cannot find my own executable to start the ranks: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let workers = workers.unwrap_or(cores).max(1);
+    let mut cmd = Command::new(&mpiexec);
+    cmd.args(["-n", &(workers + 1).to_string()])
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .env("BQRT_EMBEDDED", "1")
+        // a server plus one worker per core is more ranks than cores
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        // bqrt pins its workers itself
+        .env("OMPI_MCA_hwloc_base_binding_policy", "none");
+    // SAFETY: getuid has no preconditions and cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    }
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Err(e) = crate::runtime::signals::install() {
+        eprintln!("bqrt: cannot install the signal handler: {e}");
+        return ExitCode::from(70);
+    }
+    crate::logging::eprint_line(&format!(
+        "bqrt: no launcher: starting {} ranks (a server and {workers} workers) with {}",
+        workers + 1,
+        mpiexec.display()
+    ));
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bqrt: cannot start {}: {e}", mpiexec.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut forwarded: Option<Instant> = None;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return ExitCode::from(status.code().map_or(1, |c| c.clamp(0, 255) as u8));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("bqrt: waiting for the ranks: {e}");
+                return ExitCode::from(70);
+            }
+        }
+        if crate::runtime::signals::requested() {
+            match forwarded {
+                None => {
+                    for pid in descendants(child.id()) {
+                        // SAFETY: sending a signal has no memory-safety preconditions.
+                        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                    }
+                    forwarded = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > Duration::from_secs(10) => {
+                    eprintln!("bqrt: the ranks did not stop within 10 s; killing them");
+                    let _ = child.kill();
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes below `pid` (the launcher's ranks), from `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        for e in entries.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(p) {
+                all.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    all
+}
