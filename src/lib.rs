@@ -12,6 +12,8 @@ pub mod executor;
 pub mod gateway;
 pub mod logging;
 pub mod protocol;
+#[cfg(feature = "python")]
+pub mod python;
 pub mod runtime;
 pub mod sim;
 pub mod task;

@@ -1,0 +1,337 @@
+"""bqrt's side of BQSKit tasks on a worker rank (loaded into the embedded interpreter).
+
+A BQSKit task reaches a worker as an *envelope* of bytes::
+
+    kind (1 byte: b'R' root job, b'C' child task)
+    u32 little-endian length of the header, then the header: JSON
+        {"path": [...client sys.path...], "level": int, "max_depth": int, "context": {...}}
+    body: b'R' the client's SUBMIT frame, a pickled (RuntimeMessage.SUBMIT, CompilationTask);
+          b'C' the dill bytes of (fn, args, kwargs), exactly as BQSKit ships them.
+
+The Rust side (src/python/task.rs) creates a :class:`Task` per envelope and calls
+:meth:`Task.step` until the coroutine finishes. A step either finishes (the pickled result),
+fails (a traceback text) or awaits a :class:`bqskit.runtime.future.RuntimeFuture`, whose mailbox
+the Rust side then polls. ``bqskit.runtime.get_runtime()`` returns :data:`HANDLE`, which has the
+surface of BQSKit's ``Worker``: submit, map, next, cancel, get_cache, communicate, get_messages.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import pickle
+import sys
+import traceback
+from typing import Any
+
+import _bqrt  # the Rust functions (src/python/task.rs)
+
+# Results that go back to a BQSKit client are pickled with protocol 3: no frames, so the
+# gateway can splice them into its own frame without unpickling them.
+ROOT_RESULT_PROTOCOL = 3
+
+_cache: dict[str, Any] = {}
+_active: Task | None = None
+_applied_path: list[str] | None = None
+_ready = False
+
+
+def _setup() -> None:
+    """Once per worker: record factory, quiet root logger, bqskit's get_runtime()."""
+    global _ready
+    if _ready:
+        return
+    logging.lastResort = logging.NullHandler()
+    logging.getLogger().handlers.clear()
+    old_factory = logging.getLogRecordFactory()
+
+    def record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old_factory(*args, **kwargs)
+        task = _active
+        if task is None or record.name.startswith('bqskit.runtime'):
+            return record
+        if task.level <= record.levelno:
+            if task.level <= logging.DEBUG:
+                items = ', '.join(f'{k}={v}' for k, v in task.context.items())
+                extra = f' [wid={_bqrt.worker_id()}' + (', ' + items if items else '') + ']'
+                try:
+                    record.msg = record.msg + extra
+                except TypeError:
+                    record.msg = str(record.msg) + extra
+            try:
+                text = record.getMessage()
+            except Exception:  # a bad format string still reaches the client as text
+                text = f'{record.msg} {record.args!r}'
+            _bqrt.log(record.levelno, record.name, text)
+        return record
+
+    logging.setLogRecordFactory(record_factory)
+    import bqskit.runtime.worker as bw
+    bw._worker = HANDLE
+    _ready = True
+
+
+def _apply_path(path: list[str]) -> None:
+    global _applied_path
+    if path == _applied_path:
+        return
+    for p in path:
+        if p not in sys.path:
+            sys.path.append(p)
+    _applied_path = path
+
+
+def _envelope(kind: bytes, header: dict[str, Any], body: bytes) -> bytes:
+    h = json.dumps(header).encode()
+    return kind + len(h).to_bytes(4, 'little') + h + body
+
+
+async def _run(fn: Any, args: Any, kwargs: Any) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def _error() -> tuple[str, str]:
+    return ('error', ''.join(traceback.format_exception(*sys.exc_info())))
+
+
+class Task:
+    """One BQSKit task: its coroutine and its job-wide settings."""
+
+    def __init__(self, envelope: bytes, depth: int) -> None:
+        kind = envelope[:1]
+        n = int.from_bytes(envelope[1:5], 'little')
+        header = json.loads(envelope[5:5 + n])
+        body = envelope[5 + n:]
+        self.path: list[str] = list(header.get('path', []))
+        self.level: int = int(header.get('level') or 0)
+        self.max_depth: int = int(header.get('max_depth', -1))
+        self.context: dict[str, str] = dict(header.get('context', {}))
+        self.depth = depth
+        self.root = kind == b'R'
+        _apply_path(self.path)
+        _setup()
+        if self.root:
+            _msg, comp_task = pickle.loads(body)
+            self.coro = comp_task.run()
+        elif kind == b'C':
+            import dill
+            fn, args, kwargs = dill.loads(body)
+            self.coro = _run(fn, args, kwargs)
+        else:
+            raise RuntimeError(f'bqrt: unknown BQSKit task envelope kind {kind!r}')
+
+    def child(self, fnargs: bytes, context: dict[str, str]) -> bytes:
+        header = {
+            'path': self.path, 'level': self.level,
+            'max_depth': self.max_depth, 'context': context,
+        }
+        return _envelope(b'C', header, fnargs)
+
+    def step(self, kind: int, payload: Any) -> tuple[Any, ...]:
+        """Advance the coroutine: kind 0 start, 1 all results (values, single), 2 next pairs."""
+        global _active
+        root_logger = logging.getLogger()
+        old = root_logger.level
+        if self.max_depth < 0 or self.depth <= self.max_depth:
+            root_logger.setLevel(self.level)
+        else:
+            root_logger.setLevel(100)
+        _active = self
+        try:
+            if kind == 0:
+                value = None
+            elif kind == 1:
+                import dill
+                values = [dill.loads(b) for b in payload[0]]
+                value = values[0] if payload[1] else values
+            else:
+                import dill
+                value = [(i, dill.loads(b)) for i, b in payload]
+            future = self.coro.send(value)
+        except StopIteration as e:
+            return self._finish(e.value)
+        except BaseException:
+            return _error()
+        finally:
+            _active = None
+            root_logger.setLevel(old)
+        from bqskit.runtime.future import RuntimeFuture
+        try:
+            if not isinstance(future, RuntimeFuture):
+                raise RuntimeError('Can only await on a BQSKit RuntimeFuture.')
+            if not _bqrt.has_box(future.mailbox_id):
+                raise RuntimeError('Cannot await on a canceled task.')
+        except RuntimeError:
+            return _error()
+        return ('await', future.mailbox_id, bool(future._next_flag))
+
+    def _finish(self, value: Any) -> tuple[Any, ...]:
+        try:
+            if self.root:
+                return ('done', pickle.dumps(value, protocol=ROOT_RESULT_PROTOCOL))
+            try:
+                return ('done', pickle.dumps(value))
+            except Exception:
+                import dill
+                return ('done', dill.dumps(value))
+        except BaseException:
+            return _error()
+
+    def close(self) -> None:
+        try:
+            self.coro.close()
+        except (ValueError, RuntimeError):
+            pass
+
+
+def start(envelope: bytes, depth: int) -> tuple[Any, ...]:
+    """Build a task; ('task', Task) or ('error', traceback text)."""
+    try:
+        return ('task', Task(envelope, depth))
+    except BaseException:
+        return _error()
+
+
+def _require_task() -> Task:
+    if _active is None:
+        raise RuntimeError(
+            'bqrt: the BQSKit runtime handle can only be used inside a running task.',
+        )
+    return _active
+
+
+def _check_context(context: Any) -> None:
+    if not isinstance(context, dict):
+        raise RuntimeError('log_context must be a dictionary.')
+    for k, v in context.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise RuntimeError(
+                'log_context must be a map from strings to strings.',
+            )
+
+
+def _name(fn: Any, task_name: str | None) -> str:
+    if task_name is not None:
+        return task_name
+    return getattr(fn, '__name__', type(fn).__name__)
+
+
+class _BoxView:
+    def __init__(self, box: int) -> None:
+        self.box = box
+
+    @property
+    def ready(self) -> bool:
+        # bqrt cannot peek at a mailbox without consuming it; a live one reads as not ready.
+        return False
+
+
+class _Mailboxes:
+    """What RuntimeFuture._done looks at: live mailboxes of the running task."""
+
+    def __contains__(self, box: object) -> bool:
+        return isinstance(box, int) and _bqrt.has_box(box)
+
+    def __getitem__(self, box: int) -> _BoxView:
+        if not (isinstance(box, int) and _bqrt.has_box(box)):
+            raise KeyError(box)
+        return _BoxView(box)
+
+
+class Handle:
+    """``bqskit.runtime.get_runtime()`` inside a task running on bqrt."""
+
+    _mailboxes = _Mailboxes()
+
+    def submit(
+        self, fn: Any, *args: Any, task_name: str | None = None,
+        log_context: dict[str, str] = {}, **kwargs: Any,
+    ) -> Any:
+        """Submit `fn(*args, **kwargs)` as a child task; await the future for its result."""
+        from bqskit.runtime.future import RuntimeFuture
+        import dill
+        task = _require_task()
+        if task_name is not None and not isinstance(task_name, str):
+            raise RuntimeError('task_name must be a string.')
+        _check_context(log_context)
+        envelope = task.child(
+            dill.dumps((fn, args, kwargs)), {**task.context, **log_context},
+        )
+        box = _bqrt.submit([(envelope, _name(fn, task_name))], True)
+        return RuntimeFuture(box)
+
+    def map(
+        self, fn: Any, *args: Any, task_name: Any = None,
+        log_context: Any = {}, **kwargs: Any,
+    ) -> Any:
+        """Map `fn` over the arguments; one future gives every result in input order."""
+        from bqskit.runtime.future import RuntimeFuture
+        import dill
+        task = _require_task()
+        if len(args) == 0:
+            raise RuntimeError('Unable to map 0 tasks.')
+        n = len(args[0])
+        if task_name is None or isinstance(task_name, str):
+            task_name = [task_name] * n
+        if len(task_name) != n:
+            raise RuntimeError(
+                'task_name must be a string or a list of strings equal'
+                'in length to the number of tasks.',
+            )
+        if isinstance(log_context, dict):
+            log_context = [log_context] * n
+        if len(log_context) != n:
+            raise RuntimeError(
+                'log_context must be a dictionary or a list of dictionaries'
+                ' equal in length to the number of tasks.',
+            )
+        for context in log_context:
+            _check_context(context)
+        if len(args) == 1:
+            fnargs = [(fn, (a,), kwargs) for a in args[0]]
+        else:
+            fnargs = [(fn, sub, kwargs) for sub in zip(*args)]
+        if len(fnargs) == 0:
+            raise RuntimeError('Unable to map 0 tasks.')
+        children = [
+            (
+                task.child(dill.dumps(fa), {**task.context, **log_context[i]}),
+                _name(fn, task_name[i]),
+            )
+            for i, fa in enumerate(fnargs)
+        ]
+        return RuntimeFuture(_bqrt.submit(children, False))
+
+    def cancel(self, future: Any) -> None:
+        """Cancel the future's tasks and their descendants; returns at once."""
+        _require_task()
+        _bqrt.cancel(future.mailbox_id)
+
+    async def next(self, future: Any) -> list[tuple[int, Any]]:
+        """Results that arrived since the last call, as (index, value) pairs."""
+        if not _bqrt.has_box(future.mailbox_id):
+            raise RuntimeError('Cannot wait on an already completed result.')
+        future._next_flag = True
+        try:
+            return await future
+        finally:
+            future._next_flag = False
+
+    def get_cache(self) -> dict[str, Any]:
+        """This worker's cache: persists across tasks and jobs on this worker."""
+        return _cache
+
+    def communicate(self, future: Any, msg: Any) -> None:
+        """Accepted and dropped: bqrt does not deliver messages to running tasks (the tasks
+        behave as BQSKit's do when the message finds them delayed or finished)."""
+        _require_task()
+
+    def get_messages(self) -> list[Any]:
+        """Always empty on bqrt (see :meth:`communicate`)."""
+        _require_task()
+        return []
+
+
+HANDLE = Handle()

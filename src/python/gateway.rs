@@ -1,0 +1,535 @@
+//! BQSKit's client protocol on the gateway's port: `multiprocessing.connection` frames (4-byte
+//! big-endian length, then a pickled `(RuntimeMessage, payload)`; no authentication).
+//!
+//! Each BQSKit connection is translated into hub requests, like a native client's: CONNECT ->
+//! READY; SUBMIT(CompilationTask) -> a `bqskit` job (not detached: it is cancelled if the
+//! client goes away); STATUS -> `CompilationStatus`; REQUEST -> RESULT, or ERROR with the
+//! failing task's traceback; CANCEL -> acknowledgement; DISCONNECT -> the connection closes.
+//!
+//! BQSKit's client reads log records correctly only while it waits for a reply, so LOG
+//! messages are sent while a request is outstanding and held (bounded) otherwise; they are
+//! flushed before the reply. Frames are decoded by a restricted unpickler
+//! (python/bqrt_codec.py) that imports and runs nothing of the client's; the SUBMIT frame
+//! itself travels to a worker unopened. Only loopback peers (or those on `--bqskit-allow`)
+//! are served, because the protocol carries pickled code.
+
+use super::interp;
+use super::pickle::{self, msg, Status};
+use crate::gateway::{ForeignProtocol, Link};
+use crate::protocol::client::{JobResult, JobState, Reply, Request};
+use crate::protocol::{Format, JobId, LogSpec};
+use crossbeam::channel::{select, unbounded, Receiver};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Largest BQSKit frame accepted (a CompilationTask carries the whole circuit).
+pub const MAX_FRAME: usize = 256 << 20;
+/// Log records held for a client between its requests; older ones are dropped.
+const HELD_LOGS: usize = 10_000;
+/// A frame started must complete within this.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Peers allowed besides loopback: addresses or `ADDR/PREFIX` networks.
+#[derive(Clone, Debug, Default)]
+pub struct AllowList(Vec<(IpAddr, u8)>);
+
+impl AllowList {
+    /// Parse `IP[/PREFIX],...`.
+    pub fn parse(spec: &str) -> Result<AllowList, String> {
+        let mut v = Vec::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (addr, prefix) = match item.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (item, None),
+            };
+            let ip: IpAddr = addr.parse().map_err(|_| {
+                format!("--bqskit-allow: '{item}' is not an IP address or ADDR/PREFIX network")
+            })?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let bits =
+                match prefix {
+                    None => max,
+                    Some(p) => p.parse::<u8>().ok().filter(|&b| b <= max).ok_or_else(|| {
+                        format!("--bqskit-allow: '{item}' has a bad prefix length")
+                    })?,
+                };
+            v.push((ip, bits));
+        }
+        Ok(AllowList(v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `ip` may speak BQSKit's protocol.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        ip.is_loopback() || self.0.iter().any(|&(net, bits)| in_net(ip, net, bits))
+    }
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The [`ForeignProtocol`] for BQSKit clients.
+pub struct BqskitProtocol {
+    pub allow: AllowList,
+}
+
+impl ForeignProtocol for BqskitProtocol {
+    fn accepts(&self, head: &[u8; 5]) -> bool {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        head[4] == 0x80 && (2..=MAX_FRAME).contains(&len)
+    }
+
+    fn serve(&self, stream: TcpStream, head: [u8; 5], link: Link) {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let allowed = stream.peer_addr().is_ok_and(|a| self.allow.admits(a.ip()));
+        let mut s = Session::new(stream, peer, link);
+        if !allowed {
+            log::warn!(target: "bqrt::gateway", "{}: BQSKit client refused (not loopback and not on --bqskit-allow)", s.peer);
+            let _ = s.read_rest(head);
+            s.write(&pickle::error(
+                "bqrt refuses BQSKit clients from this address: BQSKit's protocol carries pickled code and has no authentication. Start the server with --bqskit-allow ADDR to admit it.",
+            ));
+            return;
+        }
+        s.run(head);
+    }
+}
+
+/// A client message, as far as rank 0 reads it.
+enum ClientMsg {
+    Connect(Vec<String>),
+    Disconnect,
+    Submit { id: String, level: i64, depth: i64 },
+    Status(String),
+    Request(String),
+    Cancel(String),
+    Other(i64),
+}
+
+fn decode(frame: &[u8]) -> Result<ClientMsg, String> {
+    interp::start()?;
+    Python::with_gil(|py| {
+        let codec = interp::codec(py).map_err(|e| interp::describe(py, &e))?;
+        let r = codec
+            .getattr("decode")
+            .and_then(|f| f.call1((PyBytes::new_bound(py, frame),)))
+            .map_err(|e| e.value_bound(py).to_string())?;
+        let parsed = (|| -> PyResult<ClientMsg> {
+            let kind: i64 = r.get_item(0)?.extract()?;
+            let p = r.get_item(1)?;
+            Ok(match kind {
+                msg::CONNECT => ClientMsg::Connect(p.extract()?),
+                msg::DISCONNECT => ClientMsg::Disconnect,
+                msg::SUBMIT => {
+                    let (id, level, depth): (String, i64, i64) = p.extract()?;
+                    ClientMsg::Submit { id, level, depth }
+                }
+                msg::STATUS_REQ => ClientMsg::Status(p.extract()?),
+                msg::REQUEST => ClientMsg::Request(p.extract()?),
+                msg::CANCEL_REQ => ClientMsg::Cancel(p.extract()?),
+                other => ClientMsg::Other(other),
+            })
+        })();
+        parsed.map_err(|e| interp::describe(py, &e))
+    })
+}
+
+/// The reply a synchronous client request waits for.
+enum Waiting {
+    Status,
+    Result(String),
+    Cancel,
+}
+
+struct Session {
+    stream: TcpStream,
+    peer: String,
+    link: Link,
+    paths: Vec<String>,
+    jobs: HashMap<String, JobId>,
+    held: VecDeque<Vec<u8>>,
+    dropped_logs: u64,
+    waiting: Option<Waiting>,
+    broken: bool,
+}
+
+impl Session {
+    fn new(stream: TcpStream, peer: String, link: Link) -> Session {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+        Session {
+            stream,
+            peer,
+            link,
+            paths: Vec::new(),
+            jobs: HashMap::new(),
+            held: VecDeque::new(),
+            dropped_logs: 0,
+            waiting: None,
+            broken: false,
+        }
+    }
+
+    /// The rest of the first frame, whose first five bytes were read by the gateway.
+    fn read_rest(&mut self, head: [u8; 5]) -> Result<Vec<u8>, String> {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let mut frame = vec![0u8; len];
+        frame[0] = head[4];
+        let _ = self.stream.set_read_timeout(Some(FRAME_TIMEOUT));
+        self.stream
+            .read_exact(&mut frame[1..])
+            .map_err(|e| format!("first frame incomplete: {e}"))?;
+        Ok(frame)
+    }
+
+    fn write(&mut self, frame: &[u8]) {
+        if self.broken {
+            return;
+        }
+        let mut buf = Vec::with_capacity(frame.len() + 4);
+        buf.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        buf.extend_from_slice(frame);
+        if self.stream.write_all(&buf).is_err() {
+            self.broken = true;
+        }
+    }
+
+    /// A reply to the outstanding request: held logs go first.
+    fn reply(&mut self, frame: &[u8]) {
+        self.waiting = None;
+        self.flush_logs();
+        self.write(frame);
+    }
+
+    fn flush_logs(&mut self) {
+        if self.dropped_logs > 0 {
+            let note = format!(
+                "bqrt: {} log records were dropped while the client was not waiting for a reply",
+                self.dropped_logs
+            );
+            self.dropped_logs = 0;
+            self.write(&pickle::log("bqrt", 30, &note));
+        }
+        while let Some(f) = self.held.pop_front() {
+            self.write(&f);
+        }
+    }
+
+    fn run(mut self, head: [u8; 5]) {
+        let first = match self.read_rest(head) {
+            Ok(f) => f,
+            Err(e) => {
+                log::info!(target: "bqrt::gateway", "{}: {e}; closed", self.peer);
+                return;
+            }
+        };
+        let replies = self.link.open();
+        let Ok(read_half) = self.stream.try_clone() else {
+            return;
+        };
+        let (tx, frames) = unbounded::<Result<(ClientMsg, Vec<u8>), String>>();
+        let peer = self.peer.clone();
+        let reader = std::thread::Builder::new()
+            .name("bqrt-gw-bqskit".into())
+            .spawn(move || {
+                let mut next = Some(first);
+                let mut stream = read_half;
+                loop {
+                    let frame = match next.take() {
+                        Some(f) => f,
+                        None => match read_frame(&mut stream) {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                break;
+                            }
+                        },
+                    };
+                    let item = decode(&frame).map(|m| (m, frame));
+                    let stop = item.is_err();
+                    if tx.send(item).is_err() || stop {
+                        break;
+                    }
+                }
+                log::debug!(target: "bqrt::gateway", "{peer}: BQSKit reader ends");
+            });
+        if reader.is_err() {
+            return;
+        }
+        log::info!(target: "bqrt::gateway", "{}: BQSKit client connected", self.peer);
+        while !self.broken {
+            select! {
+                recv(frames) -> m => match m {
+                    Ok(Ok((m, frame))) => {
+                        if !self.on_client(m, frame, &replies) {
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        log::info!(target: "bqrt::gateway", "{}: {e}; closing", self.peer);
+                        self.write(&pickle::error(&format!("bqrt: {e}; closing the connection")));
+                        break;
+                    }
+                    Err(_) => break,
+                },
+                recv(replies) -> r => match r {
+                    Ok(r) => {
+                        if !self.on_reply(r) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        log::info!(target: "bqrt::gateway", "{}: BQSKit client gone", self.peer);
+    }
+
+    /// Handle one client message; false ends the connection.
+    fn on_client(&mut self, m: ClientMsg, frame: Vec<u8>, replies: &Receiver<Reply>) -> bool {
+        match m {
+            ClientMsg::Connect(paths) => {
+                self.paths = paths;
+                self.reply(&pickle::empty(msg::READY));
+            }
+            ClientMsg::Disconnect => return false,
+            ClientMsg::Submit { id, level, depth } => {
+                let header = serde_json::json!({
+                    "path": self.paths, "level": level, "max_depth": depth, "context": {},
+                });
+                let header = header.to_string();
+                let mut args = Vec::with_capacity(frame.len() + header.len() + 5);
+                args.push(b'R');
+                args.extend_from_slice(&(header.len() as u32).to_le_bytes());
+                args.extend_from_slice(header.as_bytes());
+                args.extend_from_slice(&frame);
+                drop(frame);
+                let log = LogSpec {
+                    level: super::task::level_to_bqrt(level),
+                    max_depth: u32::try_from(depth).ok(),
+                };
+                if !self.link.request(Request::Submit {
+                    task: super::task::FUNCTION.into(),
+                    args,
+                    format: Format::Bincode,
+                    log,
+                    detach: false,
+                }) {
+                    return false;
+                }
+                // SUBMIT has no reply; wait for the job id before reading on
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match replies.recv_timeout(left) {
+                        Ok(Reply::Submitted { job }) => {
+                            self.jobs.insert(id, job);
+                            break;
+                        }
+                        Ok(Reply::Error { message }) => {
+                            log::warn!(target: "bqrt::gateway", "{}: submit refused: {message}", self.peer);
+                            break;
+                        }
+                        Ok(other) => {
+                            if !self.on_reply(other) {
+                                return false;
+                            }
+                        }
+                        Err(_) => return false,
+                    }
+                }
+            }
+            ClientMsg::Status(id) => match self.jobs.get(&id) {
+                Some(&job) => {
+                    self.waiting = Some(Waiting::Status);
+                    return self.link.request(Request::Status { job });
+                }
+                None => self.reply(&pickle::status(Status::Unknown)),
+            },
+            ClientMsg::Request(id) => match self.jobs.get(&id) {
+                Some(&job) => {
+                    self.waiting = Some(Waiting::Result(id));
+                    return self.link.request(Request::Result {
+                        job,
+                        timeout_ms: None,
+                    });
+                }
+                None => self.reply(&pickle::error("Unknown task.")),
+            },
+            ClientMsg::Cancel(id) => match self.jobs.remove(&id) {
+                Some(job) => {
+                    self.waiting = Some(Waiting::Cancel);
+                    return self.link.request(Request::Cancel { job });
+                }
+                None => self.reply(&pickle::empty(msg::CANCEL)),
+            },
+            ClientMsg::Other(n) => {
+                log::info!(target: "bqrt::gateway", "{}: unexpected BQSKit message {n}; closing", self.peer);
+                self.write(&pickle::error(&format!(
+                    "bqrt: a client may not send message {n}; closing the connection"
+                )));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Handle one hub reply; false ends the connection.
+    fn on_reply(&mut self, r: Reply) -> bool {
+        match r {
+            Reply::Log { record, .. } => {
+                let f = pickle::log(
+                    &record.target,
+                    super::task::level_to_python(record.level),
+                    &record.message,
+                );
+                if self.waiting.is_some() {
+                    self.flush_logs();
+                    self.write(&f);
+                } else {
+                    if self.held.len() >= HELD_LOGS {
+                        self.held.pop_front();
+                        self.dropped_logs += 1;
+                    }
+                    self.held.push_back(f);
+                }
+            }
+            Reply::Status { status, .. } => {
+                let s = match status.state {
+                    JobState::Queued | JobState::Running => Status::Running,
+                    // a failed job is finished: requesting its result raises its error
+                    JobState::Done | JobState::Failed => Status::Done,
+                    JobState::Cancelled | JobState::Unknown => Status::Unknown,
+                };
+                self.reply(&pickle::status(s));
+            }
+            Reply::Result { result, .. } => {
+                if let Some(Waiting::Result(id)) = self.waiting.take() {
+                    self.jobs.remove(&id);
+                }
+                let frame = match result {
+                    JobResult::Done { value, .. } => pickle::result(&value).unwrap_or_else(|| {
+                        pickle::error("bqrt: the job's result is not a protocol-3 pickle")
+                    }),
+                    JobResult::Failed(f) => pickle::error(&format!(
+                        "{}\n(bqrt: task '{}' {} on {} failed)",
+                        f.message.trim_end(),
+                        f.task,
+                        f.addr,
+                        f.rank
+                    )),
+                    JobResult::Cancelled => pickle::error("bqrt: the job was cancelled"),
+                    JobResult::Unknown(note) => pickle::error(&format!("Unknown task. ({note})")),
+                    JobResult::Pending => pickle::error("bqrt: the job has not finished"),
+                };
+                self.reply(&frame);
+            }
+            Reply::Cancelled { .. } => self.reply(&pickle::empty(msg::CANCEL)),
+            Reply::Error { message } => {
+                if self.waiting.is_some() {
+                    self.reply(&pickle::error(&format!("bqrt: {message}")));
+                }
+            }
+            Reply::Shutdown { reason } | Reply::Refused { reason } => {
+                self.flush_logs();
+                self.write(&pickle::error(&format!(
+                    "bqrt runtime is stopping: {reason}"
+                )));
+                return false;
+            }
+            Reply::Submitted { .. }
+            | Reply::Progress { .. }
+            | Reply::Welcome { .. }
+            | Reply::Top(_) => {}
+        }
+        !self.broken
+    }
+}
+
+/// One frame; `Ok(None)` on a clean close between frames.
+fn read_frame(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, String> {
+    let _ = stream.set_read_timeout(Some(FRAME_TIMEOUT));
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match stream.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err("connection closed in the middle of a frame".into()),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) && got == 0 => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err("a frame stalled half-way".into())
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(format!(
+            "frame of {n} bytes is over the {MAX_FRAME}-byte limit"
+        ));
+    }
+    let mut frame = vec![0u8; n];
+    stream.read_exact(&mut frame).map_err(|e| {
+        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            "a frame stalled half-way".to_string()
+        } else {
+            format!("frame incomplete: {e}")
+        }
+    })?;
+    Ok(Some(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list() {
+        let a = AllowList::parse("10.0.0.0/8, 192.168.1.7").unwrap();
+        assert!(a.admits("127.0.0.1".parse().unwrap()));
+        assert!(a.admits("::1".parse().unwrap()));
+        assert!(a.admits("10.3.4.5".parse().unwrap()));
+        assert!(a.admits("192.168.1.7".parse().unwrap()));
+        assert!(!a.admits("192.168.1.8".parse().unwrap()));
+        assert!(AllowList::parse("nope").is_err());
+        assert!(AllowList::parse("10.0.0.0/40").is_err());
+    }
+}

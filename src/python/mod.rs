@@ -1,0 +1,117 @@
+//! BQSKit compatibility (cargo feature `python`): BQSKit tasks run in embedded CPython on the
+//! workers ([`task`]), BQSKit's client protocol is served on the gateway's port ([`gateway`]),
+//! and `bqrt compile` compiles a circuit with BQSKit through bqrt ([`compile`]).
+//!
+//! Python is found once per rank before MPI starts ([`env`]) and started lazily
+//! ([`interp`]): a rank that never sees a BQSKit task or client never loads it.
+
+pub mod compile;
+pub mod env;
+pub mod gateway;
+pub mod interp;
+pub mod pickle;
+pub mod task;
+
+use crate::task::Registry;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+/// `bqrt serve` options for BQSKit clients.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeOptions {
+    /// Python interpreter whose environment has bqskit (default: the active VIRTUAL_ENV's, else
+    /// python3 on PATH).
+    #[arg(long, env = "BQRT_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Also accept BQSKit clients from these addresses (IP or ADDR/PREFIX, comma-separated).
+    /// BQSKit's protocol carries pickled code and has no authentication: by default only
+    /// loopback clients are served.
+    #[arg(long, default_value = "")]
+    pub bqskit_allow: String,
+    /// Serve only the native protocol: no Python, no BQSKit clients.
+    #[arg(long)]
+    pub no_python: bool,
+}
+
+/// Set BLAS libraries to one thread per worker unless already set (before any is loaded).
+fn one_blas_thread() {
+    for var in [
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+    ] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
+    }
+}
+
+type Foreign = Option<Arc<dyn crate::gateway::ForeignProtocol>>;
+
+/// What the gateway gets: BQSKit's protocol (if on) and a notice for the operator.
+static GATEWAY: OnceLock<(Foreign, String)> = OnceLock::new();
+
+/// The gateway's BQSKit protocol and the start-up notice about it (after [`setup`]).
+pub fn gateway_setup() -> (Foreign, String) {
+    GATEWAY
+        .get()
+        .cloned()
+        .unwrap_or_else(|| (None, "bqrt: BQSKit support off".into()))
+}
+
+/// Find Python, register the `bqskit` task and prepare the gateway's BQSKit protocol (every
+/// rank, before MPI starts). An explicitly chosen environment (`--python`, `VIRTUAL_ENV`) that
+/// does not work is an error; with none chosen and `python3` unusable, BQSKit support is off
+/// and the notice says how to turn it on.
+pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Registry, String> {
+    let off = |notice: String| {
+        let _ = GATEWAY.set((None, notice));
+    };
+    if opts.no_python {
+        off("bqrt: BQSKit support off (--no-python)".into());
+        return Ok(registry);
+    }
+    let allow = gateway::AllowList::parse(&opts.bqskit_allow)?;
+    let (exe, source) = env::choose(opts.python.as_deref());
+    let env = match env::probe(&exe) {
+        Ok(e) => e,
+        Err(e) if source == env::Source::Path => {
+            off(format!("bqrt: BQSKit support off: {e}"));
+            return Ok(registry);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    one_blas_thread();
+    let notice = bqskit_notice(&env, &opts.bqskit_allow, allow.is_empty(), listen);
+    interp::set_env(env);
+    let foreign: Arc<dyn crate::gateway::ForeignProtocol> =
+        Arc::new(gateway::BqskitProtocol { allow });
+    let _ = GATEWAY.set((Some(foreign), notice));
+    Ok(registry.task_raw(task::FUNCTION, |ctx, args, _format| task::run(ctx, args)))
+}
+
+fn bqskit_notice(env: &env::PythonEnv, allow: &str, loopback_only: bool, listen: &str) -> String {
+    let mut s = format!(
+        "bqrt: BQSKit {} clients served on {listen} (Python {} at {})",
+        env.bqskit,
+        env.version,
+        env.executable.display()
+    );
+    if env.bqskit != env::BQSKIT_VERSION {
+        s.push_str(&format!(
+            "\nbqrt: WARNING: bqskit {} is installed; bqrt is tested with bqskit=={}",
+            env.bqskit,
+            env::BQSKIT_VERSION
+        ));
+    }
+    if loopback_only {
+        s.push_str("\nbqrt: BQSKit's protocol carries pickled code and has no authentication: only BQSKit clients on this machine (loopback) are served; --bqskit-allow ADDR admits others");
+    } else {
+        s.push_str(&format!(
+            "\nbqrt: WARNING: BQSKit clients from {allow} are served besides loopback. BQSKit's protocol carries pickled code and has no authentication: anyone who can reach {listen} from there can run any code on this cluster"
+        ));
+    }
+    s
+}

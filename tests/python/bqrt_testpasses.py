@@ -1,0 +1,228 @@
+"""Passes and task functions the tests send to bqrt's workers (importable there through the
+client's sys.path, which BQSKit ships on connect)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from bqskit.compiler.basepass import BasePass
+from bqskit.compiler.passdata import PassData
+from bqskit.ir.circuit import Circuit
+from bqskit.ir.gates import HGate
+from bqskit.runtime import get_runtime
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def pair(i: int) -> int:
+    return i
+
+
+async def two(i: int) -> list[int]:
+    return await get_runtime().map(pair, [2 * i, 2 * i + 1])
+
+
+def sleepy(t: float) -> float:
+    time.sleep(t)
+    return t
+
+
+def boom(msg: str) -> None:
+    raise ValueError(msg)
+
+
+async def make_h() -> Circuit:
+    c = Circuit(1)
+    c.append_gate(HGate(), (0,))
+    return c
+
+
+class MapPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['out'] = await get_runtime().map(identity, list(range(10)))
+
+
+class TwoLevelMapPass(BasePass):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['out'] = await get_runtime().map(two, list(range(self.n)))
+
+
+class CircuitChangePass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        new = await get_runtime().submit(make_h)
+        circuit.become(new)
+
+
+class GatePass(BasePass):
+    def __init__(self, gate: Any) -> None:
+        self.gate = gate
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        circuit.append_gate(self.gate, (0,))
+
+
+class SleepPass(BasePass):
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['slept'] = await get_runtime().submit(sleepy, self.t)
+
+
+# next
+class NoDuplicateResult(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().map(sleepy, [0.1, 0.2, 0.3])
+        got = await get_runtime().next(fut)
+        slots = [i for i, _ in got]
+        assert len(got) > 0 and len(slots) == len(set(slots)), got
+
+
+class NoDuplicateResultsInTwoNexts(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().map(sleepy, [0.1, 0.2, 0.3])
+        seen: list[int] = []
+        while len(seen) < 3:
+            seen += [i for i, _ in await get_runtime().next(fut)]
+        assert sorted(seen) == [0, 1, 2], seen
+
+
+class FutureAwaitGivesAllResultsAfterNext(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().map(sleepy, [0.1, 0.2, 0.3])
+        await get_runtime().next(fut)
+        assert await fut == [0.1, 0.2, 0.3]
+
+
+class NextOnCompleteTaskRaisesError(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().map(sleepy, [0.1, 0.2])
+        await fut
+        try:
+            await get_runtime().next(fut)
+        except RuntimeError:
+            return
+        raise AssertionError('next on a consumed future did not raise')
+
+
+class NextNeverLosesResults(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().map(sleepy, [0.1, 0.5])
+        first = await get_runtime().next(fut)
+        time.sleep(1.0)  # the other result arrives while this task is blocked
+        got = list(first)
+        while len(got) < 2:
+            got += await get_runtime().next(fut)
+        assert sorted(got) == [(0, 0.1), (1, 0.5)], got
+
+
+# cancel
+class CancelPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().submit(sleepy, 1.0)
+        get_runtime().cancel(fut)
+
+
+class AwaitCancelledPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().submit(sleepy, 1.0)
+        get_runtime().cancel(fut)
+        await fut
+
+
+class CancelTwicePass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().submit(sleepy, 0.1)
+        get_runtime().cancel(fut)
+        try:
+            get_runtime().cancel(fut)
+        except KeyError:
+            data['keyerror'] = True
+
+
+# cache
+class CachePut(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        import numpy as np
+        get_runtime().get_cache()['bqrt-test'] = np.arange(12).reshape(3, 4)
+
+
+class CacheGet(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['cached'] = get_runtime().get_cache()['bqrt-test']
+
+
+# futures
+class FutureDonePass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().submit(sleepy, 0.2)
+        data['before'] = fut._done
+        await fut
+        data['after'] = fut._done
+
+
+class FutureSendPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().submit(sleepy, 0.1)
+        await get_runtime().submit(identity, fut)
+
+
+class AwaitNonFuturePass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        class NotAFuture:
+            def __await__(self):  # type: ignore[no-untyped-def]
+                return (yield self)
+        await NotAFuture()
+
+
+# errors
+class ErrorPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        boom('bqrt-test-pass-error')
+
+
+class NestedErrorPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        await get_runtime().submit(boom, 'bqrt-test-nested-error')
+
+
+# logging
+def log_all(depth: int = 0) -> None:
+    logging.getLogger('bqskit').info(f'bqskit info {depth}')
+    logging.getLogger('bqskit').debug(f'bqskit debug {depth}')
+    logging.getLogger('bqskit.dummy').info(f'dummy info {depth}')
+    logging.getLogger('bqskit.dummy').debug(f'dummy debug {depth}')
+    logging.getLogger('dummy2').info(f'dummy2 info {depth}')
+    logging.getLogger('dummy2').debug(f'dummy2 debug {depth}')
+
+
+class LogPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        log_all()
+
+
+class LogArgsPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        logging.getLogger('dummy2').info('int %d', 1)
+        logging.getLogger('dummy2').info('lock %s', threading.Lock())
+
+
+async def nested_log(depth: int, logger: str) -> None:
+    logging.getLogger(logger).info(f'depth {depth}')
+    if depth < 3:
+        await get_runtime().submit(nested_log, depth + 1, logger)
+
+
+class NestedLogPass(BasePass):
+    def __init__(self, logger: str) -> None:
+        self.logger = logger
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        await nested_log(0, self.logger)

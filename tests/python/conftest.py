@@ -1,0 +1,105 @@
+"""Fixtures: a bqrt runtime under mpirun (one node, or two fake nodes with managers) that
+BQSKit's own Compiler connects to.
+
+Settings: BQRT_BIN (default target/release/bqrt, built with --features python),
+BQRT_PYTEST_TOPOLOGIES (default "flat,cluster"; "flat" = mpirun -n 4 bqrt serve,
+"cluster" = launch/cluster.sh 2 3 -- bqrt serve).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get('BQRT_BIN', REPO / 'target' / 'release' / 'bqrt'))
+TOPOLOGIES = [
+    t for t in os.environ.get('BQRT_PYTEST_TOPOLOGIES', 'flat,cluster').split(',') if t
+]
+
+
+def mpi_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if os.geteuid() == 0:
+        env['OMPI_ALLOW_RUN_AS_ROOT'] = '1'
+        env['OMPI_ALLOW_RUN_AS_ROOT_CONFIRM'] = '1'
+    env['OMPI_MCA_rmaps_base_oversubscribe'] = '1'
+    env['OMPI_MCA_hwloc_base_binding_policy'] = 'none'
+    return env
+
+
+class Runtime:
+    """`bqrt serve` under a launcher, on a free loopback port."""
+
+    def __init__(self, topology: str) -> None:
+        if not BIN.exists():
+            pytest.fail(f'{BIN} is missing: cargo build --release --features python')
+        self.dir = Path(tempfile.mkdtemp(prefix=f'bqrt-pytest-{topology}-'))
+        ready = self.dir / 'ready'
+        serve = [
+            str(BIN), 'serve', '--listen', '127.0.0.1:0', '--ready-file', str(ready),
+            '--token-file', str(self.dir / 'token'), '--python', sys.executable,
+        ]
+        if topology == 'flat':
+            cmd = ['mpirun', '-n', '4'] + serve
+        elif topology == 'cluster':
+            cmd = ['bash', str(REPO / 'launch' / 'cluster.sh'), '2', '3', '--'] + serve
+        else:
+            pytest.fail(f'unknown topology {topology!r}')
+        self.log = open(self.dir / 'runtime.log', 'wb')
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=mpi_env(),
+            start_new_session=True,
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if ready.exists() and ready.read_text().strip():
+                host, _, port = ready.read_text().strip().rpartition(':')
+                self.host, self.port = host, int(port)
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f'runtime exited early:\n{self.output()}')
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f'runtime not ready within 90 s:\n{self.output()}')
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.dir / 'runtime.log').read_text(errors='replace')
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope='session', params=TOPOLOGIES)
+def runtime(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    rt = Runtime(request.param)
+    yield rt
+    alive = rt.alive()
+    rt.stop()
+    assert alive, f'the runtime died during the tests:\n{rt.output()}'
+
+
+@pytest.fixture
+def compiler(runtime: Runtime):  # type: ignore[no-untyped-def]
+    from bqskit.compiler import Compiler
+    c = Compiler(runtime.host, runtime.port)
+    yield c
+    c.close()
+    assert runtime.alive(), runtime.output()

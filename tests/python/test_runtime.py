@@ -1,0 +1,103 @@
+"""BQSKit's runtime behaviour (its tests/runtime checklist) on bqrt, through BQSKit's own
+Compiler in detached mode."""
+from __future__ import annotations
+
+import pytest
+from bqskit.ir.circuit import Circuit
+from bqskit.ir.gates import HGate, XGate
+
+import bqrt_testpasses as tp
+
+
+def compile_data(compiler, passes, circuit=None, **kw):  # type: ignore[no-untyped-def]
+    out, data = compiler.compile(circuit or Circuit(1), passes, request_data=True, **kw)
+    return out, data
+
+
+def error_text(e: BaseException) -> str:
+    parts = []
+    while e is not None:
+        parts.append(str(e))
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return '\n'.join(parts)
+
+
+def test_simple_map(compiler) -> None:  # type: ignore[no-untyped-def]
+    _, data = compile_data(compiler, [tp.MapPass()])
+    assert data['out'] == list(range(10))
+
+
+def test_2level_map(compiler) -> None:  # type: ignore[no-untyped-def]
+    _, data = compile_data(compiler, [tp.TwoLevelMapPass(1000)])
+    assert data['out'] == [[2 * i, 2 * i + 1] for i in range(1000)]
+
+
+def test_circuit_change(compiler) -> None:  # type: ignore[no-untyped-def]
+    out = compiler.compile(Circuit(1), [tp.CircuitChangePass()])
+    assert out.num_operations == 1
+    assert HGate() in out.gate_set
+
+
+def test_reuse(compiler) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(2):
+        _, data = compile_data(compiler, [tp.MapPass()])
+        assert data['out'] == list(range(10))
+
+
+def test_parallel(compiler) -> None:  # type: ignore[no-untyped-def]
+    a = compiler.submit(Circuit(1), [tp.GatePass(HGate())])
+    b = compiler.submit(Circuit(1), [tp.GatePass(XGate())])
+    ra, rb = compiler.result(a), compiler.result(b)
+    assert ra.gate_set == {HGate()} and rb.gate_set == {XGate()}
+
+
+@pytest.mark.parametrize('pass_', [
+    tp.NoDuplicateResult, tp.NoDuplicateResultsInTwoNexts,
+    tp.FutureAwaitGivesAllResultsAfterNext, tp.NextOnCompleteTaskRaisesError,
+    tp.NextNeverLosesResults,
+])
+def test_next(compiler, pass_) -> None:  # type: ignore[no-untyped-def]
+    compiler.compile(Circuit(1), [pass_()])
+
+
+def test_simple_cancel(compiler) -> None:  # type: ignore[no-untyped-def]
+    compiler.compile(Circuit(1), [tp.CancelPass()])
+
+
+def test_cant_await_cancel(runtime) -> None:  # type: ignore[no-untyped-def]
+    from bqskit.compiler import Compiler
+    with Compiler(runtime.host, runtime.port) as c:
+        with pytest.raises(RuntimeError) as e:
+            c.compile(Circuit(1), [tp.AwaitCancelledPass()])
+    assert 'Cannot await on a canceled task.' in error_text(e.value)
+
+
+def test_cancel_consumed_future_raises_keyerror(compiler) -> None:  # type: ignore[no-untyped-def]
+    _, data = compile_data(compiler, [tp.CancelTwicePass()])
+    assert data['keyerror']
+
+
+def test_cache(compiler) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    _, data = compile_data(compiler, [tp.CachePut(), tp.CacheGet()])
+    assert np.array_equal(data['cached'], np.arange(12).reshape(3, 4))
+
+
+def test_future_done(compiler) -> None:  # type: ignore[no-untyped-def]
+    _, data = compile_data(compiler, [tp.FutureDonePass()])
+    assert data['before'] is False and data['after'] is True
+
+
+def test_future_cannot_send(runtime) -> None:  # type: ignore[no-untyped-def]
+    from bqskit.compiler import Compiler
+    with Compiler(runtime.host, runtime.port) as c:
+        with pytest.raises(RuntimeError):
+            c.compile(Circuit(1), [tp.FutureSendPass()])
+
+
+def test_await_non_future(runtime) -> None:  # type: ignore[no-untyped-def]
+    from bqskit.compiler import Compiler
+    with Compiler(runtime.host, runtime.port) as c:
+        with pytest.raises(RuntimeError) as e:
+            c.compile(Circuit(1), [tp.AwaitNonFuturePass()])
+    assert 'Can only await on a BQSKit RuntimeFuture.' in error_text(e.value)
