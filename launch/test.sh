@@ -12,4 +12,15 @@ echo "test: cargo clippy"
 cargo clippy --release --all-targets --quiet -- -D warnings
 echo "test: cargo test"
 cargo test --release -- --test-threads=2
+echo "test: python environment (.venv with bqskit 1.2.1)"
+bash launch/setup-python.sh
+export PYO3_PYTHON=$PWD/.venv/bin/python
+echo "test: cargo clippy --features python"
+cargo clippy --release --all-targets --features python --quiet -- -D warnings
+echo "test: cargo test --features python (python module unit tests)"
+cargo test --release --features python --lib -- --test-threads=2 python::
+echo "test: cargo build --features python"
+cargo build --release --features python --quiet
+echo "test: pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node and 2 fake nodes)"
+BQRT_BIN=$PWD/target/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
 echo "test: all passed in $(( $(date +%s) - t0 )) s"
