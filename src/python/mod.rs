@@ -94,7 +94,7 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
 
 fn bqskit_notice(env: &env::PythonEnv, allow: &str, loopback_only: bool, listen: &str) -> String {
     let mut s = format!(
-        "bqrt: BQSKit {} clients served on {listen} (Python {} at {})",
+        "bqrt: BQSKit {} clients accepted on the client port (Python {} at {})",
         env.bqskit,
         env.version,
         env.executable.display()
