@@ -252,7 +252,7 @@ mod tests {
                 label: None,
                 args: vec![],
                 format: Format::Bincode,
-                breadcrumbs: vec![],
+                breadcrumbs: crate::protocol::Breadcrumbs::new(),
                 log: LogSpec::OFF,
                 context: vec![],
             })

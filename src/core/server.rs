@@ -130,7 +130,7 @@ impl ServerCore {
             label: spec.label,
             args: spec.args,
             format: spec.format,
-            breadcrumbs: Vec::new(),
+            breadcrumbs: crate::protocol::Breadcrumbs::new(),
             log: spec.log,
             context: Vec::new(),
         };

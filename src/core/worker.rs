@@ -458,8 +458,7 @@ impl WorkerCore {
         self.next_mailbox += 1;
         let mailbox = MailboxId(self.next_mailbox);
         p.owned.push(mailbox);
-        let mut breadcrumbs = p.msg.breadcrumbs.clone();
-        breadcrumbs.push(p.msg.addr);
+        let breadcrumbs = p.msg.breadcrumbs.pushed(p.msg.addr);
         let n = children.len();
         self.stats.submitted += n as u64;
         p.tasks.spawned += n as u64;
@@ -590,6 +589,9 @@ impl WorkerCore {
     /// Cancel, on this rank, every task whose return address is in one of `roots` and every
     /// descendant reachable from them; remote descendants get a `Cancel` message.
     fn cancel_closure(&mut self, roots: Vec<MailboxAddr>, out: &mut Outbox) {
+        if roots.is_empty() {
+            return; // the common case on every finish: nothing to scan
+        }
         let mut work = roots;
         let mut all: HashSet<MailboxAddr> = HashSet::new();
         while let Some(mb) = work.pop() {
@@ -733,7 +735,7 @@ mod tests {
             label: None,
             args: vec![],
             format: Format::Bincode,
-            breadcrumbs: vec![],
+            breadcrumbs: crate::protocol::Breadcrumbs::new(),
             log: LogSpec {
                 level: 3,
                 max_depth: Some(0),

@@ -47,9 +47,21 @@ pub struct Running {
 }
 
 struct RunningTask {
-    /// The task's return mailbox first, then its ancestors' return mailboxes.
-    lineage: Arc<[MailboxAddr]>,
+    lineage: Lineage,
     flag: Arc<AtomicBool>,
+}
+
+/// The return mailboxes of a task and of its ancestors: a cancel of any of them concerns it.
+#[derive(Clone, Default)]
+struct Lineage {
+    own: Option<MailboxAddr>,
+    ancestors: crate::protocol::Breadcrumbs,
+}
+
+impl Lineage {
+    fn contains(&self, mailbox: &MailboxAddr) -> bool {
+        self.own.as_ref() == Some(mailbox) || self.ancestors.has_mailbox(*mailbox)
+    }
 }
 
 impl Running {
@@ -89,7 +101,7 @@ pub enum Inbound {
 struct Slot {
     fut: BoxFuture,
     flag: Arc<AtomicBool>,
-    lineage: Arc<[MailboxAddr]>,
+    lineage: Lineage,
 }
 
 /// The executor of one worker.
@@ -237,13 +249,14 @@ impl Executor {
         args: Vec<u8>,
         format: crate::protocol::Format,
     ) {
-        let lineage: Arc<[MailboxAddr]> = {
+        let lineage = {
             let core = self.shared.core.borrow();
             match core.task(key) {
-                Some(t) => std::iter::once(t.addr.mailbox_addr())
-                    .chain(t.breadcrumbs.iter().map(|a| a.mailbox_addr()))
-                    .collect(),
-                None => Arc::from(Vec::new()),
+                Some(t) => Lineage {
+                    own: Some(t.addr.mailbox_addr()),
+                    ancestors: t.breadcrumbs.clone(),
+                },
+                None => Lineage::default(),
             }
         };
         let flag = Arc::new(AtomicBool::new(false));
@@ -262,7 +275,7 @@ impl Executor {
         };
         self.shared.current.set(Some(key));
         self.running.set(Some(RunningTask {
-            lineage: Arc::clone(&slot.lineage),
+            lineage: slot.lineage.clone(),
             flag: Arc::clone(&slot.flag),
         }));
         crate::logging::enter_task(&self.shared, key);

@@ -83,7 +83,7 @@ mod tests {
             label: Some("x".into()),
             args: vec![1, 2, 3],
             format: Format::Json,
-            breadcrumbs: vec![addr, addr],
+            breadcrumbs: crate::protocol::Breadcrumbs::from_addresses(&[addr, addr]),
             log: LogSpec {
                 level: 3,
                 max_depth: Some(2),

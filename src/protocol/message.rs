@@ -9,6 +9,7 @@
 //! Task arguments and results are opaque bytes here: only the worker that runs a task and the
 //! job's owner interpret them.
 
+use super::breadcrumbs::Breadcrumbs;
 use super::ids::{Address, BatchSeq, JobId, MailboxAddr, Rank};
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +53,7 @@ pub struct TaskMsg {
     /// Encoding of `args`; the result is encoded the same way.
     pub format: Format,
     /// Ancestors' addresses, root first; the length is the depth.
-    pub breadcrumbs: Vec<Address>,
+    pub breadcrumbs: Breadcrumbs,
     pub log: LogSpec,
     /// Log context, inherited and extended by children.
     pub context: Vec<(String, String)>,
@@ -60,7 +61,7 @@ pub struct TaskMsg {
 
 impl TaskMsg {
     pub fn depth(&self) -> u32 {
-        self.breadcrumbs.len() as u32
+        self.breadcrumbs.len()
     }
     /// The name shown to users.
     pub fn name(&self) -> &str {
