@@ -151,6 +151,8 @@ pub struct SimConfig {
     pub codec: bool,
     /// Workers keep one child when they would otherwise idle (as the executor does).
     pub keep_local: bool,
+    /// Ticks between a worker's progress reports to the server.
+    pub progress_every: u64,
 }
 
 impl SimConfig {
@@ -163,6 +165,7 @@ impl SimConfig {
             max_delay: 10,
             codec: true,
             keep_local: true,
+            progress_every: 100,
         }
     }
 }
@@ -184,6 +187,7 @@ enum Node {
 
 struct SimWorker {
     core: WorkerCore,
+    last_progress: u64,
     tasks: HashMap<TaskKey, Running>,
     busy_until: u64,
     wake_pending: bool,
@@ -205,6 +209,10 @@ pub struct SimStats {
     pub tasks_finished: u64,
     pub steals: u64,
     pub end_time: u64,
+    /// Wall time spent inside the server's state machine.
+    pub server_nanos: u128,
+    /// Messages the server received, by kind.
+    pub server_in_by_kind: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A simulated cluster.
@@ -257,6 +265,7 @@ impl Sim {
                 )),
                 Role::Worker { parent } => Node::Worker(Box::new(SimWorker {
                     core: WorkerCore::new(Rank(r as u32), *parent),
+                    last_progress: 0,
                     tasks: HashMap::new(),
                     busy_until: 0,
                     wake_pending: false,
@@ -421,7 +430,11 @@ impl Sim {
         let now = self.now;
         match &mut self.nodes[to as usize] {
             Node::Server(s) => {
+                let kind = kind_of(&msg);
+                *self.stats.server_in_by_kind.entry(kind).or_insert(0) += 1;
+                let t = std::time::Instant::now();
                 s.handle(Rank(from), msg, &mut out);
+                self.stats.server_nanos += t.elapsed().as_nanos();
                 let events = s.take_events();
                 for ev in events {
                     if let ServerEvent::Finished {
@@ -472,6 +485,10 @@ impl Sim {
             return;
         }
         let mut out = Outbox::new();
+        if now >= w.last_progress + self.cfg.progress_every {
+            w.last_progress = now;
+            w.core.report_progress(&mut out);
+        }
         let Some(ready) = w.core.next_ready(&mut out) else {
             self.send_all(rank, out);
             return;
@@ -594,6 +611,22 @@ impl Sim {
     /// Virtual time now.
     pub fn now(&self) -> u64 {
         self.now
+    }
+}
+
+fn kind_of(m: &Msg) -> &'static str {
+    use crate::protocol::{Down, Peer, Up};
+    match m {
+        Msg::Up(Up::Submit { .. }) => "submit",
+        Msg::Up(Up::Waiting { .. }) => "waiting",
+        Msg::Up(Up::Stolen { .. }) => "stolen",
+        Msg::Peer(Peer::Result { .. }) => "result",
+        Msg::Peer(Peer::Placed { .. }) => "placed",
+        Msg::Peer(Peer::Progress { .. }) => "progress",
+        Msg::Peer(Peer::Failed { .. }) => "failed",
+        Msg::Peer(Peer::Log { .. }) => "log",
+        Msg::Peer(_) => "other peer",
+        Msg::Down(Down::Assign { .. } | Down::Steal { .. } | Down::Shutdown { .. }) => "down",
     }
 }
 

@@ -51,6 +51,13 @@ pub(crate) struct Boss {
     pub(crate) employees: Vec<Employee>,
     index: HashMap<Rank, usize>,
     rng: Rng,
+    /// Sum of `idle` over employees, kept up to date (a boss answers every message, so nothing
+    /// per message may scan all employees: a server can have thousands).
+    idle_sum: u32,
+    /// Employees with `backlog > 0`.
+    backlogged: usize,
+    /// Sum of outstanding steal requests.
+    requested: u32,
 }
 
 impl Boss {
@@ -74,10 +81,14 @@ impl Boss {
             .enumerate()
             .map(|(i, e)| (e.rank, i))
             .collect();
+        let idle_sum = employees.iter().map(|e| e.idle).sum();
         Boss {
             employees,
             index,
             rng: Rng::new(seed),
+            idle_sum,
+            backlogged: 0,
+            requested: 0,
         }
     }
 
@@ -86,7 +97,26 @@ impl Boss {
     }
 
     pub(crate) fn idle_total(&self) -> u32 {
-        self.employees.iter().map(|e| e.idle).sum()
+        debug_assert_eq!(
+            self.idle_sum,
+            self.employees.iter().map(|e| e.idle).sum::<u32>()
+        );
+        self.idle_sum
+    }
+
+    fn set_idle(&mut self, e: usize, idle: u32) {
+        self.idle_sum = self.idle_sum - self.employees[e].idle + idle;
+        self.employees[e].idle = idle;
+    }
+
+    fn set_backlog(&mut self, e: usize, backlog: u64) {
+        let was = self.employees[e].backlog > 0;
+        self.employees[e].backlog = backlog;
+        match (was, backlog > 0) {
+            (false, true) => self.backlogged += 1,
+            (true, false) => self.backlogged -= 1,
+            _ => {}
+        }
     }
 
     /// Tasks this boss has placed so far.
@@ -109,25 +139,21 @@ impl Boss {
             emp.unreceipted.pop_front();
         }
         let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n)| u64::from(n)).sum();
-        emp.idle = (u64::from(idle.min(emp.workers))).saturating_sub(unaccounted) as u32;
+        let new_idle = (u64::from(idle.min(emp.workers))).saturating_sub(unaccounted) as u32;
+        self.set_idle(e, new_idle);
         if idle > 0 && unaccounted == 0 {
-            emp.backlog = 0;
+            self.set_backlog(e, 0);
         }
     }
 
     /// Place tasks on idle slots only; returns what did not fit.
     pub(crate) fn place_idle(&mut self, mut tasks: Vec<TaskMsg>, out: &mut Outbox) -> Vec<TaskMsg> {
+        if self.idle_sum == 0 || tasks.is_empty() {
+            return tasks;
+        }
         let mut slots: Vec<usize> = Vec::new();
         for (i, e) in self.employees.iter().enumerate() {
-            for _ in 0..e.idle {
-                slots.push(i);
-                if slots.len() >= tasks.len() {
-                    break;
-                }
-            }
-        }
-        if slots.is_empty() || tasks.is_empty() {
-            return tasks;
+            slots.extend(std::iter::repeat_n(i, e.idle as usize));
         }
         self.rng.shuffle(&mut slots);
         let n = slots.len().min(tasks.len());
@@ -166,7 +192,8 @@ impl Boss {
         }
         for (i, batch) in per.iter().enumerate() {
             // everything beyond the idle slots (already used above) is overflow
-            self.employees[i].backlog += batch.len() as u64;
+            let b = self.employees[i].backlog + batch.len() as u64;
+            self.set_backlog(i, b);
         }
         self.send_batches(per, out);
     }
@@ -176,12 +203,13 @@ impl Boss {
             if batch.is_empty() {
                 continue;
             }
-            let emp = &mut self.employees[i];
             let k = batch.len() as u32;
+            let idle = self.employees[i].idle.saturating_sub(k);
+            self.set_idle(i, idle);
+            let emp = &mut self.employees[i];
             emp.next_seq += 1;
             let seq = BatchSeq(emp.next_seq);
             emp.unreceipted.push_back((seq, k));
-            emp.idle = emp.idle.saturating_sub(k);
             emp.assigned += u64::from(k);
             out.push((emp.rank, Msg::Down(Down::Assign { seq, tasks: batch })));
         }
@@ -190,9 +218,8 @@ impl Boss {
     /// Ask loaded employees for up to `capacity` delayed tasks in total, counting requests
     /// already outstanding (`capacity` is this boss's idle workers, or an upstream request).
     pub(crate) fn plan_steals(&mut self, capacity: u32, out: &mut Outbox) {
-        let requested: u32 = self.employees.iter().filter_map(|e| e.steal_pending).sum();
-        let mut budget = capacity.saturating_sub(requested);
-        if budget == 0 {
+        let mut budget = capacity.saturating_sub(self.requested);
+        if budget == 0 || self.backlogged == 0 {
             return;
         }
         let mut victims: Vec<usize> = (0..self.employees.len())
@@ -209,6 +236,7 @@ impl Boss {
             let e = &mut self.employees[i];
             let want = (e.backlog.div_ceil(2)).min(u64::from(budget)).max(1) as u32;
             e.steal_pending = Some(want);
+            self.requested += want;
             budget -= want;
             out.push((e.rank, Msg::Down(Down::Steal { max: want })));
         }
@@ -216,13 +244,14 @@ impl Boss {
 
     /// Answer to a steal request from employee `e`.
     pub(crate) fn on_stolen(&mut self, e: usize, got: usize) {
-        let emp = &mut self.employees[e];
-        let asked = emp.steal_pending.take().unwrap_or(0) as usize;
-        if got < asked {
-            emp.backlog = 0; // it had no more
+        let asked = self.employees[e].steal_pending.take().unwrap_or(0);
+        self.requested -= asked;
+        let backlog = if (got as u64) < u64::from(asked) {
+            0 // it had no more
         } else {
-            emp.backlog = emp.backlog.saturating_sub(got as u64);
-        }
+            self.employees[e].backlog.saturating_sub(got as u64)
+        };
+        self.set_backlog(e, backlog);
     }
 
     /// Steal requests outstanding.

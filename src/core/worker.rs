@@ -367,7 +367,6 @@ impl WorkerCore {
                 format,
             });
         }
-        self.report_progress(out);
         if self.last_waiting != Some(self.receipt) {
             self.last_waiting = Some(self.receipt);
             out.push((
@@ -416,7 +415,9 @@ impl WorkerCore {
     }
 
     /// Send the server the task counts gathered since the last report, and the queue length, if
-    /// anything changed. Called when the worker goes idle, and by the executor periodically.
+    /// anything changed. The driver calls it on a timer (the executor every
+    /// [`crate::executor::progress_interval`]), so the server's load from reports is bounded by
+    /// the number of workers, not by the number of tasks.
     pub fn report_progress(&mut self, out: &mut Outbox) {
         let queued = self.delayed.len() as u32;
         if self.progress.is_empty() && queued == self.reported_queued {

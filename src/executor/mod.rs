@@ -37,8 +37,11 @@ pub(crate) struct Shared {
     pub(crate) current: Cell<Option<TaskKey>>,
 }
 
-/// How often a busy worker reports task counts to the server (an idle one reports at once).
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How often a worker reports task counts to the server: every 100 ms, stretched on large
+/// runtimes so the server receives at most about 10,000 reports a second in total.
+pub fn progress_interval(ranks: u32) -> Duration {
+    Duration::from_millis(100) * (ranks / 1000).max(1)
+}
 
 /// What the transport thread may see of the task being polled right now.
 #[derive(Default)]
@@ -114,6 +117,7 @@ pub struct Executor {
     running: Arc<Running>,
     last_flush: Instant,
     last_progress: Instant,
+    progress_every: Duration,
     stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
 }
 
@@ -125,6 +129,7 @@ impl Executor {
         outbound: Sender<Outbox>,
         running: Arc<Running>,
         stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
+        progress_every: Duration,
     ) -> Executor {
         let shared = Rc::new(Shared {
             core: RefCell::new(core),
@@ -141,6 +146,7 @@ impl Executor {
             running,
             last_flush: Instant::now(),
             last_progress: Instant::now(),
+            progress_every,
             stats,
         }
     }
@@ -208,10 +214,19 @@ impl Executor {
             std::thread::yield_now();
         }
         loop {
-            match self.inbound.recv_timeout(Duration::from_secs(3600)) {
+            match self.inbound.recv_timeout(self.progress_every) {
                 Ok(m) => return Some(m),
                 Err(RecvTimeoutError::Disconnected) => return None,
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    // idle: deliver the counts of the tasks that just finished, then sleep on
+                    self.last_progress = Instant::now();
+                    {
+                        let mut core = self.shared.core.borrow_mut();
+                        let mut out = self.shared.out.borrow_mut();
+                        core.report_progress(&mut out);
+                    }
+                    self.flush();
+                }
             }
         }
     }
@@ -305,7 +320,7 @@ impl Executor {
             core.finish(key, outcome, &mut out);
         }
         self.shared.current.set(None);
-        if self.last_progress.elapsed() >= PROGRESS_EVERY {
+        if self.last_progress.elapsed() >= self.progress_every {
             self.last_progress = Instant::now();
             let mut core = self.shared.core.borrow_mut();
             let mut out = self.shared.out.borrow_mut();

@@ -101,6 +101,7 @@ pub(crate) fn run_member<F: Fabric>(
             let stats_slot = Arc::new(std::sync::Mutex::new(None));
             let stats2 = Arc::clone(&stats_slot);
             let parent = *parent;
+            let ranks = fabric.size();
             let (done_tx, done_rx) = unbounded::<()>();
             let spawned = std::thread::Builder::new()
                 .name(format!("bqrt-exec-{}", me.0))
@@ -112,6 +113,7 @@ pub(crate) fn run_member<F: Fabric>(
                         out_tx,
                         running2,
                         stats2,
+                        crate::executor::progress_interval(ranks),
                     )
                     .run();
                     let _ = done_tx.send(());
