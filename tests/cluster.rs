@@ -390,3 +390,58 @@ fn scancel_signal_stops_every_rank_with_status_0() {
     assert_eq!(code, Some(0), "srun reports the ranks' status:\n{stderr}");
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
 }
+
+#[test]
+fn a_panic_in_runtime_code_is_a_lost_rank_not_a_hang() {
+    let mut cmd = common::mpirun(5);
+    cmd.env("BQRT_FAULT", "panic@2+1500");
+    let mut s = Serve::start_with(cmd, &[]);
+    let mut c = Client::connect(&s.addr, Some(s.token())).unwrap();
+    let job = c
+        .submit(
+            "spread",
+            r#"{"outer":6,"inner":6,"ms":3000}"#,
+            LogSpec::OFF,
+            false,
+        )
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    match c.result(job, None) {
+        Err(ClientError::Shutdown(reason)) => {
+            assert!(reason.contains("rank 2 (worker"), "{reason}")
+        }
+        other => panic!("client got {other:?}"),
+    }
+    let (code, _elapsed, stderr) = s.stop_by(|_| {});
+    assert_ne!(code, Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        stderr.contains("injected fault"),
+        "the panic is reported loudly:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_binding_set_by_the_launcher_is_respected() {
+    let mut c = common::mpirun(2);
+    // mpirun binds each rank to a core itself here; bqrt must leave that binding alone
+    c.env("OMPI_MCA_hwloc_base_binding_policy", "core")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "0");
+    c.arg(common::bqrt_bin())
+        .args(["run", "env_all", "4", "-v"]);
+    let r = run(c, Duration::from_secs(60));
+    r.ok();
+    let map = roles(&r.stderr);
+    assert_eq!(map[&1].2, "-", "the worker was not re-pinned: {map:?}");
+    let probes: Vec<serde_json::Value> = serde_json::from_str(r.last_line()).unwrap();
+    assert_eq!(probes.len(), 1);
+    let cpus = probes[0]["cpus"].as_str().unwrap();
+    assert!(
+        !cpus.contains('-') && !cpus.contains(','),
+        "bound by mpirun to one core: {cpus}"
+    );
+}

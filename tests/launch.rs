@@ -271,3 +271,47 @@ fn pbs_template_end_to_end_with_a_faked_pbs_environment() {
     check_spread_and_clean(&format!("{}\n{}", r.stdout, r.stderr), 2);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The interactive recipe of docs/getting-started.md, run non-interactively through salloc.
+#[test]
+fn salloc_recipe_from_the_docs() {
+    let st = Command::new("bash")
+        .arg(repo().join("launch/slurm-local.sh"))
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let dir = common::tempdir("salloc");
+    let script = r#"
+set -e
+srun bqrt serve --ready-file ready --listen 127.0.0.1:0 --token-file token &
+until [ -s ready ]; do sleep 0.2; done
+export BQRT_SERVER=$(cat ready) BQRT_TOKEN_FILE=token
+bqrt submit fib 16 | xargs bqrt result
+bqrt shutdown
+wait
+"#;
+    let mut c = Command::new("salloc");
+    c.current_dir(&dir).env("PATH", path_with_bqrt()).args([
+        "-N",
+        "2",
+        "--ntasks-per-node=2",
+        "--overcommit",
+        "bash",
+        "-c",
+        script,
+    ]);
+    let r = run(c, Duration::from_secs(120));
+    r.ok();
+    assert!(
+        r.stdout.lines().any(|l| l.trim() == "987"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

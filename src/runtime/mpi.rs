@@ -162,6 +162,7 @@ where
         }
     }
     log::debug!(target: "bqrt::runtime", "rank {rank}: {role:?} on node {}", lay.node_of[rank as usize]);
+    inject_fault(rank as u32);
     let pids: Vec<i32> = all.chunks(FIELDS).map(|c| c[5]).collect();
     let watcher = super::liveness::Watcher::new(crate::protocol::Rank(rank as u32), &lay, &pids);
     let ranks = world.size() as u32;
@@ -214,4 +215,31 @@ where
         });
     drop(universe);
     Ok(code)
+}
+
+/// Fault injection for tests of the failure paths: `BQRT_FAULT=panic@RANK+MS` makes rank RANK
+/// panic in runtime code (not in a task) MS milliseconds after start. With the binary's panic
+/// hook that aborts the process, as any runtime bug would.
+fn inject_fault(rank: u32) {
+    let Ok(spec) = std::env::var("BQRT_FAULT") else {
+        return;
+    };
+    let parsed = spec
+        .strip_prefix("panic@")
+        .and_then(|rest| rest.split_once('+'))
+        .and_then(|(r, ms)| Some((r.parse::<u32>().ok()?, ms.parse::<u64>().ok()?)));
+    match parsed {
+        Some((r, ms)) if r == rank => {
+            let _ = std::thread::Builder::new()
+                .name("bqrt-fault".into())
+                .spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    panic!("injected fault (BQRT_FAULT={spec})");
+                });
+        }
+        Some(_) => {}
+        None => crate::logging::eprint_line(&format!(
+            "bqrt: BQRT_FAULT={spec} ignored: expected panic@RANK+MS"
+        )),
+    }
 }
