@@ -183,16 +183,16 @@ fn workers_get_their_gpu_blas_threads_and_core() {
     assert!(r.stderr.contains("--cpus"), "{}", r.stderr);
 }
 
-fn lost_test(mut s: Serve, victim_rank: u32, role: &str) {
+/// A client with a running job whose children take `ms` each.
+fn long_spread(s: &Serve, ms: u64) -> (Client, bqrt::protocol::JobId) {
     let mut c = Client::connect(&s.addr, Some(s.token())).unwrap();
-    let job = c
-        .submit(
-            "spread",
-            r#"{"outer":6,"inner":6,"ms":2000}"#,
-            LogSpec::OFF,
-            false,
-        )
-        .unwrap();
+    let args = format!(r#"{{"outer":6,"inner":6,"ms":{ms}}}"#);
+    let job = c.submit("spread", &args, LogSpec::OFF, false).unwrap();
+    (c, job)
+}
+
+fn lost_test(mut s: Serve, victim_rank: u32, role: &str) {
+    let (mut c, job) = long_spread(&s, 2000);
     wait_for("the job to run", Duration::from_secs(30), || {
         c.status(job).unwrap().state == JobState::Running
     });
@@ -312,26 +312,9 @@ fn an_idle_runtime_costs_under_2_percent_of_a_core() {
     ));
 }
 
-/// SLURM: the project's local SLURM (3 virtual nodes on this machine), started here.
-fn slurm() -> bool {
-    let st = Command::new("bash")
-        .arg(repo().join("launch/slurm-local.sh"))
-        .arg("start")
-        .output();
-    match st {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => panic!(
-            "local SLURM did not start:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!("cannot run launch/slurm-local.sh: {e}"),
-    }
-}
-
 #[test]
 fn srun_on_virtual_nodes() {
-    assert!(slurm());
+    common::local_slurm();
     let mut c = Command::new("srun");
     c.args(["-N", "3", "--ntasks-per-node=3", "--overcommit"])
         .arg(common::bqrt_bin())
@@ -364,7 +347,7 @@ fn srun_on_virtual_nodes() {
 
 #[test]
 fn scancel_signal_stops_every_rank_with_status_0() {
-    assert!(slurm());
+    common::local_slurm();
     let name = format!("bqrt-test-{}", std::process::id());
     let mut c = Command::new("srun");
     c.args([
@@ -396,15 +379,7 @@ fn a_panic_in_runtime_code_is_a_lost_rank_not_a_hang() {
     let mut cmd = common::mpirun(5);
     cmd.env("BQRT_FAULT", "panic@2+1500");
     let mut s = Serve::start_with(cmd, &[]);
-    let mut c = Client::connect(&s.addr, Some(s.token())).unwrap();
-    let job = c
-        .submit(
-            "spread",
-            r#"{"outer":6,"inner":6,"ms":3000}"#,
-            LogSpec::OFF,
-            false,
-        )
-        .unwrap();
+    let (mut c, job) = long_spread(&s, 3000);
     let t0 = std::time::Instant::now();
     match c.result(job, None) {
         Err(ClientError::Shutdown(reason)) => {

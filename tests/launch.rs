@@ -177,16 +177,7 @@ fn check_spread_and_clean(out: &str, nodes: usize) {
 
 #[test]
 fn slurm_template_end_to_end() {
-    let st = Command::new("bash")
-        .arg(repo().join("launch/slurm-local.sh"))
-        .arg("start")
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    common::local_slurm();
     let name = format!("bqrt-tpl-{}", std::process::id());
     for exit in [0, 7] {
         let outfile = common::tempdir("sbatch").join("out");
@@ -275,16 +266,7 @@ fn pbs_template_end_to_end_with_a_faked_pbs_environment() {
 /// The interactive recipe of docs/getting-started.md, run non-interactively through salloc.
 #[test]
 fn salloc_recipe_from_the_docs() {
-    let st = Command::new("bash")
-        .arg(repo().join("launch/slurm-local.sh"))
-        .arg("start")
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    common::local_slurm();
     let dir = common::tempdir("salloc");
     let script = r#"
 set -e

@@ -103,7 +103,7 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
         if crate::runtime::signals::requested() {
             match forwarded {
                 None => {
-                    for pid in descendants(child.id()) {
+                    for pid in crate::runtime::liveness::descendants(child.id()) {
                         // SAFETY: sending a signal has no memory-safety preconditions.
                         unsafe { libc::kill(pid as i32, libc::SIGINT) };
                     }
@@ -118,32 +118,4 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Processes below `pid` (the launcher's ranks), from `/proc`.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut all = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(p) = frontier.pop() {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            break;
-        };
-        for e in entries.flatten() {
-            let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u32>().ok());
-            if ppid == Some(p) {
-                all.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    all
 }

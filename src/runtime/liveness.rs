@@ -104,15 +104,44 @@ fn alive(pid: i32) -> bool {
     if !exists {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // the state is the first field after the parenthesised command name
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next()),
-            Some("Z") | Some("X")
-        ),
-        Err(_) => false,
+    match stat_field(pid, 0) {
+        Some(state) => !matches!(state.as_str(), "Z" | "X"),
+        None => false,
     }
+}
+
+/// Field `i` of `/proc/PID/stat` counted from the one after the parenthesised command name
+/// (0 = state, 1 = parent pid, ...), if the process exists.
+fn stat_field(pid: i32, i: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(i)
+        .map(str::to_string)
+}
+
+/// Every process below `pid` (children, their children, ...), from `/proc`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let all: Vec<(u32, u32)> = match std::fs::read_dir("/proc") {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|p| Some((p, stat_field(p as i32, 1)?.parse::<u32>().ok()?)))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, pp) in &all {
+            if pp == parent {
+                found.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    found
 }
 
 /// Role name of a rank in a layout.

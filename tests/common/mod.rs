@@ -301,33 +301,27 @@ impl Drop for Serve {
     }
 }
 
-/// Processes whose parent is `pid`, recursively.
+/// Processes below `pid`, recursively.
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut all = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(p) = frontier.pop() {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            break;
-        };
-        for e in entries.flatten() {
-            let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-                continue;
-            };
-            // the parent pid is the second field after the parenthesised command name
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u32>().ok());
-            if ppid == Some(p) {
-                all.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    all
+    bqrt::runtime::liveness::descendants(pid)
+}
+
+/// Start the project's local SLURM (3 virtual nodes on this machine; idempotent).
+pub fn local_slurm() {
+    let st = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/launch/slurm-local.sh"
+        ))
+        .arg("start")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run launch/slurm-local.sh: {e}"));
+    assert!(
+        st.status.success(),
+        "local SLURM did not start:\n{}{}",
+        String::from_utf8_lossy(&st.stdout),
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 /// Poll `f` until it returns true, failing after `limit`.
