@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# compare.sh - bqrt against BQSKit's own runtime on the same BQSKit workloads, interleaved, in
+# one run (2 workers each). Sets up .venv (bqskit 1.2.1), builds the BQSKit-enabled binary into
+# target/py, runs benches/compare.py: prints a table, writes target/bench-compare.json and
+# docs/bench-ratios.png.
+#
+#   bash benches/compare.sh            # about 10 minutes
+#   bash benches/compare.sh --quick    # about 3 minutes
+#   bash benches/compare.sh --only W0,W1 --reps 3    # see: .venv/bin/python benches/compare.py -h
+#
+# BQRT_COMPARE_NO_BUILD=1 skips the build (uses target/py/release/bqrt as it is).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash launch/setup-python.sh >&2
+. launch/env.sh
+if [ -z "${BQRT_COMPARE_NO_BUILD:-}" ]; then
+  echo "compare: cargo build --release --features python --target-dir target/py" >&2
+  PYO3_PYTHON=$PWD/.venv/bin/python cargo build --release --features python \
+    --target-dir target/py --quiet
+fi
+exec .venv/bin/python benches/compare.py --bin target/py/release/bqrt "$@"
