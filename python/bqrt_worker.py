@@ -2,11 +2,14 @@
 
 A BQSKit task reaches a worker as an *envelope* of bytes::
 
-    kind (1 byte: b'R' root job, b'C' child task)
+    kind (1 byte: b'R' root job, b'C' child task pickled with dill, b'P' child task pickled with
+          pickle)
     u32 little-endian length of the header, then the header: JSON
         {"path": [...client sys.path...], "level": int, "max_depth": int, "context": {...}}
     body: b'R' the client's SUBMIT frame, a pickled (RuntimeMessage.SUBMIT, CompilationTask);
-          b'C' the dill bytes of (fn, args, kwargs), exactly as BQSKit ships them.
+          b'C' the dill bytes of (fn, args, kwargs), exactly as BQSKit ships them; b'P' the same
+          tuple pickled with pickle, used when pickle can (module-level functions and plain
+          data: ~30x cheaper to write than dill and ~3x cheaper to read), dill otherwise.
 
 The Rust side (src/python/task.rs) creates a :class:`Task` per envelope and calls
 :meth:`Task.step` until the coroutine finishes. A step either finishes (the pickled result),
@@ -34,6 +37,8 @@ _cache: dict[str, Any] = {}
 _active: Task | None = None
 _applied_path: list[str] | None = None
 _ready = False
+# Parsed envelope headers by their bytes: the children of a task share one header.
+_headers: dict[bytes, dict[str, Any]] = {}
 
 
 def _setup() -> None:
@@ -81,9 +86,35 @@ def _apply_path(path: list[str]) -> None:
     _applied_path = path
 
 
-def _envelope(kind: bytes, header: dict[str, Any], body: bytes) -> bytes:
+def _header_prefix(header: dict[str, Any]) -> bytes:
+    """length + JSON of a header: an envelope is kind + this + body."""
     h = json.dumps(header).encode()
-    return kind + len(h).to_bytes(4, 'little') + h + body
+    return len(h).to_bytes(4, 'little') + h
+
+
+def _parse_header(raw: bytes) -> dict[str, Any]:
+    header = _headers.get(raw)
+    if header is None:
+        if len(_headers) >= 256:
+            _headers.clear()
+        header = _headers[raw] = json.loads(raw)
+    return header
+
+
+def _dumps_call(fnargs: tuple[Any, Any, Any]) -> tuple[bytes, bytes]:
+    """(kind, body) of a child's (fn, args, kwargs): pickle when it stores everything by
+    reference to importable modules, else dill (lambdas, closures, anything of __main__)."""
+    fn = fnargs[0]
+    if getattr(fn, '__module__', None) != '__main__':
+        try:
+            body = pickle.dumps(fnargs, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+        else:
+            if b'__main__' not in body:
+                return b'P', body
+    import dill
+    return b'C', dill.dumps(fnargs)
 
 
 async def _run(fn: Any, args: Any, kwargs: Any) -> Any:
@@ -102,7 +133,7 @@ class Task:
     def __init__(self, envelope: bytes, depth: int) -> None:
         kind = envelope[:1]
         n = int.from_bytes(envelope[1:5], 'little')
-        header = json.loads(envelope[5:5 + n])
+        header = _parse_header(envelope[5:5 + n])
         body = envelope[5 + n:]
         self.path: list[str] = list(header.get('path', []))
         self.level: int = int(header.get('level') or 0)
@@ -110,11 +141,15 @@ class Task:
         self.context: dict[str, str] = dict(header.get('context', {}))
         self.depth = depth
         self.root = kind == b'R'
+        self._prefixes: dict[tuple[tuple[str, str], ...], bytes] = {}
         _apply_path(self.path)
         _setup()
         if self.root:
             _msg, comp_task = pickle.loads(body)
             self.coro = comp_task.run()
+        elif kind == b'P':
+            fn, args, kwargs = pickle.loads(body)
+            self.coro = _run(fn, args, kwargs)
         elif kind == b'C':
             import dill
             fn, args, kwargs = dill.loads(body)
@@ -122,12 +157,17 @@ class Task:
         else:
             raise RuntimeError(f'bqrt: unknown BQSKit task envelope kind {kind!r}')
 
-    def child(self, fnargs: bytes, context: dict[str, str]) -> bytes:
-        header = {
-            'path': self.path, 'level': self.level,
-            'max_depth': self.max_depth, 'context': context,
-        }
-        return _envelope(b'C', header, fnargs)
+    def child(self, fnargs: tuple[Any, Any, Any], context: dict[str, str]) -> bytes:
+        """The envelope of a child task running fn(*args, **kwargs)."""
+        key = tuple(context.items())
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = self._prefixes[key] = _header_prefix({
+                'path': self.path, 'level': self.level,
+                'max_depth': self.max_depth, 'context': context,
+            })
+        kind, body = _dumps_call(fnargs)
+        return kind + prefix + body
 
     def step(self, kind: int, payload: Any) -> tuple[Any, ...]:
         """Advance the coroutine: kind 0 start, 1 all results (values, single), 2 next pairs."""
@@ -251,14 +291,11 @@ class Handle:
     ) -> Any:
         """Submit `fn(*args, **kwargs)` as a child task; await the future for its result."""
         from bqskit.runtime.future import RuntimeFuture
-        import dill
         task = _require_task()
         if task_name is not None and not isinstance(task_name, str):
             raise RuntimeError('task_name must be a string.')
         _check_context(log_context)
-        envelope = task.child(
-            dill.dumps((fn, args, kwargs)), {**task.context, **log_context},
-        )
+        envelope = task.child((fn, args, kwargs), {**task.context, **log_context})
         box = _bqrt.submit([(envelope, _name(fn, task_name))], True)
         return RuntimeFuture(box)
 
@@ -268,7 +305,6 @@ class Handle:
     ) -> Any:
         """Map `fn` over the arguments; one future gives every result in input order."""
         from bqskit.runtime.future import RuntimeFuture
-        import dill
         task = _require_task()
         if len(args) == 0:
             raise RuntimeError('Unable to map 0 tasks.')
@@ -295,9 +331,10 @@ class Handle:
             fnargs = [(fn, sub, kwargs) for sub in zip(*args)]
         if len(fnargs) == 0:
             raise RuntimeError('Unable to map 0 tasks.')
+        base = task.context
         children = [
             (
-                task.child(dill.dumps(fa), {**task.context, **log_context[i]}),
+                task.child(fa, {**base, **log_context[i]} if log_context[i] else base),
                 _name(fn, task_name[i]),
             )
             for i, fa in enumerate(fnargs)
