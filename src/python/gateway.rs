@@ -208,10 +208,12 @@ impl Session {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let mut frame = vec![0u8; len];
         frame[0] = head[4];
+        quick_ack(&self.stream);
         let _ = self.stream.set_read_timeout(Some(FRAME_TIMEOUT));
         self.stream
             .read_exact(&mut frame[1..])
             .map_err(|e| format!("first frame incomplete: {e}"))?;
+        quick_ack(&self.stream);
         Ok(frame)
     }
 
@@ -500,6 +502,7 @@ fn read_frame(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, String> {
             Err(_) => return Ok(None),
         }
     }
+    quick_ack(stream);
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_FRAME {
         return Err(format!(
@@ -514,7 +517,32 @@ fn read_frame(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, String> {
             format!("frame incomplete: {e}")
         }
     })?;
+    quick_ack(stream);
     Ok(Some(frame))
+}
+
+/// Acknowledge what was read at once. BQSKit's client never sets TCP_NODELAY, so a request
+/// sent right after another (SUBMIT then REQUEST, a frame's payload after its length) waits in
+/// the client's kernel (Nagle) for the ACK of the first, which Linux delays up to 40 ms when
+/// the receiver has nothing to send back. Quick-ACK mode is not sticky: set after every read.
+fn quick_ack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and a c_int option of the size given.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
 }
 
 #[cfg(test)]
