@@ -361,14 +361,20 @@ class Handle:
         return _cache
 
     def communicate(self, future: Any, msg: Any) -> None:
-        """Accepted and dropped: bqrt does not deliver messages to running tasks (the tasks
-        behave as BQSKit's do when the message finds them delayed or finished)."""
+        """Send ``msg`` to the started tasks of ``future``, wherever they run. As on BQSKit,
+        tasks not started yet or already finished miss it."""
         _require_task()
+        from bqskit.runtime.future import RuntimeFuture
+
+        if not isinstance(future, RuntimeFuture) or not _bqrt.has_box(future.mailbox_id):
+            raise RuntimeError('Cannot communicate with a canceled or finished future.')
+        _bqrt.communicate(future.mailbox_id, pickle.dumps(msg))
 
     def get_messages(self) -> list[Any]:
-        """Always empty on bqrt (see :meth:`communicate`)."""
+        """Messages sent to this task with ``communicate`` since the last call (they arrive
+        even while the task computes)."""
         _require_task()
-        return []
+        return [pickle.loads(m) for m in _bqrt.get_messages()]
 
 
 HANDLE = Handle()

@@ -363,3 +363,39 @@ fn client_cancel_of_a_running_job() {
     );
     c.shutdown();
 }
+
+static LISTENING: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn communicate_reaches_started_tasks_while_they_compute() {
+    async fn listener(ctx: Ctx, _: u64) -> TaskResult<String> {
+        LISTENING.fetch_add(1, Ordering::SeqCst);
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Some(m) = ctx.messages::<String>()?.pop() {
+                return Ok(m);
+            }
+            std::hint::spin_loop();
+        }
+        Err(TaskError::new("no message within 20 s"))
+    }
+    async fn talker(ctx: Ctx, n: u64) -> TaskResult<Vec<String>> {
+        let fut = ctx.map::<u64, String>("listener", 0..n)?;
+        // wait (by awaiting children, never sleeping blindly) until every listener runs
+        while LISTENING.load(Ordering::SeqCst) < n {
+            let _: u64 = ctx.submit("ident", 0u64)?.await?;
+        }
+        ctx.communicate(&fut, &"hello".to_string())?;
+        fut.await
+    }
+    let r = Registry::new()
+        .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })
+        .task("listener", listener)
+        .task("talker", talker);
+    let mut c = cluster(4, r);
+    assert_eq!(
+        done_json(run(&mut c, "talker", "3")),
+        serde_json::json!(["hello", "hello", "hello"])
+    );
+    c.shutdown();
+}

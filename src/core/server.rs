@@ -263,7 +263,7 @@ impl ServerCore {
                     }
                 }
             }
-            Msg::Peer(Peer::Lost { .. }) => {} // handled by the rank's driver
+            Msg::Peer(Peer::Lost { .. } | Peer::Communicate { .. }) => {} // handled by the rank's driver, or not for the server
             Msg::Peer(Peer::Cancel { .. }) | Msg::Down(_) => {
                 log::error!("server: unexpected message from {from}; dropped");
             }

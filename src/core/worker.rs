@@ -226,6 +226,8 @@ impl WorkerCore {
             Msg::Peer(Peer::Result { addr, value, tasks }) => self.deposit(addr, value, tasks),
             Msg::Peer(Peer::Placed { mailbox, at }) => self.on_placed(mailbox.mailbox, at, out),
             Msg::Peer(Peer::Cancel { mailbox }) => self.cancel_closure(vec![mailbox], out),
+            // delivered by the driver straight into the started tasks' inboxes
+            Msg::Peer(Peer::Communicate { .. }) => {}
             Msg::Peer(
                 Peer::Failed { .. } | Peer::Log { .. } | Peer::Progress { .. } | Peer::Lost { .. },
             ) => {
@@ -546,6 +548,36 @@ impl WorkerCore {
                 Ok(WaitPoll::Pending)
             }
         }
+    }
+
+    /// A running task sends `msg` to the tasks of one of its futures, wherever they run (the
+    /// ranks that reported holding them; tasks still in flight miss it, as do delayed and
+    /// finished ones, which is BQSKit's `communicate` semantics).
+    pub fn communicate(
+        &mut self,
+        task: TaskKey,
+        mailbox: MailboxId,
+        msg: Vec<u8>,
+        out: &mut Outbox,
+    ) -> Result<(), CallError> {
+        let mb = self.mailboxes.get(&mailbox).ok_or(CallError::Gone)?;
+        if mb.owner != task {
+            return Err(CallError::NotOwner);
+        }
+        let target = MailboxAddr {
+            rank: self.rank,
+            mailbox,
+        };
+        for &at in &mb.locations {
+            out.push((
+                at,
+                Msg::Peer(Peer::Communicate {
+                    mailbox: target,
+                    msg: msg.clone(),
+                }),
+            ));
+        }
+        Ok(())
     }
 
     /// A running task cancels one of its futures: its mailbox goes away now (later results are

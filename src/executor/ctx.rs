@@ -48,6 +48,7 @@ pub struct Ctx {
     pub(crate) shared: Rc<Shared>,
     pub(crate) key: TaskKey,
     pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) inbox: super::Inbox,
 }
 
 impl Ctx {
@@ -168,6 +169,42 @@ impl Ctx {
             .borrow()
             .task(self.key)
             .map(|t| (t.log, t.context.clone()))
+    }
+
+    /// Send `msg` to the tasks of `fut` that have started, wherever they run (BQSKit's
+    /// `communicate`): each finds it with [`Ctx::messages`]. Tasks not started yet, still being
+    /// placed, or finished miss it.
+    pub fn communicate<T: Serialize>(&self, fut: &impl Mailboxed, msg: &T) -> TaskResult<()> {
+        let bytes = encode(msg, Format::Bincode)
+            .map_err(|e| TaskError::new(format!("message does not encode: {e}")))?;
+        self.communicate_raw(fut, bytes)
+    }
+
+    /// [`Ctx::communicate`] with an already encoded message.
+    pub fn communicate_raw(&self, fut: &impl Mailboxed, msg: Vec<u8>) -> TaskResult<()> {
+        let mut core = self.shared.core.borrow_mut();
+        let mut out = self.shared.out.borrow_mut();
+        Ok(core.communicate(self.key, fut.mailbox(), msg, &mut out)?)
+    }
+
+    /// Messages sent to this task with `communicate` since the last call (they arrive even
+    /// while the task computes).
+    pub fn messages<T: DeserializeOwned>(&self) -> TaskResult<Vec<T>> {
+        self.take_messages_raw()
+            .iter()
+            .map(|b| {
+                decode(b, Format::Bincode)
+                    .map_err(|e| TaskError::new(format!("a message does not decode: {e}")))
+            })
+            .collect()
+    }
+
+    /// [`Ctx::messages`] as encoded bytes.
+    pub fn take_messages_raw(&self) -> Vec<Vec<u8>> {
+        self.inbox
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 
     /// Cancel a future's tasks and their descendants, wherever they run. Returns at once.
@@ -406,6 +443,29 @@ impl RawFuture {
 impl Cancel for RawFuture {
     fn cancel_now(mut self) {
         self.handle.cancel();
+    }
+}
+
+/// Futures that name a mailbox (for [`Ctx::communicate`]).
+pub trait Mailboxed {
+    fn mailbox(&self) -> MailboxId;
+}
+
+impl<R> Mailboxed for TaskFuture<R> {
+    fn mailbox(&self) -> MailboxId {
+        self.handle.mailbox
+    }
+}
+
+impl<R> Mailboxed for MapFuture<R> {
+    fn mailbox(&self) -> MailboxId {
+        self.handle.mailbox
+    }
+}
+
+impl Mailboxed for RawFuture {
+    fn mailbox(&self) -> MailboxId {
+        self.handle.mailbox
     }
 }
 

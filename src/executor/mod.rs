@@ -14,7 +14,7 @@ mod cache;
 mod ctx;
 
 pub use cache::Cache;
-pub use ctx::{Cancel, Ctx, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture};
+pub use ctx::{Cancel, Ctx, Mailboxed, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture};
 
 use crate::core::{Outbox, Ready, TaskKey, WorkerCore};
 use crate::protocol::{MailboxAddr, Msg};
@@ -43,11 +43,16 @@ pub fn progress_interval(ranks: u32) -> Duration {
     Duration::from_millis(100) * (ranks / 1000).max(1)
 }
 
-/// What the transport thread may see of the task being polled right now.
+/// What the transport thread may see of this worker's tasks: the one being polled right now
+/// (for cancel flags), and the inboxes of every started task (for `communicate`).
 #[derive(Default)]
 pub struct Running {
     slot: Mutex<Option<RunningTask>>,
+    inboxes: Mutex<HashMap<MailboxAddr, Vec<(TaskKey, Inbox)>>>,
 }
+
+/// Messages sent to a started task with `communicate`, in arrival order.
+pub(crate) type Inbox = Arc<Mutex<Vec<Vec<u8>>>>;
 
 struct RunningTask {
     lineage: Lineage,
@@ -84,6 +89,35 @@ impl Running {
         if let Ok(slot) = self.slot.lock() {
             if let Some(t) = slot.as_ref() {
                 t.flag.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Called by the transport thread for each `Communicate`: the message goes to every
+    /// started task of that mailbox at once, even one that is computing.
+    pub fn on_communicate(&self, mailbox: MailboxAddr, msg: &[u8]) {
+        if let Ok(map) = self.inboxes.lock() {
+            for (_, inbox) in map.get(&mailbox).into_iter().flatten() {
+                if let Ok(mut v) = inbox.lock() {
+                    v.push(msg.to_vec());
+                }
+            }
+        }
+    }
+
+    fn register(&self, ret: MailboxAddr, key: TaskKey, inbox: Inbox) {
+        if let Ok(mut map) = self.inboxes.lock() {
+            map.entry(ret).or_default().push((key, inbox));
+        }
+    }
+
+    fn unregister(&self, ret: MailboxAddr, key: TaskKey) {
+        if let Ok(mut map) = self.inboxes.lock() {
+            if let Some(v) = map.get_mut(&ret) {
+                v.retain(|(k, _)| *k != key);
+                if v.is_empty() {
+                    map.remove(&ret);
+                }
             }
         }
     }
@@ -243,6 +277,9 @@ impl Executor {
         for key in dropped {
             if let Some(slot) = self.futures.remove(&key) {
                 slot.flag.store(true, Ordering::Relaxed);
+                if let Some(ret) = slot.lineage.own {
+                    self.running.unregister(ret, key);
+                }
                 drop(slot);
             }
         }
@@ -275,10 +312,15 @@ impl Executor {
             }
         };
         let flag = Arc::new(AtomicBool::new(false));
+        let inbox: Inbox = Arc::default();
+        if let Some(ret) = lineage.own {
+            self.running.register(ret, key, Arc::clone(&inbox));
+        }
         let ctx = Ctx {
             shared: Rc::clone(&self.shared),
             key,
             cancel: Arc::clone(&flag),
+            inbox,
         };
         let fut = self.registry.start(function, ctx, args, format);
         self.futures.insert(key, Slot { fut, flag, lineage });
@@ -313,6 +355,9 @@ impl Executor {
         if let Some(outcome) = outcome {
             // drop the future first: un-awaited child futures cancel themselves on drop
             if let Some(slot) = self.futures.remove(&key) {
+                if let Some(ret) = slot.lineage.own {
+                    self.running.unregister(ret, key);
+                }
                 drop(slot);
             }
             let mut core = self.shared.core.borrow_mut();

@@ -147,6 +147,9 @@ pub enum Peer {
     Failed { job: JobId, failure: Failure },
     /// A log record for the job's owner; sent to the server.
     Log { job: JobId, record: LogRecord },
+    /// A message for the started tasks of `mailbox` (BQSKit's `communicate`), sent to the
+    /// ranks holding them.
+    Communicate { mailbox: MailboxAddr, msg: Vec<u8> },
     /// A node leader found a rank of its node dead; sent to the server.
     Lost { rank: Rank, role: String, node: u32 },
     /// A worker's counters since its last report, sent to the server: per job, tasks created

@@ -107,6 +107,29 @@ fn cancel(mailbox: u64) -> PyResult<()> {
 }
 
 #[pyfunction]
+fn communicate(mailbox: u64, msg: Bound<'_, PyBytes>) -> PyResult<()> {
+    let st = current()?;
+    let boxes = st.boxes.borrow();
+    let Some(mb) = boxes.get(&mailbox) else {
+        return Err(PyKeyError::new_err(mailbox));
+    };
+    st.ctx
+        .communicate_raw(&mb.fut, msg.as_bytes().to_vec())
+        .map_err(|e| PyRuntimeError::new_err(format!("bqrt: communicate failed: {}", e.message())))
+}
+
+#[pyfunction]
+fn get_messages(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyBytes>>> {
+    let st = current()?;
+    Ok(st
+        .ctx
+        .take_messages_raw()
+        .iter()
+        .map(|m| PyBytes::new_bound(py, m))
+        .collect())
+}
+
+#[pyfunction]
 fn has_box(mailbox: u64) -> bool {
     current().is_ok_and(|st| st.boxes.borrow().contains_key(&mailbox))
 }
@@ -130,6 +153,8 @@ pub fn native_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     m.add_function(wrap_pyfunction!(submit, &m)?)?;
     m.add_function(wrap_pyfunction!(cancel, &m)?)?;
     m.add_function(wrap_pyfunction!(has_box, &m)?)?;
+    m.add_function(wrap_pyfunction!(communicate, &m)?)?;
+    m.add_function(wrap_pyfunction!(get_messages, &m)?)?;
     m.add_function(wrap_pyfunction!(log_record, &m)?)?;
     m.add_function(wrap_pyfunction!(worker_id, &m)?)?;
     Ok(m)

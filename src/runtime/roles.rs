@@ -271,6 +271,10 @@ impl Logic for WorkerLogic {
         if let Msg::Peer(Peer::Cancel { mailbox }) = &msg {
             self.running.on_cancel(*mailbox);
         }
+        if let Msg::Peer(Peer::Communicate { mailbox, msg }) = &msg {
+            self.running.on_communicate(*mailbox, msg);
+            return Flow::Continue;
+        }
         if let Msg::Down(Down::Shutdown { error }) = msg {
             stopping_with(self.me, &error, &mut self.exit_code);
             self.running.cancel_current();

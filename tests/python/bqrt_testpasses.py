@@ -148,6 +148,28 @@ class CancelTwicePass(BasePass):
 
 
 # cache
+# communicate
+def listen(limit: float) -> Any:
+    """Wait (computing, not awaiting) for the first message sent with communicate."""
+    end = time.time() + limit
+    while time.time() < end:
+        msgs = get_runtime().get_messages()
+        if msgs:
+            return msgs[0]
+        time.sleep(0.005)
+    return 'no message'
+
+
+class CommunicatePass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fut = get_runtime().map(listen, [30.0, 30.0])
+        # the listeners start on other workers meanwhile; whoever starts late gets a later copy
+        for _ in range(20):
+            await get_runtime().submit(sleepy, 0.05)
+            get_runtime().communicate(fut, {'hello': 1})
+        data['heard'] = await fut
+
+
 class CachePut(BasePass):
     async def run(self, circuit: Circuit, data: PassData) -> None:
         import numpy as np

@@ -77,6 +77,11 @@ def test_cancel_consumed_future_raises_keyerror(compiler) -> None:  # type: igno
     assert data['keyerror']
 
 
+def test_communicate_reaches_running_tasks(compiler) -> None:  # type: ignore[no-untyped-def]
+    _, data = compile_data(compiler, [tp.CommunicatePass()])
+    assert data['heard'] == [{'hello': 1}, {'hello': 1}]
+
+
 def test_cache(compiler) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
     _, data = compile_data(compiler, [tp.CachePut(), tp.CacheGet()])
