@@ -804,6 +804,16 @@ mod tests {
         }
     }
 
+    /// A worker running the root task, which just mapped `n` children.
+    fn running_with_map(n: usize) -> (WorkerCore, TaskKey, MailboxId, Outbox) {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w
+            .submit(root, (0..n).map(|_| child()).collect(), &mut out)
+            .unwrap();
+        (w, root, m, out)
+    }
+
     fn result(mailbox: MailboxId, slot: u32, v: u8) -> Msg {
         Msg::Peer(Peer::Result {
             addr: Address {
@@ -818,11 +828,7 @@ mod tests {
 
     #[test]
     fn next_returns_results_that_already_arrived_without_waiting() {
-        let (mut w, root) = running();
-        let mut out = Outbox::new();
-        let m = w
-            .submit(root, vec![child(), child(), child()], &mut out)
-            .unwrap();
+        let (mut w, root, m, mut out) = running_with_map(3);
         w.handle(result(m, 2, 20), &mut out);
         w.handle(result(m, 0, 0), &mut out);
         assert_eq!(
@@ -925,11 +931,7 @@ mod tests {
 
     #[test]
     fn a_worker_about_to_idle_keeps_one_child() {
-        let (mut w, root) = running();
-        let mut out = Outbox::new();
-        let m = w
-            .submit(root, vec![child(), child(), child()], &mut out)
-            .unwrap();
+        let (mut w, root, m, mut out) = running_with_map(3);
         assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
         w.keep_one_for_self(&mut out);
         match &out[..] {
