@@ -8,8 +8,9 @@ bash launch/setup.sh
 . launch/env.sh
 bash launch/setup-python.sh
 PYO3_PYTHON=$PWD/.venv/bin/python cargo build --release --quiet --features python
-echo "demo: target/release/bqrt compile tests/data/circuits/qft_8.qasm -o /tmp/qft_8.bqrt.qasm -O 2 --seed 1"
-BQRT_PYTHON=$PWD/.venv/bin/python target/release/bqrt compile tests/data/circuits/qft_8.qasm -o /tmp/qft_8.bqrt.qasm -O 2 --seed 1
+bin=${CARGO_TARGET_DIR:-target}/release/bqrt
+echo "demo: $bin compile tests/data/circuits/qft_8.qasm -o /tmp/qft_8.bqrt.qasm -O 2 --seed 1"
+BQRT_PYTHON=$PWD/.venv/bin/python "$bin" compile tests/data/circuits/qft_8.qasm -o /tmp/qft_8.bqrt.qasm -O 2 --seed 1
 n=$(( $(nproc) + 1 ))
-echo "demo: mpirun -n $n target/release/bqrt run fib 22  (28,657 nested tasks)"
-mpirun -n "$n" target/release/bqrt run fib 22 --stats 2>&1 | grep -E 'job_seconds|^[0-9]' 
+echo "demo: mpirun -n $n $bin run fib 22  (28,657 nested tasks)"
+mpirun -n "$n" "$bin" run fib 22 --stats 2>&1 | grep -E 'job_seconds|^[0-9]' 

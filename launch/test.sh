@@ -22,5 +22,5 @@ cargo test --release --features python --lib -- --test-threads=2 python::
 echo "test: cargo build --features python"
 cargo build --release --features python --quiet
 echo "test: pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node and 2 fake nodes)"
-BQRT_BIN=$PWD/target/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
+BQRT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
 echo "test: all passed in $(( $(date +%s) - t0 )) s"
