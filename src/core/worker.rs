@@ -102,6 +102,28 @@ struct Mailbox {
     fresh: Vec<u32>,
     waiting: Option<WaitKind>,
     locations: Vec<Rank>,
+    /// Messages sent with `communicate`, replayed to ranks learned about later (a task can start
+    /// before its placement notice reaches this rank).
+    sent: Vec<Vec<u8>>,
+}
+
+impl Mailbox {
+    /// Record that tasks live on `at`; a rank learned about only now gets the messages it missed.
+    fn add_location(&mut self, at: Rank, target: MailboxAddr, out: &mut Outbox) {
+        if self.locations.contains(&at) {
+            return;
+        }
+        self.locations.push(at);
+        for msg in &self.sent {
+            out.push((
+                at,
+                Msg::Peer(Peer::Communicate {
+                    mailbox: target,
+                    msg: msg.clone(),
+                }),
+            ));
+        }
+    }
 }
 
 impl Mailbox {
@@ -248,11 +270,7 @@ impl WorkerCore {
             let parent = task.addr.mailbox_addr();
             if parent.rank == self.rank {
                 match self.mailboxes.get_mut(&parent.mailbox) {
-                    Some(mb) => {
-                        if !mb.locations.contains(&self.rank) {
-                            mb.locations.push(self.rank);
-                        }
-                    }
+                    Some(mb) => mb.add_location(self.rank, parent, out),
                     None => {
                         // its parent's future is gone: it must never start
                         self.stats.cancelled_delayed += 1;
@@ -274,12 +292,12 @@ impl WorkerCore {
     }
 
     fn on_placed(&mut self, mailbox: MailboxId, at: Rank, out: &mut Outbox) {
+        let target = MailboxAddr {
+            rank: self.rank,
+            mailbox,
+        };
         match self.mailboxes.get_mut(&mailbox) {
-            Some(mb) => {
-                if !mb.locations.contains(&at) {
-                    mb.locations.push(at);
-                }
-            }
+            Some(mb) => mb.add_location(at, target, out),
             None => {
                 let mailbox = MailboxAddr {
                     rank: self.rank,
@@ -406,10 +424,9 @@ impl WorkerCore {
             out.remove(i);
         }
         if let Some(task) = task {
+            let target = task.addr.mailbox_addr();
             if let Some(mb) = self.mailboxes.get_mut(&task.addr.mailbox) {
-                if !mb.locations.contains(&self.rank) {
-                    mb.locations.push(self.rank);
-                }
+                mb.add_location(self.rank, target, out);
                 self.stats.kept += 1;
                 self.delayed.push_back(task);
             }
@@ -503,6 +520,7 @@ impl WorkerCore {
                 fresh: Vec::new(),
                 waiting: None,
                 locations: Vec::new(),
+                sent: Vec::new(),
             },
         );
         out.push((self.boss, Msg::Up(Up::Submit { tasks })));
@@ -560,7 +578,7 @@ impl WorkerCore {
         msg: Vec<u8>,
         out: &mut Outbox,
     ) -> Result<(), CallError> {
-        let mb = self.mailboxes.get(&mailbox).ok_or(CallError::Gone)?;
+        let mb = self.mailboxes.get_mut(&mailbox).ok_or(CallError::Gone)?;
         if mb.owner != task {
             return Err(CallError::NotOwner);
         }
@@ -577,6 +595,7 @@ impl WorkerCore {
                 }),
             ));
         }
+        mb.sent.push(msg);
         Ok(())
     }
 
@@ -947,6 +966,66 @@ mod tests {
         assert!(
             matches!(w.next_ready(&mut out), Some(Ready::Start { .. })),
             "runs the kept child here"
+        );
+    }
+
+    #[test]
+    fn a_message_reaches_ranks_learned_about_later() {
+        let (mut w, root, m, mut out) = running_with_map(2);
+        let mailbox = MailboxAddr {
+            rank: Rank(1),
+            mailbox: m,
+        };
+        w.handle(
+            Msg::Peer(Peer::Placed {
+                mailbox,
+                at: Rank(3),
+            }),
+            &mut out,
+        );
+        out.clear();
+        w.communicate(root, m, vec![7], &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![(
+                Rank(3),
+                Msg::Peer(Peer::Communicate {
+                    mailbox,
+                    msg: vec![7]
+                })
+            )]
+        );
+        out.clear();
+        // a task that started on rank 4 before its placement notice arrived gets it too
+        w.handle(
+            Msg::Peer(Peer::Placed {
+                mailbox,
+                at: Rank(4),
+            }),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![(
+                Rank(4),
+                Msg::Peer(Peer::Communicate {
+                    mailbox,
+                    msg: vec![7]
+                })
+            )]
+        );
+        out.clear();
+        w.handle(
+            Msg::Peer(Peer::Placed {
+                mailbox,
+                at: Rank(4),
+            }),
+            &mut out,
+        );
+        assert!(out.is_empty(), "once per rank");
+        assert_eq!(
+            w.communicate(TaskKey(99), m, vec![1], &mut out),
+            Err(CallError::NotOwner)
         );
     }
 
