@@ -8,7 +8,7 @@
 //! with that error. If the server itself died, its watcher stops every rank.
 
 use crate::protocol::Rank;
-use crate::topology::{Layout, Role};
+use crate::topology::Layout;
 use std::time::Duration;
 
 /// How often node leaders check their node's ranks.
@@ -142,11 +142,6 @@ pub fn descendants(pid: u32) -> Vec<u32> {
         }
     }
     found
-}
-
-/// Role name of a rank in a layout.
-pub fn role_name(lay: &Layout, rank: Rank) -> &'static str {
-    lay.roles.get(rank.0 as usize).map_or("rank", Role::name)
 }
 
 #[cfg(test)]

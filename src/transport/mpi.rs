@@ -38,11 +38,6 @@ impl MpiFabric {
             in_flight: Vec::new(),
         }
     }
-
-    /// Sends not yet completed.
-    pub fn pending(&self) -> usize {
-        self.in_flight.len()
-    }
 }
 
 impl Fabric for MpiFabric {
