@@ -976,52 +976,31 @@ mod tests {
             rank: Rank(1),
             mailbox: m,
         };
-        w.handle(
+        let placed = |at: u32| {
             Msg::Peer(Peer::Placed {
                 mailbox,
-                at: Rank(3),
-            }),
-            &mut out,
-        );
+                at: Rank(at),
+            })
+        };
+        let message_to = |at: u32| {
+            vec![(
+                Rank(at),
+                Msg::Peer(Peer::Communicate {
+                    mailbox,
+                    msg: vec![7],
+                }),
+            )]
+        };
+        w.handle(placed(3), &mut out);
         out.clear();
         w.communicate(root, m, vec![7], &mut out).unwrap();
-        assert_eq!(
-            out,
-            vec![(
-                Rank(3),
-                Msg::Peer(Peer::Communicate {
-                    mailbox,
-                    msg: vec![7]
-                })
-            )]
-        );
+        assert_eq!(out, message_to(3));
         out.clear();
         // a task that started on rank 4 before its placement notice arrived gets it too
-        w.handle(
-            Msg::Peer(Peer::Placed {
-                mailbox,
-                at: Rank(4),
-            }),
-            &mut out,
-        );
-        assert_eq!(
-            out,
-            vec![(
-                Rank(4),
-                Msg::Peer(Peer::Communicate {
-                    mailbox,
-                    msg: vec![7]
-                })
-            )]
-        );
+        w.handle(placed(4), &mut out);
+        assert_eq!(out, message_to(4));
         out.clear();
-        w.handle(
-            Msg::Peer(Peer::Placed {
-                mailbox,
-                at: Rank(4),
-            }),
-            &mut out,
-        );
+        w.handle(placed(4), &mut out);
         assert!(out.is_empty(), "once per rank");
         assert_eq!(
             w.communicate(TaskKey(99), m, vec![1], &mut out),
