@@ -66,6 +66,16 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         // bqrt pins its workers itself
         .env("OMPI_MCA_hwloc_base_binding_policy", "none");
+    // Open MPI's TCP transport takes listening ports in order from 1024, so a job starting just
+    // after another one ended on this machine reuses its ports, and a connection attempt left
+    // over from the old job reaches the new one and crashes it in MPI_Init. Kernel-chosen
+    // ports (minimum 0) are not reused at once. A setting the user made wins.
+    for family in ["v4", "v6"] {
+        let key = format!("OMPI_MCA_btl_tcp_port_min_{family}");
+        if std::env::var_os(&key).is_none() {
+            cmd.env(key, "0");
+        }
+    }
     // SAFETY: getuid has no preconditions and cannot fail.
     if unsafe { libc::getuid() } == 0 {
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")

@@ -190,6 +190,15 @@ struct Common {
     /// Without a launcher: how many workers to start on this machine (default: one per core).
     #[arg(long)]
     workers: Option<u32>,
+    /// Seconds start-up may take (all ranks must arrive) before every rank gives up with an
+    /// error, rather than waiting forever for a rank that died or never started.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 300,
+        env = "BQRT_STARTUP_TIMEOUT"
+    )]
+    startup_timeout: u64,
 }
 
 impl Common {
@@ -197,6 +206,9 @@ impl Common {
     fn options(&self) -> Result<MpiOptions, String> {
         if self.fanout < 2 {
             return Err(format!("--fanout {}: must be at least 2", self.fanout));
+        }
+        if self.startup_timeout == 0 {
+            return Err("--startup-timeout 0: must be at least 1 (seconds)".into());
         }
         if self.blas_threads == 0 {
             return Err("--blas-threads 0: must be at least 1".into());
@@ -212,6 +224,7 @@ impl Common {
             blas_threads: self.blas_threads,
             gpus_per_node: self.gpus_per_node,
             verbose: self.verbose,
+            startup_timeout: std::time::Duration::from_secs(self.startup_timeout),
         })
     }
 }

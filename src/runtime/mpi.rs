@@ -26,6 +26,10 @@ pub enum StartError {
 }
 
 /// Longest wait for `MPI_Finalize` before the rank exits anyway.
+/// Default of [`MpiOptions::startup_timeout`]: generous, as the first ranks of a large job may
+/// wait minutes for the last ones while a parallel file system loads the binary.
+pub const DEFAULT_STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 const FINALIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Options every rank needs identically.
@@ -40,6 +44,10 @@ pub struct MpiOptions {
     pub gpus_per_node: u32,
     /// Rank 0 prints the role map at start.
     pub verbose: bool,
+    /// How long start-up (MPI initialisation, node discovery, worker set-up) may take before a
+    /// rank gives up: a rank that died or never started would otherwise leave the others
+    /// waiting in a collective forever.
+    pub startup_timeout: std::time::Duration,
 }
 
 impl Default for MpiOptions {
@@ -52,6 +60,7 @@ impl Default for MpiOptions {
             blas_threads: 1,
             gpus_per_node: 0,
             verbose: false,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         }
     }
 }
@@ -111,10 +120,13 @@ where
     C: FnOnce(ServerHandle) -> i32 + Send + 'static,
 {
     super::signals::install().map_err(StartError::Thread)?;
+    let startup = StartupWatchdog::arm(opts.startup_timeout).map_err(StartError::Thread)?;
     let (universe, _threading) =
         mpi::initialize_with_threading(Threading::Funneled).ok_or(StartError::MpiInit)?;
     let world = universe.world();
     let rank = world.rank();
+    startup.enter(rank, Phase::NodeDiscovery);
+    stall_if_asked(rank as u32);
     // nodes: the ranks sharing memory; a node is named by the world rank of its first member
     let node = world.split_shared(rank);
     let mut leader = if node.rank() == 0 { rank } else { 0 };
@@ -130,9 +142,11 @@ where
         Ok(c) => (c, None),
         Err(e) => (None, Some(e)),
     };
+    startup.enter(rank, Phase::WorkerSetUp);
     let mine = describe(&role, node_id, core, failure.is_some());
     let mut all = vec![0i32; FIELDS * world.size() as usize];
     world.all_gather_into(&mine[..], &mut all[..]);
+    startup.disarm();
     if let Some(e) = &failure {
         crate::logging::eprint_line(&format!("bqrt: rank {rank}: cannot set up the worker: {e}"));
     }
@@ -217,6 +231,104 @@ where
     Ok(code)
 }
 
+/// Where start-up is; named by the start-up watchdog when it gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    MpiInit = 0,
+    NodeDiscovery = 1,
+    WorkerSetUp = 2,
+}
+
+impl Phase {
+    fn describe(code: u8) -> &'static str {
+        match code {
+            0 => "initialising MPI",
+            1 => "finding the job's nodes (every rank must arrive)",
+            _ => "setting up workers (every rank must arrive)",
+        }
+    }
+}
+
+/// Bounds start-up. Every start-up step is a blocking MPI call that waits for every rank, so a
+/// rank that died in `MPI_Init` or never started (a launcher that lost a task, a node that hung
+/// loading the binary) would leave the other ranks blocked forever, spinning inside MPI. This
+/// thread ends the process with a message naming the phase instead; the launcher then ends the
+/// job. It never calls MPI, so it works while the main thread is stuck in a collective.
+struct StartupWatchdog {
+    disarm: crossbeam::channel::Sender<()>,
+    phase: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    rank: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl StartupWatchdog {
+    fn arm(limit: std::time::Duration) -> std::io::Result<StartupWatchdog> {
+        use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+        use std::sync::Arc;
+        let (disarm, fired) = crossbeam::channel::bounded::<()>(1);
+        let phase = Arc::new(AtomicU8::new(Phase::MpiInit as u8));
+        let rank = Arc::new(AtomicI64::new(-1));
+        let (p, r) = (phase.clone(), rank.clone());
+        std::thread::Builder::new()
+            .name("bqrt-startup".into())
+            .spawn(move || {
+                // disarmed (a message) or dropped (start-up ended with an error): stand down
+                if fired.recv_timeout(limit) != Err(crossbeam::channel::RecvTimeoutError::Timeout) {
+                    return;
+                }
+                let who = match r.load(Ordering::SeqCst) {
+                    -1 => format!("process {}", std::process::id()),
+                    n => format!("rank {n}"),
+                };
+                crate::logging::eprint_line(&format!(
+                    "bqrt: {who}: start-up did not finish within {} s while {}: a rank of this \
+                     job died or never started (see the launcher's messages); giving up. Set \
+                     --startup-timeout or BQRT_STARTUP_TIMEOUT (seconds) to wait longer.",
+                    limit.as_secs_f64(),
+                    Phase::describe(p.load(Ordering::SeqCst)),
+                ));
+                // SAFETY: _exit ends the process at once; the main thread is blocked inside MPI
+                // and must not run exit handlers that could wait on it.
+                unsafe { libc::_exit(EXIT_STARTUP) };
+            })?;
+        Ok(StartupWatchdog {
+            disarm,
+            phase,
+            rank,
+        })
+    }
+
+    fn enter(&self, rank: i32, phase: Phase) {
+        use std::sync::atomic::Ordering;
+        self.rank.store(rank as i64, Ordering::SeqCst);
+        self.phase.store(phase as u8, Ordering::SeqCst);
+    }
+
+    fn disarm(self) {
+        let _ = self.disarm.send(());
+    }
+}
+
+/// Exit status of a rank whose start-up timed out (EX_UNAVAILABLE).
+pub const EXIT_STARTUP: i32 = 69;
+
+/// Fault injection for the start-up watchdog's tests: `BQRT_FAULT=stall@RANK` makes rank RANK
+/// stop before node discovery, as a rank that never arrives would.
+fn stall_if_asked(rank: u32) {
+    let Ok(spec) = std::env::var("BQRT_FAULT") else {
+        return;
+    };
+    if spec
+        .strip_prefix("stall@")
+        .and_then(|r| r.parse::<u32>().ok())
+        == Some(rank)
+    {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// Fault injection for tests of the failure paths: `BQRT_FAULT=panic@RANK+MS` makes rank RANK
 /// panic in runtime code (not in a task) MS milliseconds after start. With the binary's panic
 /// hook that aborts the process, as any runtime bug would.
@@ -238,8 +350,9 @@ fn inject_fault(rank: u32) {
                 });
         }
         Some(_) => {}
+        None if spec.starts_with("stall@") => {}
         None => crate::logging::eprint_line(&format!(
-            "bqrt: BQRT_FAULT={spec} ignored: expected panic@RANK+MS"
+            "bqrt: BQRT_FAULT={spec} ignored: expected panic@RANK+MS or stall@RANK"
         )),
     }
 }
