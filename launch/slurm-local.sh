@@ -27,12 +27,15 @@
 #    (SlurmdSpoolDir=.../%n), which has to exist before slurmd starts;
 #  - mpi/pmix makes a per-step directory under TmpFS; two virtual nodes in one step would both
 #    create the same one ("File exists"), so TmpFS contains %n;
-#  - all virtual nodes have the same hostname, so Open MPI's per-host names collide between them:
-#    the session directory under TMPDIR and the shared-memory segments
-#    (vader_segment.<host>.<job>.<local rank>), which crashes jobs of more than ~10 ranks. A
-#    TaskProlog gives every task its node's own TMPDIR and vader backing directory;
+#  - virtual nodes on one machine would share its host name, and Open MPI names per-host files
+#    after it (session directory, shared-memory segments vader_segment.<host>.<job>.<rank>): each
+#    slurmd runs in its own UTS namespace with the node's name as host name, and a TaskProlog
+#    gives every task its node's and job step's own TMPDIR and vader backing directory (per
+#    step, because Open MPI's clean-up at the end of one job removes directory parents that
+#    another job, starting at that moment, is about to use);
 #  - Open MPI leaves loopback out of TCP by default and would use the machine's external
-#    address; the TaskProlog points Open MPI's TCP (and UCX, for MPICH) at lo;
+#    address; the TaskProlog points Open MPI's TCP (and UCX, for MPICH) at lo, and lets the
+#    kernel choose its listening ports (see launch/env.sh);
 #  - Open MPI under srun needs MpiDefault=pmix, MPICH needs pmi2 (with the wrong one MPICH starts
 #    N separate singletons and says nothing).
 set -euo pipefail
@@ -139,13 +142,18 @@ write_prolog() {
   cat >"$PROLOG" <<EOF
 #!/bin/sh
 $TAG
-# All virtual nodes share one hostname: give each its own temporary and shared-memory
-# directories, and keep MPI traffic on loopback.
+# Give each virtual node (and job step) its own temporary and shared-memory directories, and
+# keep MPI traffic on loopback.
+# The directories are per job step too: Open MPI removes its session directory's parents when
+# they look empty at the end of a job, which races with another job creating its own there.
 node=\${SLURMD_NODENAME:-unknown}
-mkdir -p "$TMP_BASE/\$node" "$SHM_BASE/\$node"
-echo "export TMPDIR=$TMP_BASE/\$node"
-echo "export OMPI_MCA_btl_vader_backing_directory=$SHM_BASE/\$node"
+step=\${SLURM_JOB_ID:-0}.\${SLURM_STEP_ID:-0}
+mkdir -p "$TMP_BASE/\$node/\$step" "$SHM_BASE/\$node/\$step"
+echo "export TMPDIR=$TMP_BASE/\$node/\$step"
+echo "export OMPI_MCA_btl_vader_backing_directory=$SHM_BASE/\$node/\$step"
 echo "export OMPI_MCA_btl_tcp_if_include=\${OMPI_MCA_btl_tcp_if_include:-lo}"
+echo "export OMPI_MCA_btl_tcp_port_min_v4=\${OMPI_MCA_btl_tcp_port_min_v4:-0}"
+echo "export OMPI_MCA_btl_tcp_port_min_v6=\${OMPI_MCA_btl_tcp_port_min_v6:-0}"
 echo "export OMPI_MCA_oob_tcp_if_include=\${OMPI_MCA_oob_tcp_if_include:-lo}"
 echo "export UCX_NET_DEVICES=\${UCX_NET_DEVICES:-lo}"
 EOF
@@ -223,7 +231,12 @@ start() {
   for n in $(nodes); do
     mkdir -p "$SPOOL/$n" "$TMP_BASE/$n"
     if ! running "$(node_pid "$n")"; then
-      slurmd -N "$n" </dev/null >>"$LOGS/slurmd-$n.out" 2>&1 ||
+      # its own UTS namespace where the system allows one: the node's tasks see the node's name
+      # as their host name
+      local own_name=()
+      if unshare --uts true 2>/dev/null; then own_name=(unshare --uts); fi
+      "${own_name[@]}" sh -c '[ -z "$2" ] || hostname "$1"; exec slurmd -N "$1"' sh "$n" "${own_name[*]}" \
+        </dev/null >>"$LOGS/slurmd-$n.out" 2>&1 ||
         die "slurmd for $n did not start; see $LOGS/slurmd-$n.out and $LOGS/slurmd-$n.log"
     fi
   done

@@ -317,28 +317,37 @@ fn an_idle_runtime_costs_under_2_percent_of_a_core() {
 
 #[test]
 fn srun_on_virtual_nodes() {
-    common::local_slurm();
-    let mut c = Command::new("srun");
-    c.args(["-N", "3", "--ntasks-per-node=3", "--overcommit"])
-        .arg(common::bqrt_bin())
-        .args(SHAPE_ARGS);
-    check_shape_of(&run(c, Duration::from_secs(120)), 3, 3);
+    let _slurm = common::local_slurm();
+    let r = common::run_srun(
+        || {
+            let mut c = Command::new("srun");
+            c.args(["-N", "3", "--ntasks-per-node=3", "--overcommit"])
+                .arg(common::bqrt_bin())
+                .args(SHAPE_ARGS);
+            c
+        },
+        Duration::from_secs(120),
+    );
+    check_shape_of(&r, 3, 3);
 }
 
 #[test]
 fn scancel_signal_stops_every_rank_with_status_0() {
-    common::local_slurm();
+    let _slurm = common::local_slurm();
     let name = format!("bqrt-test-{}", std::process::id());
-    let mut c = Command::new("srun");
-    c.args([
-        "-J",
-        &name,
-        "-N",
-        "2",
-        "--ntasks-per-node=2",
-        "--overcommit",
-    ]);
-    let mut s = Serve::start_with(c, &[]);
+    let srun = || {
+        let mut c = Command::new("srun");
+        c.args([
+            "-J",
+            &name,
+            "-N",
+            "2",
+            "--ntasks-per-node=2",
+            "--overcommit",
+        ]);
+        c
+    };
+    let mut s = Serve::start_srun(srun, &[]);
     let mut cl = Client::connect(&s.addr, Some(s.token())).unwrap();
     let j = cl.submit("spin", "60000", LogSpec::OFF, false).unwrap();
     wait_for("the spin to run", Duration::from_secs(30), || {
@@ -399,4 +408,53 @@ fn a_binding_set_by_the_launcher_is_respected() {
         !cpus.contains('-') && !cpus.contains(','),
         "bound by mpirun to one core: {cpus}"
     );
+}
+
+/// A rank that never reaches start-up (stuck before node discovery) must not leave the others
+/// blocked in a collective: every rank gives up after the start-up timeout, names the phase, and
+/// the job ends with an error.
+fn check_startup_gives_up(launcher: impl Fn() -> Command) {
+    let r = common::with_startup_retries(|| {
+        let mut cmd = launcher();
+        cmd.env("BQRT_FAULT", "stall@1")
+            .env("BQRT_STARTUP_TIMEOUT", "2")
+            .arg(common::bqrt_bin())
+            .args(["run", "noop", "null"]);
+        let r = run(cmd, Duration::from_secs(60));
+        // the ranks that gave up leave their peers' MPI complaining; retry only when bqrt never
+        // got to say anything
+        match common::mpi_startup_crash(&r.stderr) && !r.stderr.contains("start-up did not") {
+            true => Err(r.stderr),
+            false => Ok(r),
+        }
+    });
+    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("rank 0: start-up did not finish within 2 s while finding the job's nodes"),
+        "rank 0 names the phase:\n{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("BQRT_STARTUP_TIMEOUT"), "{}", r.stderr);
+    assert!(
+        r.elapsed < Duration::from_secs(30),
+        "took {:?}:\n{}",
+        r.elapsed,
+        r.stderr
+    );
+}
+
+#[test]
+fn a_rank_that_never_arrives_ends_start_up_with_an_error() {
+    check_startup_gives_up(|| common::mpirun(3));
+}
+
+#[test]
+fn a_rank_that_never_arrives_under_srun_ends_the_step() {
+    let _slurm = common::local_slurm();
+    check_startup_gives_up(|| {
+        let mut c = Command::new("srun");
+        c.args(["-N", "2", "--ntasks-per-node=2", "--overcommit"]);
+        c
+    });
 }

@@ -177,29 +177,35 @@ fn check_spread_and_clean(out: &str, nodes: usize) {
 
 #[test]
 fn slurm_template_end_to_end() {
-    common::local_slurm();
+    let _slurm = common::local_slurm();
     let name = format!("bqrt-tpl-{}", std::process::id());
     for exit in [0, 7] {
-        let outfile = common::tempdir("sbatch").join("out");
-        let mut c = Command::new("sbatch");
-        c.current_dir(repo())
-            .args(["-J", &name])
-            .env("PATH", path_with_bqrt())
-            .env("BQRT_ARGS", "-v")
-            .env("CLIENT", client_script(exit))
-            .args([
-                "--wait",
-                "-N",
-                "2",
-                "--ntasks-per-node=3",
-                "--overcommit",
-                "--export=ALL",
-                "-o",
-            ])
-            .arg(&outfile)
-            .arg("slurm/bqrt.sbatch");
-        let r: Run = run(c, Duration::from_secs(180));
-        let out = std::fs::read_to_string(&outfile).unwrap_or_default();
+        let (r, out) = common::with_startup_retries(|| {
+            let outfile = common::tempdir("sbatch").join("out");
+            let mut c = Command::new("sbatch");
+            c.current_dir(repo())
+                .args(["-J", &name])
+                .env("PATH", path_with_bqrt())
+                .env("BQRT_ARGS", "-v")
+                .env("CLIENT", client_script(exit))
+                .args([
+                    "--wait",
+                    "-N",
+                    "2",
+                    "--ntasks-per-node=3",
+                    "--overcommit",
+                    "--export=ALL",
+                    "-o",
+                ])
+                .arg(&outfile)
+                .arg("slurm/bqrt.sbatch");
+            let r: Run = run(c, Duration::from_secs(180));
+            let out = std::fs::read_to_string(&outfile).unwrap_or_default();
+            match common::mpi_startup_crash(&out) {
+                true => Err(out),
+                false => Ok((r, out)),
+            }
+        });
         assert_eq!(
             r.code,
             Some(exit as i32),
@@ -266,29 +272,34 @@ fn pbs_template_end_to_end_with_a_faked_pbs_environment() {
 /// The interactive recipe of docs/getting-started.md, run non-interactively through salloc.
 #[test]
 fn salloc_recipe_from_the_docs() {
-    common::local_slurm();
+    let _slurm = common::local_slurm();
     let dir = common::tempdir("salloc");
     let script = r#"
 set -e
 srun bqrt serve --ready-file ready --listen 127.0.0.1:0 --token-file token &
-until [ -s ready ]; do sleep 0.2; done
+until [ -s ready ]; do kill -0 $! || { wait $!; exit 1; }; sleep 0.2; done
 export BQRT_SERVER=$(cat ready) BQRT_TOKEN_FILE=token
 bqrt submit fib 16 | xargs bqrt result
 bqrt shutdown
 wait
 "#;
-    let mut c = Command::new("salloc");
-    c.current_dir(&dir).env("PATH", path_with_bqrt()).args([
-        "-N",
-        "2",
-        "--ntasks-per-node=2",
-        "--overcommit",
-        "bash",
-        "-c",
-        script,
-    ]);
-    let r = run(c, Duration::from_secs(120));
-    r.ok();
+    let r = common::run_srun(
+        || {
+            let _ = std::fs::remove_file(dir.join("ready"));
+            let mut c = Command::new("salloc");
+            c.current_dir(&dir).env("PATH", path_with_bqrt()).args([
+                "-N",
+                "2",
+                "--ntasks-per-node=2",
+                "--overcommit",
+                "bash",
+                "-c",
+                script,
+            ]);
+            c
+        },
+        Duration::from_secs(120),
+    );
     assert!(
         r.stdout.lines().any(|l| l.trim() == "987"),
         "{}\n{}",

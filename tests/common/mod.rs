@@ -71,6 +71,9 @@ pub fn mpirun(n: u32) -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_hwloc_base_binding_policy", "none")
+        // kernel-chosen TCP ports: see launch/env.sh
+        .env("OMPI_MCA_btl_tcp_port_min_v4", "0")
+        .env("OMPI_MCA_btl_tcp_port_min_v6", "0")
         .args(["-n", &n.to_string()]);
     c
 }
@@ -161,7 +164,18 @@ impl Serve {
         Self::start_with(mpirun(n), extra)
     }
 
-    pub fn start_with(mut cmd: Command, extra: &[&str]) -> Serve {
+    pub fn start_with(cmd: Command, extra: &[&str]) -> Serve {
+        Self::try_start_with(cmd, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Serve::start_with`] for a step of the local SLURM: a start-up that Open MPI crashed
+    /// (see [`mpi_startup_crash`]) is tried again, twice at most.
+    pub fn start_srun(make: impl Fn() -> Command, extra: &[&str]) -> Serve {
+        with_startup_retries(|| Self::try_start_with(make(), extra))
+    }
+
+    /// Start a server; if it exits before it is ready, its stderr.
+    pub fn try_start_with(mut cmd: Command, extra: &[&str]) -> Result<Serve, String> {
         let dir = tempdir("serve");
         let ready = dir.join("ready");
         let token_file = dir.join("token");
@@ -197,7 +211,7 @@ impl Serve {
             }
             if let Ok(Some(st)) = child.try_wait() {
                 let e = stderr.join().unwrap_or_default();
-                panic!("bqrt serve exited early ({st}):\n{e}");
+                return Err(format!("bqrt serve exited early ({st}):\n{e}"));
             }
             assert!(
                 Instant::now() < deadline,
@@ -205,13 +219,13 @@ impl Serve {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Serve {
+        Ok(Serve {
             child: Some(child),
             addr,
             token_file,
             dir,
             stderr: Some(stderr),
-        }
+        })
     }
 
     pub fn token(&self) -> String {
@@ -306,8 +320,18 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     bqrt::runtime::liveness::descendants(pid)
 }
 
-/// Start the project's local SLURM (3 virtual nodes on this machine; idempotent).
-pub fn local_slurm() {
+/// Start the project's local SLURM (3 virtual nodes on this machine; idempotent) and hold it
+/// for one test. The returned guard keeps other tests of this binary from running a job step at
+/// the same time (the virtual nodes share one host and its name, and Open MPI's start-up is not
+/// safe against another job starting there at the same moment), and when dropped, also by a
+/// failing test, it cancels every job left on the local SLURM, so that a failed test leaves no
+/// job holding the nodes for the next.
+#[must_use = "hold the guard for as long as the test uses SLURM"]
+pub fn local_slurm() -> SlurmSession {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let st = Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -322,6 +346,72 @@ pub fn local_slurm() {
         String::from_utf8_lossy(&st.stdout),
         String::from_utf8_lossy(&st.stderr)
     );
+    cancel_slurm_jobs();
+    SlurmSession { _one: guard }
+}
+
+/// See [`local_slurm`].
+pub struct SlurmSession {
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Drop for SlurmSession {
+    fn drop(&mut self) {
+        cancel_slurm_jobs();
+    }
+}
+
+/// Cancel every job of the local SLURM (it runs only this suite's jobs).
+fn cancel_slurm_jobs() {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let _ = Command::new("scancel")
+        .args(["--user", &uid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether a job step's output shows Open MPI crashing in its own start-up (`MPI_Init`) on the
+/// local SLURM: with several virtual nodes on one machine, Open MPI 4.1 under `srun` fails now
+/// and then (a few runs in a hundred) to attach a peer's shared-memory segment or to connect
+/// to a peer over TCP, and a rank segfaults inside `MPI_Init`, before any bqrt code runs. It
+/// never happens under `mpirun`, and is not a bqrt failure; see docs/decisions.md.
+pub fn mpi_startup_crash(output: &str) -> bool {
+    output.contains("A system call failed during shared memory initialization")
+        || output.contains("Open MPI failed to TCP connect to a peer MPI process")
+        || (output.contains("Segmentation fault") && output.contains("pmixp_client"))
+}
+
+/// Run `attempt` up to three times while it fails with an Open MPI start-up crash
+/// ([`mpi_startup_crash`]); any other failure, or a third crash, fails the test.
+pub fn with_startup_retries<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    const TRIES: u32 = 3;
+    for n in 1..=TRIES {
+        match attempt() {
+            Ok(t) => return t,
+            Err(e) if n < TRIES && mpi_startup_crash(&e) => {
+                eprintln!("attempt {n}: Open MPI crashed in its start-up; trying again:\n{e}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// `run` for a job step of the local SLURM that must succeed: retried as
+/// [`with_startup_retries`] says when Open MPI crashed in its start-up.
+pub fn run_srun(make: impl Fn() -> Command, limit: Duration) -> Run {
+    with_startup_retries(|| {
+        let r = run(make(), limit);
+        if r.code == Some(0) {
+            Ok(r)
+        } else {
+            Err(format!(
+                "exit status {:?}\nstdout:\n{}\nstderr:\n{}",
+                r.code, r.stdout, r.stderr
+            ))
+        }
+    })
 }
 
 /// Poll `f` until it returns true, failing after `limit`.
