@@ -21,9 +21,10 @@
 //! than there are idle workers. Handed-back tasks (`Stolen`) are placed like any other. A task is
 //! always in exactly one place (a queue or a message), so stealing never loses or duplicates one.
 
+use super::idmap::IdMap;
 use super::rng::Rng;
 use crate::protocol::{BatchSeq, Down, Msg, Rank, TaskMsg};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Messages a core wants sent: `(destination, message)`.
 pub type Outbox = Vec<(Rank, Msg)>;
@@ -49,7 +50,7 @@ pub(crate) struct Employee {
 #[derive(Debug)]
 pub(crate) struct Boss {
     pub(crate) employees: Vec<Employee>,
-    index: HashMap<Rank, usize>,
+    index: IdMap<Rank, usize>,
     rng: Rng,
     /// Sum of `idle` over employees, kept up to date (a boss answers every message, so nothing
     /// per message may scan all employees: a server can have thousands).

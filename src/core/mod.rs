@@ -5,6 +5,7 @@
 //! `docs/architecture.md` for how the pieces fit.
 
 pub mod boss;
+pub mod idmap;
 pub mod manager;
 mod rng;
 pub mod server;

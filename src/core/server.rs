@@ -8,11 +8,11 @@
 //! cancel).
 
 use super::boss::{Boss, Outbox};
+use super::idmap::IdMap;
 use crate::protocol::{
     Address, Failure, Format, JobId, LogRecord, LogSpec, MailboxAddr, MailboxId, Msg, Peer, Rank,
     TaskMsg, Up,
 };
-use std::collections::HashMap;
 
 /// What a client asks for.
 #[derive(Clone, Debug)]
@@ -79,9 +79,9 @@ pub struct ClusterView {
 pub struct ServerCore {
     pub(crate) boss: Boss,
     next_job: u64,
-    jobs: HashMap<JobId, Job>,
+    jobs: IdMap<JobId, Job>,
     events: Vec<ServerEvent>,
-    queued: HashMap<Rank, u32>,
+    queued: IdMap<Rank, u32>,
     finished_tasks: u64,
 }
 
@@ -91,9 +91,9 @@ impl ServerCore {
         ServerCore {
             boss: Boss::new(employees, seed),
             next_job: 0,
-            jobs: HashMap::new(),
+            jobs: IdMap::default(),
             events: Vec::new(),
-            queued: HashMap::new(),
+            queued: IdMap::default(),
             finished_tasks: 0,
         }
     }

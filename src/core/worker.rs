@@ -18,11 +18,12 @@
 //! * A task that receives its last awaited result is queued once (`waiting` is cleared on wake).
 
 use super::boss::Outbox;
+use super::idmap::{IdMap, IdSet};
 use crate::protocol::{
     Address, BatchSeq, Down, Failure, Format, JobId, LogRecord, LogSpec, MailboxAddr, MailboxId,
     Msg, Peer, Rank, Subtree, TaskMsg, Up,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use thiserror::Error;
 
 /// A started task on this worker.
@@ -156,15 +157,15 @@ pub struct WorkerCore {
     boss: Rank,
     next_key: u64,
     next_mailbox: u64,
-    tasks: HashMap<TaskKey, Started>,
-    by_parent: HashMap<MailboxAddr, Vec<TaskKey>>,
+    tasks: IdMap<TaskKey, Started>,
+    by_parent: IdMap<MailboxAddr, Vec<TaskKey>>,
     delayed: VecDeque<TaskMsg>,
     ready: VecDeque<TaskKey>,
-    mailboxes: HashMap<MailboxId, Mailbox>,
+    mailboxes: IdMap<MailboxId, Mailbox>,
     receipt: BatchSeq,
     last_waiting: Option<BatchSeq>,
     dropped: Vec<TaskKey>,
-    progress: HashMap<JobId, (u64, u64)>,
+    progress: IdMap<JobId, (u64, u64)>,
     reported_queued: u32,
     pub stats: WorkerStats,
 }
@@ -176,15 +177,15 @@ impl WorkerCore {
             boss,
             next_key: 0,
             next_mailbox: 0,
-            tasks: HashMap::new(),
-            by_parent: HashMap::new(),
+            tasks: IdMap::default(),
+            by_parent: IdMap::default(),
             delayed: VecDeque::new(),
             ready: VecDeque::new(),
-            mailboxes: HashMap::new(),
+            mailboxes: IdMap::default(),
             receipt: BatchSeq(0),
             last_waiting: None,
             dropped: Vec::new(),
-            progress: HashMap::new(),
+            progress: IdMap::default(),
             reported_queued: 0,
             stats: WorkerStats::default(),
         }
@@ -265,7 +266,7 @@ impl WorkerCore {
         self.receipt = seq;
         self.stats.received += tasks.len() as u64;
         self.delayed.reserve_exact(tasks.len());
-        let mut told: HashSet<MailboxAddr> = HashSet::new();
+        let mut told: IdSet<MailboxAddr> = IdSet::default();
         for task in tasks {
             let parent = task.addr.mailbox_addr();
             if parent.rank == self.rank {
@@ -645,7 +646,7 @@ impl WorkerCore {
             return; // the common case on every finish: nothing to scan
         }
         let mut work = roots;
-        let mut all: HashSet<MailboxAddr> = HashSet::new();
+        let mut all: IdSet<MailboxAddr> = IdSet::default();
         while let Some(mb) = work.pop() {
             if !all.insert(mb) {
                 continue;

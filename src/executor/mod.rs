@@ -16,12 +16,12 @@ mod ctx;
 pub use cache::Cache;
 pub use ctx::{Cancel, Ctx, Mailboxed, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture};
 
+use crate::core::idmap::IdMap;
 use crate::core::{Outbox, Ready, TaskKey, WorkerCore};
 use crate::protocol::{MailboxAddr, Msg};
 use crate::task::{BoxFuture, Registry};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,7 +48,7 @@ pub fn progress_interval(ranks: u32) -> Duration {
 #[derive(Default)]
 pub struct Running {
     slot: Mutex<Option<RunningTask>>,
-    inboxes: Mutex<HashMap<MailboxAddr, Vec<(TaskKey, Inbox)>>>,
+    inboxes: Mutex<IdMap<MailboxAddr, Vec<(TaskKey, Inbox)>>>,
 }
 
 /// Messages sent to a started task with `communicate`, in arrival order.
@@ -145,11 +145,10 @@ struct Slot {
 pub struct Executor {
     shared: Rc<Shared>,
     registry: Registry,
-    futures: HashMap<TaskKey, Slot>,
+    futures: IdMap<TaskKey, Slot>,
     inbound: Receiver<Inbound>,
     outbound: Sender<Outbox>,
     running: Arc<Running>,
-    last_flush: Instant,
     last_progress: Instant,
     progress_every: Duration,
     stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
@@ -174,11 +173,10 @@ impl Executor {
         Executor {
             shared,
             registry,
-            futures: HashMap::new(),
+            futures: IdMap::default(),
             inbound,
             outbound,
             running,
-            last_flush: Instant::now(),
             last_progress: Instant::now(),
             progress_every,
             stats,
@@ -286,7 +284,6 @@ impl Executor {
     }
 
     fn flush(&mut self) {
-        self.last_flush = Instant::now();
         let out = std::mem::take(&mut *self.shared.out.borrow_mut());
         if !out.is_empty() {
             // the transport only goes away at shutdown
