@@ -361,6 +361,22 @@ impl Drop for SlurmSession {
     }
 }
 
+/// The `bqrt` processes of a SLURM job, found by the job name in their environment.
+pub fn bqrt_processes_of_slurm_job(name: &str) -> Vec<u32> {
+    let mark = format!("SLURM_JOB_NAME={name}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bqrt")
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == mark.as_bytes()))
+        })
+        .collect()
+}
+
 /// Cancel every job of the local SLURM (it runs only this suite's jobs).
 fn cancel_slurm_jobs() {
     // SAFETY: getuid has no preconditions.
