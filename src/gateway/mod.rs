@@ -240,7 +240,7 @@ pub fn serve(
 
 /// After a stop signal, how long the hub keeps listening for a lost-rank report (a launcher
 /// signals every rank when one dies; the clients should learn about the death, not the signal).
-const SIGNAL_SETTLE: Duration = Duration::from_millis(300);
+const SIGNAL_SETTLE: Duration = Duration::from_millis(600);
 
 struct Hub<'h> {
     handle: &'h ServerHandle,
