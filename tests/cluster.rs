@@ -213,14 +213,7 @@ fn lost_test(mut s: Serve, victim_rank: u32, role: &str) {
     let victim = all
         .iter()
         .copied()
-        .find(|p| {
-            std::fs::read(format!("/proc/{p}/environ"))
-                .map(|e| {
-                    e.split(|&b| b == 0)
-                        .any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={victim_rank}").as_bytes())
-                })
-                .unwrap_or(false)
-        })
+        .find(|&p| common::has_env(p, &format!("OMPI_COMM_WORLD_RANK={victim_rank}")))
         .expect("victim process");
     let _ = Command::new("kill")
         .args(["-9", &victim.to_string()])
@@ -240,8 +233,7 @@ fn lost_test(mut s: Serve, victim_rank: u32, role: &str) {
     let (code, _elapsed, stderr) = s.stop_by(|_| {});
     assert_ne!(code, Some(0));
     wait_for("every rank gone", Duration::from_secs(10), || {
-        all.iter()
-            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        common::all_gone(&all)
     });
     assert!(
         t0.elapsed() < Duration::from_secs(10),
@@ -363,13 +355,7 @@ fn scancel_signal_stops_every_rank_with_status_0() {
         let _ = Command::new("scancel")
             .args(["--signal=INT", "-n", &name])
             .status();
-        let signalled = std::time::Instant::now();
-        wait_for("the ranks to exit", Duration::from_secs(30), || {
-            ranks
-                .iter()
-                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        });
-        ranks_gone = Some(signalled.elapsed());
+        ranks_gone = Some(common::wait_gone(&ranks, std::time::Instant::now()));
     });
     assert_eq!(code, Some(0), "srun reports the ranks' status:\n{stderr}");
     let took = ranks_gone.unwrap_or_default();

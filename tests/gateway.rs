@@ -383,17 +383,8 @@ fn signalled_ranks_stop_within_2s_with_status_0_even_while_spinning() {
             let ranks = common::descendants(launcher);
             assert!(!ranks.is_empty(), "no rank processes found");
             let signalled = std::time::Instant::now();
-            for pid in &ranks {
-                let _ = std::process::Command::new("kill")
-                    .args([&format!("-{sig}"), &pid.to_string()])
-                    .status();
-            }
-            wait_for("the ranks to exit", Duration::from_secs(30), || {
-                ranks
-                    .iter()
-                    .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-            });
-            ranks_gone = Some(signalled.elapsed());
+            common::send_signal(sig, &ranks);
+            ranks_gone = Some(common::wait_gone(&ranks, signalled));
         });
         assert_eq!(code, Some(0), "SIG{sig}: every rank exits 0\n{stderr}");
         let took = ranks_gone.unwrap_or_default();

@@ -127,9 +127,7 @@ fn serve_without_a_launcher_ready_job_ctrl_c_clean_exit() {
     let printed = stdout.join().unwrap();
     assert!(printed.contains(&format!("bqrt ready {addr}")), "{printed}");
     wait_for("no process left", Duration::from_secs(5), || {
-        ranks
-            .iter()
-            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        common::all_gone(&ranks)
     });
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -214,21 +212,7 @@ fn slurm_template_end_to_end() {
         );
         check_spread_and_clean(&out, 2);
     }
-    let mark = format!("SLURM_JOB_NAME={name}");
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|s| s.parse::<u32>().is_ok())
-        })
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == mark.as_bytes()))
-        })
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
+    let left = common::processes_with_env(&format!("SLURM_JOB_NAME={name}"));
     assert!(left.is_empty(), "processes of the job left: {left:?}");
 }
 

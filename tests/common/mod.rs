@@ -258,11 +258,7 @@ impl Serve {
                 vec![launcher]
             };
             assert!(!targets.is_empty(), "no rank processes found");
-            for pid in targets {
-                let _ = Command::new("kill")
-                    .args([&format!("-{signal}"), &pid.to_string()])
-                    .status();
-            }
+            send_signal(&signal, &targets);
         })
     }
 
@@ -361,18 +357,51 @@ impl Drop for SlurmSession {
     }
 }
 
+/// `kill -SIGNAL` each of `pids` (SIGNAL as `kill` names it: INT, TERM, KILL, ...).
+pub fn send_signal(signal: &str, pids: &[u32]) {
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status();
+    }
+}
+
+/// Whether none of `pids` exists any more.
+pub fn all_gone(pids: &[u32]) -> bool {
+    pids.iter()
+        .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// Wait (30 s at most) until none of `pids` exists; the time since `since`.
+pub fn wait_gone(pids: &[u32], since: Instant) -> Duration {
+    wait_for("the ranks to exit", Duration::from_secs(30), || {
+        all_gone(pids)
+    });
+    since.elapsed()
+}
+
+/// Whether process `pid` has `KEY=VALUE` (given as `kv`) in its environment.
+pub fn has_env(pid: u32, kv: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == kv.as_bytes()))
+}
+
+/// The processes with `KEY=VALUE` (given as `kv`) in their environment.
+pub fn processes_with_env(kv: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap_or_else(|e| panic!("cannot read /proc: {e}"))
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| has_env(pid, kv))
+        .collect()
+}
+
 /// The `bqrt` processes of a SLURM job, found by the job name in their environment.
 pub fn bqrt_processes_of_slurm_job(name: &str) -> Vec<u32> {
-    let mark = format!("SLURM_JOB_NAME={name}");
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    processes_with_env(&format!("SLURM_JOB_NAME={name}"))
+        .into_iter()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bqrt")
-                && std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == mark.as_bytes()))
         })
         .collect()
 }
