@@ -92,6 +92,9 @@ fn mpirun(ranks: u32) -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_hwloc_base_binding_policy", "none")
+        // kernel-chosen TCP ports: see launch/env.sh
+        .env("OMPI_MCA_btl_tcp_port_min_v4", "0")
+        .env("OMPI_MCA_btl_tcp_port_min_v6", "0")
         .args(["-n", &ranks.to_string()]);
     c
 }
