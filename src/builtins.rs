@@ -19,11 +19,18 @@
 //! | `spread` | `{"outer","inner","ms"}` | ranks that ran the children of a 2-level map |
 //! | `env_all` | n | per worker rank: its GPU, BLAS threads and cpus (from n probes) |
 
-use crate::executor::Ctx;
-use crate::task::{Registry, TaskError, TaskResult};
+use crate::executor::{Ctx, Registry, TaskError, TaskResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+impl Registry {
+    /// The built-in tasks (`noop`, `sleep`, `spin`, `fanout`, `chain`, `tree`, `fib`, `fail`,
+    /// `panic`, ...): see the table above.
+    pub fn with_builtins() -> Registry {
+        register(Registry::new())
+    }
+}
 
 pub(crate) fn register(r: Registry) -> Registry {
     r.task("noop", |_ctx: Ctx, _: ()| async { Ok(()) })

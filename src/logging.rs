@@ -1,21 +1,27 @@
 //! Logging: task records go to the job's owner, runtime records to this rank's stderr.
 //!
 //! A task logs with the `log` crate as usual. While a task is being polled, a record whose
-//! target is not the runtime's own (`bqrt::...`) is offered to the worker core, which forwards it
-//! to the server if the job's level and depth limit let it through. Everything else goes to
-//! `env_logger` (filtered by `RUST_LOG`, default `warn`).
+//! target is not the runtime's own (`bqrt::...`) is offered to the task's [`TaskSink`] (the
+//! executor registers one around each poll), which forwards it to the server if the job's level
+//! and depth limit let it through. Everything else goes to `env_logger` (filtered by
+//! `RUST_LOG`, default `warn`).
 
-use crate::core::TaskKey;
-use crate::executor::Shared;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-thread_local! {
-    static TASK: RefCell<Option<(Rc<Shared>, TaskKey)>> = const { RefCell::new(None) };
+/// Where the log records of the task being polled on this thread go.
+pub(crate) trait TaskSink {
+    /// Take a record; false if it cannot be taken now (it is then logged locally).
+    fn log(&self, level: u8, target: &str, message: String) -> bool;
 }
 
-pub(crate) fn enter_task(shared: &Rc<Shared>, key: TaskKey) {
-    TASK.with(|t| *t.borrow_mut() = Some((Rc::clone(shared), key)));
+thread_local! {
+    static TASK: RefCell<Option<Rc<dyn TaskSink>>> = const { RefCell::new(None) };
+}
+
+/// Records logged on this thread go to `sink` until [`leave_task`].
+pub(crate) fn enter_task(sink: Rc<dyn TaskSink>) {
+    TASK.with(|t| *t.borrow_mut() = Some(sink));
 }
 
 pub(crate) fn leave_task() {
@@ -51,23 +57,11 @@ impl log::Log for Logger {
         let forwarded = !record.target().starts_with("bqrt")
             && TASK.with(|t| {
                 let t = t.borrow();
-                let Some((shared, key)) = t.as_ref() else {
-                    return false;
-                };
-                let (Ok(mut core), Ok(mut out)) =
-                    (shared.core.try_borrow_mut(), shared.out.try_borrow_mut())
-                else {
+                let Some(sink) = t.as_ref() else {
                     return false;
                 };
                 let msg = record.args().to_string();
-                core.log(
-                    *key,
-                    level_number(record.level()),
-                    record.target(),
-                    msg,
-                    &mut out,
-                );
-                true
+                sink.log(level_number(record.level()), record.target(), msg)
             });
         if !forwarded && self.local.enabled(record.metadata()) {
             self.local.log(record);

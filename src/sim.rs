@@ -1,6 +1,6 @@
 //! Deterministic simulation of a whole cluster in one process.
 //!
-//! The real server, manager and worker state machines ([`crate::core`]) run against a virtual
+//! The real server, manager and worker state machines ([`crate::sched`]) run against a virtual
 //! clock. Every message goes through the wire codec and is delivered after a seeded random delay;
 //! delivery order is FIFO per (sender, receiver) link, as MPI guarantees, and arbitrary across
 //! links. Tasks are scripts ([`Script`]) carried in their own arguments: they compute for a while
@@ -11,12 +11,14 @@
 //! [`Sim::check_quiescent`] verifies the end state: no task, mailbox or job record left anywhere,
 //! and every boss's idle accounting back to "all idle".
 
-use crate::core::Outbox;
-use crate::core::{
+use crate::jobs::{Effect, JobTable, LOCAL};
+use crate::protocol::native::{JobResult, Reply, Request};
+use crate::protocol::Outbox;
+use crate::protocol::{codec, Address, Format, JobId, LogSpec, MailboxId, Msg, Rank};
+use crate::sched::{
     ChildSpec, JobSpec, ManagerCore, Ready, ServerCore, ServerEvent, TaskKey, WaitKind, WaitPoll,
     WorkerCore,
 };
-use crate::protocol::{codec, Address, Format, JobId, LogSpec, MailboxId, Msg, Rank};
 use crate::topology::{layout, Role};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -220,6 +222,8 @@ pub struct Sim {
     cfg: SimConfig,
     nodes: Vec<Node>,
     now: u64,
+    /// The real instant simulated time 0 stands for (the job table takes instants).
+    epoch: std::time::Instant,
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
     in_flight: Vec<Option<Msg>>,
@@ -228,7 +232,12 @@ pub struct Sim {
     rng: SimRng,
     started: HashSet<Address>,
     finished: HashSet<Address>,
+    /// Rank 0's job table: jobs are submitted and cancelled through it, and the server's events
+    /// go into it, as under MPI.
+    table: JobTable,
     results: HashMap<JobId, Result<u64, String>>,
+    /// Jobs the server reported ended (each once).
+    server_ended: HashSet<JobId>,
     finished_counts: HashMap<JobId, u64>,
     pub stats: SimStats,
 }
@@ -277,6 +286,7 @@ impl Sim {
             cfg,
             nodes,
             now: 0,
+            epoch: std::time::Instant::now(),
             seq: 0,
             queue: BinaryHeap::new(),
             in_flight: Vec::new(),
@@ -285,7 +295,9 @@ impl Sim {
             rng,
             started: HashSet::new(),
             finished: HashSet::new(),
+            table: JobTable::new(),
             results: HashMap::new(),
+            server_ended: HashSet::new(),
             finished_counts: HashMap::new(),
             stats: SimStats::default(),
         }
@@ -312,7 +324,15 @@ impl Sim {
             format: Format::Bincode,
             log: LogSpec::OFF,
         };
-        let job = self.server().submit(spec, &mut out);
+        let mut fx = Vec::new();
+        let job = self.table.submit(LOCAL, spec, false, &mut fx);
+        let result = Request::Result {
+            job,
+            timeout_ms: None,
+        };
+        let now = self.instant();
+        self.table.on_request(LOCAL, result, now, &mut fx);
+        self.carry_out(fx, &mut out);
         self.send_all(0, out);
         job
     }
@@ -320,12 +340,58 @@ impl Sim {
     /// Cancel a job from the client side.
     pub fn cancel(&mut self, job: JobId) -> bool {
         let mut out = Outbox::new();
-        let ok = self.server().cancel(job, &mut out);
+        let mut fx = Vec::new();
+        let now = self.instant();
+        self.table
+            .on_request(LOCAL, Request::Cancel { job }, now, &mut fx);
+        let ok = fx.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Reply(
+                    _,
+                    Reply::Cancelled {
+                        cancelled: true,
+                        ..
+                    }
+                )
+            )
+        });
+        self.carry_out(fx, &mut out);
         self.send_all(0, out);
-        if ok {
-            self.results.insert(job, Err("cancelled".into()));
-        }
         ok
+    }
+
+    /// Simulated time as the job table sees it.
+    fn instant(&self) -> std::time::Instant {
+        self.epoch + std::time::Duration::from_nanos(self.now)
+    }
+
+    /// Do what the job table asks: submit and cancel at the server, note results.
+    fn carry_out(&mut self, fx: Vec<Effect>, out: &mut Outbox) {
+        for e in fx {
+            match e {
+                Effect::Submit { conn, job, spec } => {
+                    let ok = self.server().submit(job, spec, out);
+                    let mut more = Vec::new();
+                    self.table.submitted(conn, job, ok, &mut more);
+                    self.carry_out(more, out);
+                }
+                Effect::Cancel(job) => {
+                    self.server().cancel(job, out);
+                }
+                Effect::Reply(_, Reply::Result { job, result }) => {
+                    let r = match result {
+                        JobResult::Done { value, .. } => Ok(decode_u64(&value)),
+                        JobResult::Failed(f) => Err(f.message),
+                        JobResult::Cancelled => Err("cancelled".into()),
+                        other => Err(format!("{other:?}")),
+                    };
+                    let prev = self.results.insert(job, r);
+                    assert!(prev.is_none(), "{job} delivered twice");
+                }
+                Effect::Reply(..) | Effect::Top(_) | Effect::Stop | Effect::Fatal(_) => {}
+            }
+        }
     }
 
     /// Tasks the server reported finished for an ended job.
@@ -435,24 +501,17 @@ impl Sim {
                 let t = std::time::Instant::now();
                 s.handle(Rank(from), msg, &mut out);
                 self.stats.server_nanos += t.elapsed().as_nanos();
+                s.report_progress();
                 let events = s.take_events();
+                let mut fx = Vec::new();
                 for ev in events {
-                    if let ServerEvent::Finished {
-                        job,
-                        outcome,
-                        finished,
-                        ..
-                    } = ev
-                    {
-                        self.finished_counts.insert(job, finished);
-                        let r = match outcome {
-                            Ok(bytes) => Ok(decode_u64(&bytes)),
-                            Err(f) => Err(f.message),
-                        };
-                        let prev = self.results.insert(job, r);
-                        assert!(prev.is_none(), "{job} finished twice");
+                    if let ServerEvent::Finished { job, finished, .. } = &ev {
+                        self.finished_counts.insert(*job, *finished);
+                        assert!(self.server_ended.insert(*job), "{job} finished twice");
                     }
+                    self.table.on_event(ev, &mut fx);
                 }
+                self.carry_out(fx, &mut out);
             }
             Node::Manager(m) => m.handle(Rank(from), msg, &mut out),
             Node::Worker(w) => {
@@ -556,6 +615,7 @@ impl Sim {
             match node {
                 Node::Server(s) => {
                     assert_eq!(s.active_jobs(), 0, "server keeps job records");
+                    assert_eq!(self.table.records(), 0, "the job table keeps records");
                     assert_eq!(s.idle_workers(), s.workers(), "server idle accounting");
                 }
                 Node::Manager(m) => {
@@ -660,7 +720,7 @@ fn step(
     out: &mut Outbox,
 ) -> Option<Result<u64, String>> {
     let t = tasks.get_mut(&key)?;
-    let call = |r: Result<WaitPoll, crate::core::CallError>| match r {
+    let call = |r: Result<WaitPoll, crate::sched::CallError>| match r {
         Ok(p) => p,
         Err(e) => panic!("runtime call failed in a scripted task: {e}"),
     };

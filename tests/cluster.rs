@@ -3,7 +3,7 @@
 
 mod common;
 use bqrt::client::{Client, ClientError};
-use bqrt::protocol::client::JobState;
+use bqrt::protocol::native::JobState;
 use bqrt::protocol::LogSpec;
 use common::{bqrt, run, wait_for, Run, Serve};
 use std::collections::BTreeMap;
@@ -303,7 +303,7 @@ fn an_idle_runtime_costs_under_2_percent_of_a_core() {
     let j = c.submit("fib", "10", LogSpec::OFF, false).unwrap();
     assert!(matches!(
         c.result(j, Some(Duration::from_secs(20))).unwrap(),
-        bqrt::protocol::client::JobResult::Done { .. }
+        bqrt::protocol::native::JobResult::Done { .. }
     ));
 }
 

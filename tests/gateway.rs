@@ -2,7 +2,7 @@
 
 mod common;
 use bqrt::client::{Client, ClientError};
-use bqrt::protocol::client::{JobResult, JobState, MAGIC};
+use bqrt::protocol::native::{JobResult, JobState, MAGIC};
 use bqrt::protocol::{JobId, LogSpec};
 use common::{bqrt, wait_for, Serve};
 use std::io::{Read, Write};

@@ -98,7 +98,7 @@ fn serve_without_a_launcher_ready_job_ctrl_c_clean_exit() {
         .submit("tree", "6", bqrt::protocol::LogSpec::OFF, false)
         .unwrap();
     match client.result(job, None).unwrap() {
-        bqrt::protocol::client::JobResult::Done { value, .. } => assert_eq!(value, b"127"),
+        bqrt::protocol::native::JobResult::Done { value, .. } => assert_eq!(value, b"127"),
         other => panic!("{other:?}"),
     }
     let ranks = common::descendants(child.id());

@@ -57,9 +57,31 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
         .map(|n| n.get() as u32)
         .unwrap_or(1);
     let workers = workers.unwrap_or(cores).max(1);
-    let mut cmd = Command::new(&mpiexec);
+    let mut cmd = launch_command(&mpiexec, &exe, workers);
+    if let Err(e) = crate::runtime::stop::install() {
+        eprintln!("bqrt: cannot install the signal handler: {e}");
+        return ExitCode::from(70);
+    }
+    crate::logging::eprint_line(&format!(
+        "bqrt: no launcher: starting {} ranks (a server and {workers} workers) with {}",
+        workers + 1,
+        mpiexec.display()
+    ));
+    match cmd.spawn() {
+        Ok(child) => supervise(child),
+        Err(e) => {
+            eprintln!("bqrt: cannot start {}: {e}", mpiexec.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `mpiexec -n WORKERS+1 EXE ARGS...` with the settings a one-machine runtime needs, in its own
+/// process group.
+fn launch_command(mpiexec: &std::path::Path, exe: &std::path::Path, workers: u32) -> Command {
+    let mut cmd = Command::new(mpiexec);
     cmd.args(["-n", &(workers + 1).to_string()])
-        .arg(&exe)
+        .arg(exe)
         .args(std::env::args_os().skip(1))
         .env("BQRT_EMBEDDED", "1")
         // a server plus one worker per core is more ranks than cores
@@ -82,22 +104,14 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    if let Err(e) = crate::runtime::signals::install() {
-        eprintln!("bqrt: cannot install the signal handler: {e}");
-        return ExitCode::from(70);
-    }
-    crate::logging::eprint_line(&format!(
-        "bqrt: no launcher: starting {} ranks (a server and {workers} workers) with {}",
-        workers + 1,
-        mpiexec.display()
-    ));
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bqrt: cannot start {}: {e}", mpiexec.display());
-            return ExitCode::from(2);
-        }
-    };
+    cmd
+}
+
+/// Wait for the ranks and exit with their status; a stop signal to this process is forwarded
+/// to the ranks (SIGINT), and ranks that do not stop within [`RELAUNCH_KILL`] are killed.
+///
+/// [`RELAUNCH_KILL`]: crate::runtime::stop::RELAUNCH_KILL
+fn supervise(mut child: std::process::Child) -> ExitCode {
     let mut forwarded: Option<Instant> = None;
     loop {
         match child.try_wait() {
@@ -110,7 +124,7 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
                 return ExitCode::from(70);
             }
         }
-        if crate::runtime::signals::requested() {
+        if crate::runtime::stop::requested() {
             match forwarded {
                 None => {
                     for pid in crate::runtime::liveness::descendants(child.id()) {
@@ -119,7 +133,7 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
                     }
                     forwarded = Some(Instant::now());
                 }
-                Some(t) if t.elapsed() > Duration::from_secs(10) => {
+                Some(t) if t.elapsed() > crate::runtime::stop::RELAUNCH_KILL => {
                     eprintln!("bqrt: the ranks did not stop within 10 s; killing them");
                     let _ = child.kill();
                 }

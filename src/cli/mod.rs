@@ -4,14 +4,14 @@
 //! Every rank parses the same arguments and validates them before MPI starts, so bad input
 //! stops every rank the same way instead of leaving some waiting for others.
 
-mod clients;
 mod embedded;
+mod remote;
 
+use crate::executor::Registry;
 use crate::gateway;
 use crate::logging;
 use crate::protocol::LogSpec;
 use crate::runtime::{run_mpi, MpiOptions, Outcome, ServerHandle};
-use crate::task::Registry;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::process::ExitCode;
@@ -269,13 +269,13 @@ pub fn main(registry: Registry) -> ExitCode {
         Cmd::Serve(args) if !embedded::under_launcher() => embedded::relaunch(args.common.workers),
         Cmd::Run(args) => run(registry, args),
         Cmd::Serve(args) => serve(registry, args),
-        Cmd::Submit(a) => clients::submit(a),
-        Cmd::Status(a) => clients::status(a),
-        Cmd::Result(a) => clients::result(a),
-        Cmd::Cancel(a) => clients::cancel(a),
-        Cmd::Watch(a) => clients::watch(a),
-        Cmd::Top(a) => clients::top(a),
-        Cmd::Shutdown(a) => clients::shutdown(a),
+        Cmd::Submit(a) => remote::submit(a),
+        Cmd::Status(a) => remote::status(a),
+        Cmd::Result(a) => remote::result(a),
+        Cmd::Cancel(a) => remote::cancel(a),
+        Cmd::Watch(a) => remote::watch(a),
+        Cmd::Top(a) => remote::top(a),
+        Cmd::Shutdown(a) => remote::shutdown(a),
         #[cfg(feature = "python")]
         Cmd::Compile(a) => crate::python::compile::main(a),
     }
@@ -297,9 +297,9 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
             args.frame_timeout
         ));
     }
-    let stop = crate::runtime::signals::shared();
-    let result = run_mpi(registry, &opts, move |handle: ServerHandle| {
-        let code = gateway_main(&handle, &args, stop);
+    let stop = crate::runtime::stop::shared();
+    let result = run_mpi(registry, &opts, move |mut handle: ServerHandle| {
+        let code = gateway_main(&mut handle, &args, stop);
         handle.shutdown();
         code
     });
@@ -310,7 +310,7 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
 }
 
 /// Rank 0 of `bqrt serve`: bind, write the token, say ready, serve until signalled.
-fn gateway_main(handle: &ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) -> i32 {
+fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) -> i32 {
     let (listener, addr) = match gateway::bind(&args.listen) {
         Ok(x) => x,
         Err(e) => {
@@ -318,7 +318,7 @@ fn gateway_main(handle: &ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) 
             return 2;
         }
     };
-    let token = match gateway::token::generate() {
+    let token = match crate::token::generate() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("bqrt: cannot read /dev/urandom for the client token: {e}");
@@ -328,7 +328,7 @@ fn gateway_main(handle: &ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) 
     let token_path = match args
         .token_file
         .clone()
-        .or_else(|| gateway::token::default_path(addr.port()))
+        .or_else(|| crate::token::default_path(addr.port()))
     {
         Some(p) => p,
         None => {
@@ -336,7 +336,7 @@ fn gateway_main(handle: &ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) 
             return 2;
         }
     };
-    if let Err(e) = gateway::token::write(&token_path, &token) {
+    if let Err(e) = crate::token::write(&token_path, &token) {
         eprintln!(
             "bqrt: cannot write the token file {}: {e}; pass --token-file PATH",
             token_path.display()
@@ -348,7 +348,7 @@ fn gateway_main(handle: &ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) 
         token_path.display()
     ));
     if let Some(p) = &args.ready_file {
-        if let Err(e) = gateway::token::write_atomic(p, &format!("{addr}\n")) {
+        if let Err(e) = crate::token::write_atomic(p, &format!("{addr}\n")) {
             eprintln!("bqrt: cannot write --ready-file {}: {e}", p.display());
             return 2;
         }
@@ -444,13 +444,13 @@ fn batch(
     let outcome = loop {
         let slice = Duration::from_millis(100)
             .min(deadline.saturating_duration_since(std::time::Instant::now()));
-        if let Some(o) = handle.wait(job, slice, clients::print_log) {
+        if let Some(o) = handle.wait(job, slice, remote::print_log) {
             break Some(o);
         }
-        if crate::runtime::signals::requested() {
+        if crate::runtime::stop::requested() {
             // a launcher signals every rank when one dies: learn about the death first
             if let Some(Outcome::RuntimeFailed(m)) =
-                handle.wait(job, Duration::from_millis(300), clients::print_log)
+                handle.wait(job, crate::runtime::stop::SETTLE, remote::print_log)
             {
                 eprintln!("bqrt: {job} lost: {m}");
                 return 1;

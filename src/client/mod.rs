@@ -12,12 +12,12 @@
 //! Log records for this client's jobs can arrive between replies; they are kept in order and
 //! handed out by [`Client::take_logs`].
 
-use crate::gateway::token;
-use crate::protocol::client::{
+use crate::protocol::native::{
     self, read_frame, write_frame, FrameError, JobResult, JobStatus, Reply, Request, TopView,
     CLIENT_VERSION, MAGIC, MAX_FRAME,
 };
 use crate::protocol::{Format, JobId, LogRecord, LogSpec};
+use crate::token;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -154,7 +154,7 @@ impl Client {
     }
 
     fn send(&mut self, req: &Request) -> Result<(), ClientError> {
-        write_frame(&mut self.stream, &client::encode(req))?;
+        write_frame(&mut self.stream, &native::encode(req))?;
         Ok(())
     }
 
@@ -174,7 +174,7 @@ impl Client {
         let Some(bytes) = read_frame(&mut self.stream, MAX_FRAME)? else {
             return Err(ClientError::Frame(FrameError::Closed));
         };
-        match client::decode::<Reply>(&bytes)? {
+        match native::decode::<Reply>(&bytes)? {
             Reply::Refused { reason } => Err(ClientError::Refused(reason)),
             Reply::Shutdown { reason } => Err(ClientError::Shutdown(reason)),
             Reply::Error { message } => Err(ClientError::Server(message)),
@@ -258,7 +258,7 @@ impl Client {
                     on_event(WatchEvent::Progress(&s));
                     if !matches!(
                         s.state,
-                        client::JobState::Queued | client::JobState::Running
+                        native::JobState::Queued | native::JobState::Running
                     ) {
                         return Ok(s);
                     }

@@ -5,10 +5,10 @@
 //! worker refuses to let another task await one. Dropping a future that was not awaited cancels
 //! its tasks; a task that finishes cancels every child it did not await.
 
+use super::task::{decode, encode, TaskError, TaskResult};
 use super::{Cache, Shared};
-use crate::core::{CallError, ChildSpec, TaskKey, WaitKind, WaitPoll};
 use crate::protocol::{Address, Format, JobId, MailboxId, Rank};
-use crate::task::{decode, encode, TaskError, TaskResult};
+use crate::sched::{CallError, ChildSpec, TaskKey, WaitKind, WaitPoll};
 use serde::{de::DeserializeOwned, Serialize};
 use std::cell::RefMut;
 use std::future::Future;

@@ -12,14 +12,16 @@
 
 mod cache;
 mod ctx;
+mod task;
 
 pub use cache::Cache;
 pub use ctx::{Cancel, Ctx, Mailboxed, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture};
+pub use task::{decode, encode, Registry, TaskError, TaskResult};
 
-use crate::core::idmap::IdMap;
-use crate::core::{Outbox, Ready, TaskKey, WorkerCore};
+use crate::protocol::Outbox;
 use crate::protocol::{MailboxAddr, Msg};
-use crate::task::{BoxFuture, Registry};
+use crate::sched::idmap::IdMap;
+use crate::sched::{Ready, TaskKey, WorkerCore};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use task::BoxFuture;
 
 /// State shared by the executor loop and the `Ctx` of every task on this worker.
 pub(crate) struct Shared {
@@ -35,6 +38,20 @@ pub(crate) struct Shared {
     pub(crate) out: RefCell<Outbox>,
     pub(crate) cache: RefCell<Cache>,
     pub(crate) current: Cell<Option<TaskKey>>,
+}
+
+impl crate::logging::TaskSink for Shared {
+    fn log(&self, level: u8, target: &str, message: String) -> bool {
+        let Some(key) = self.current.get() else {
+            return false;
+        };
+        let (Ok(mut core), Ok(mut out)) = (self.core.try_borrow_mut(), self.out.try_borrow_mut())
+        else {
+            return false;
+        };
+        core.log(key, level, target, message, &mut out);
+        true
+    }
 }
 
 /// How often a worker reports task counts to the server: every 100 ms, stretched on large
@@ -151,7 +168,7 @@ pub struct Executor {
     running: Arc<Running>,
     last_progress: Instant,
     progress_every: Duration,
-    stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
+    stats: Arc<Mutex<Option<crate::sched::WorkerStats>>>,
 }
 
 impl Executor {
@@ -161,7 +178,7 @@ impl Executor {
         inbound: Receiver<Inbound>,
         outbound: Sender<Outbox>,
         running: Arc<Running>,
-        stats: Arc<Mutex<Option<crate::core::WorkerStats>>>,
+        stats: Arc<Mutex<Option<crate::sched::WorkerStats>>>,
         progress_every: Duration,
     ) -> Executor {
         let shared = Rc::new(Shared {
@@ -332,7 +349,7 @@ impl Executor {
             lineage: slot.lineage.clone(),
             flag: Arc::clone(&slot.flag),
         }));
-        crate::logging::enter_task(&self.shared, key);
+        crate::logging::enter_task(Rc::clone(&self.shared) as Rc<dyn crate::logging::TaskSink>);
         let mut cx = Context::from_waker(Waker::noop());
         IN_TASK.with(|t| t.set(true));
         let polled = catch_unwind(AssertUnwindSafe(|| slot.fut.as_mut().poll(&mut cx)));

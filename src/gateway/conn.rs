@@ -5,7 +5,7 @@
 //! reply naming the problem where the protocol allows one.
 
 use super::{ConnId, GatewayConfig, HubIn};
-use crate::protocol::client::{
+use crate::protocol::native::{
     self, read_frame, write_frame, FrameError, Reply, Request, CLIENT_VERSION, MAGIC,
 };
 use crossbeam::channel::{bounded, Receiver, Sender};
@@ -73,7 +73,7 @@ impl Conn {
         }
         let refuse = |stream: &mut TcpStream, reason: String| {
             log::info!(target: "bqrt::gateway", "{peer}: refused: {reason}");
-            let _ = write_frame(stream, &client::encode(&Reply::Refused { reason }));
+            let _ = write_frame(stream, &native::encode(&Reply::Refused { reason }));
             let _ = stream.shutdown(Shutdown::Both);
         };
         if head[4] != CLIENT_VERSION {
@@ -165,7 +165,7 @@ impl Conn {
 fn read_request(stream: &mut TcpStream, max: usize) -> Result<Option<Request>, FrameError> {
     match read_frame(stream, max)? {
         None => Ok(None),
-        Some(bytes) => client::decode(&bytes).map(Some),
+        Some(bytes) => native::decode(&bytes).map(Some),
     }
 }
 
@@ -186,7 +186,7 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Reply>) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     while let Ok(reply) = rx.recv() {
         let last = matches!(reply, Reply::Refused { .. } | Reply::Shutdown { .. });
-        if write_frame(&mut stream, &client::encode(&reply)).is_err() || last {
+        if write_frame(&mut stream, &native::encode(&reply)).is_err() || last {
             break;
         }
     }

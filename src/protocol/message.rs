@@ -180,3 +180,6 @@ pub enum Msg {
     Up(Up),
     Peer(Peer),
 }
+
+/// Messages a rank wants sent: `(destination, message)`, in order per destination.
+pub type Outbox = Vec<(Rank, Msg)>;

@@ -45,8 +45,6 @@ fn setup(py: Python<'_>) -> PyResult<()> {
             }
         }
     }
-    let native = super::task::native_module(py)?;
-    sys.getattr("modules")?.set_item("_bqrt", native)?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! BQSKit compatibility (cargo feature `python`): BQSKit tasks run in embedded CPython on the
-//! workers ([`task`]), BQSKit's client protocol is served on the gateway's port ([`gateway`]),
+//! workers ([`task`]), BQSKit's client protocol is served on the gateway's port ([`session`]),
 //! and `bqrt compile` compiles a circuit with BQSKit through bqrt ([`compile`]).
 //!
 //! Python is found once per rank before MPI starts ([`env`]) and started lazily
@@ -7,12 +7,12 @@
 
 pub mod compile;
 pub mod env;
-pub mod gateway;
 pub mod interp;
 pub mod pickle;
+pub mod session;
 pub mod task;
 
-use crate::task::Registry;
+use crate::executor::Registry;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -73,7 +73,7 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
         off("bqrt: BQSKit support off (--no-python)".into());
         return Ok(registry);
     }
-    let allow = gateway::AllowList::parse(&opts.bqskit_allow)?;
+    let allow = session::AllowList::parse(&opts.bqskit_allow)?;
     let (exe, source) = env::choose(opts.python.as_deref());
     let env = match env::probe(&exe) {
         Ok(e) => e,
@@ -87,7 +87,7 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
     let notice = bqskit_notice(&env, &opts.bqskit_allow, allow.is_empty(), listen);
     interp::set_env(env);
     let foreign: Arc<dyn crate::gateway::ForeignProtocol> =
-        Arc::new(gateway::BqskitProtocol { allow });
+        Arc::new(session::BqskitProtocol { allow });
     let _ = GATEWAY.set((Some(foreign), notice));
     Ok(registry.task_raw(task::FUNCTION, |ctx, args, _format| task::run(ctx, args)))
 }

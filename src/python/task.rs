@@ -12,8 +12,8 @@
 
 use super::interp;
 use crate::executor::{Ctx, RawChild, RawFuture};
+use crate::executor::{TaskError, TaskResult};
 use crate::protocol::Format;
-use crate::task::{TaskError, TaskResult};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -147,8 +147,17 @@ fn worker_id() -> u32 {
     current().map(|st| st.ctx.rank().0).unwrap_or(0)
 }
 
+/// bqrt's worker-side module, with the `_bqrt` module it imports registered first.
+fn worker(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    let modules = py.import_bound("sys")?.getattr("modules")?;
+    if !modules.contains("_bqrt")? {
+        modules.set_item("_bqrt", native_module(py)?)?;
+    }
+    interp::worker(py)
+}
+
 /// The `_bqrt` module the Python side imports.
-pub fn native_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+fn native_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     let m = PyModule::new_bound(py, "_bqrt")?;
     m.add_function(wrap_pyfunction!(submit, &m)?)?;
     m.add_function(wrap_pyfunction!(cancel, &m)?)?;
@@ -246,7 +255,7 @@ pub async fn run(ctx: Ctx, envelope: Vec<u8>) -> TaskResult<Vec<u8>> {
         .map_err(|e| TaskError::new(format!("bqrt: the embedded Python did not start: {e}")))?;
     let depth = ctx.depth();
     let created = Python::with_gil(|py| -> Result<Py<PyAny>, String> {
-        let m = interp::worker(py).map_err(|e| interp::describe(py, &e))?;
+        let m = worker(py).map_err(|e| interp::describe(py, &e))?;
         let r = m
             .getattr("start")
             .and_then(|f| f.call1((PyBytes::new_bound(py, &envelope), depth)))

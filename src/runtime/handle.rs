@@ -1,11 +1,17 @@
-//! [`ServerHandle`]: how threads of rank 0 (batch runner, gateway, in-process users) talk to the
-//! server core running on the transport thread.
+//! [`ServerHandle`]: how threads of rank 0 (the gateway, the batch runner, in-process users)
+//! reach the server core that runs on the transport thread.
+//!
+//! The handle owns rank 0's one [`JobTable`] and carries out its effects: commands go to the
+//! server core over a channel, and the server's events come back on another. Nothing here waits
+//! for the server to answer except [`ServerHandle::cluster`] (a monitoring snapshot).
 
 use super::roles::Command;
-use crate::core::{ClusterView, JobInfo, JobSpec, ServerEvent};
+use crate::jobs::{ConnId, Effect, JobTable, LOCAL};
+use crate::protocol::native::{GroupView, JobResult, Reply, Request, TopView};
 use crate::protocol::{Failure, Format, JobId, LogRecord, LogSpec};
+use crate::sched::{ClusterView, JobSpec, ServerEvent};
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A job's end as the client sees it.
@@ -21,31 +27,151 @@ pub enum Outcome {
 pub struct ServerHandle {
     commands: Sender<Command>,
     events: Receiver<ServerEvent>,
-    finished: HashMap<JobId, Outcome>,
-    logs: Vec<(JobId, LogRecord)>,
+    table: JobTable,
+    /// Replies for [`LOCAL`] not yet taken.
+    local: VecDeque<Reply>,
+    /// The runtime is failing (a rank died): why.
+    fatal: Option<String>,
+    /// A client asked the runtime to stop.
+    stop_requested: bool,
 }
 
 impl ServerHandle {
     pub(crate) fn new(commands: Sender<Command>, events: Receiver<ServerEvent>) -> ServerHandle {
+        let mut table = JobTable::new();
+        table.open(LOCAL);
         ServerHandle {
             commands,
             events,
-            finished: HashMap::new(),
-            logs: Vec::new(),
+            table,
+            local: VecDeque::new(),
+            fatal: None,
+            stop_requested: false,
         }
     }
 
-    /// Submit a job. `None` if the runtime has stopped.
-    pub fn submit(&self, spec: JobSpec) -> Option<JobId> {
-        let (tx, rx) = bounded(1);
-        self.commands
-            .send(Command::Submit { spec, reply: tx })
-            .ok()?;
-        rx.recv().ok()
+    /// The job table (read-only; change it through the methods below).
+    pub fn table(&self) -> &JobTable {
+        &self.table
+    }
+
+    /// The server's events, for a caller that waits on several channels at once (the gateway):
+    /// hand each to [`ServerHandle::on_event`].
+    pub fn events(&self) -> &Receiver<ServerEvent> {
+        &self.events
+    }
+
+    /// Why the runtime is failing, once a rank was lost.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    /// Whether a client asked the runtime to stop.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested
+    }
+
+    /// A connection opened.
+    pub fn open(&mut self, conn: ConnId) {
+        self.table.open(conn);
+    }
+
+    /// A request from a connection; the replies for other connections than [`LOCAL`] are
+    /// pushed to `replies`.
+    pub fn request(
+        &mut self,
+        conn: ConnId,
+        req: Request,
+        now: Instant,
+        replies: &mut Vec<(ConnId, Reply)>,
+    ) {
+        let mut fx = Vec::new();
+        self.table.on_request(conn, req, now, &mut fx);
+        self.carry_out(fx, replies);
+    }
+
+    /// A connection is gone: its unfinished jobs are cancelled, its records freed.
+    pub fn close(&mut self, conn: ConnId, replies: &mut Vec<(ConnId, Reply)>) {
+        let mut fx = Vec::new();
+        self.table.close(conn, &mut fx);
+        self.carry_out(fx, replies);
+    }
+
+    /// An event from the server.
+    pub fn on_event(&mut self, ev: ServerEvent, replies: &mut Vec<(ConnId, Reply)>) {
+        let mut fx = Vec::new();
+        self.table.on_event(ev, &mut fx);
+        self.carry_out(fx, replies);
+    }
+
+    /// Time passed (result timeouts, watchers' progress).
+    pub fn tick(&mut self, now: Instant, replies: &mut Vec<(ConnId, Reply)>) {
+        let mut fx = Vec::new();
+        self.table.tick(now, &mut fx);
+        self.carry_out(fx, replies);
+    }
+
+    fn carry_out(&mut self, fx: Vec<Effect>, replies: &mut Vec<(ConnId, Reply)>) {
+        let mut queue: VecDeque<Effect> = fx.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Reply(c, r) if c == LOCAL => self.local.push_back(r),
+                Effect::Reply(c, r) => replies.push((c, r)),
+                Effect::Submit { conn, job, spec } => {
+                    let accepted = self.commands.send(Command::Submit { job, spec }).is_ok();
+                    let mut more = Vec::new();
+                    self.table.submitted(conn, job, accepted, &mut more);
+                    queue.extend(more);
+                }
+                Effect::Cancel(job) => {
+                    let _ = self.commands.send(Command::Cancel { job });
+                }
+                Effect::Top(conn) => {
+                    let top = self.top();
+                    queue.push_back(Effect::Reply(conn, Reply::Top(top)));
+                }
+                Effect::Stop => self.stop_requested = true,
+                Effect::Fatal(message) => {
+                    self.fatal.get_or_insert(message);
+                }
+            }
+        }
+    }
+
+    fn top(&self) -> TopView {
+        let c = self.cluster().unwrap_or_default();
+        TopView {
+            workers: c.workers,
+            idle: c.idle,
+            queued: c.queued,
+            active_jobs: c.active_jobs,
+            finished_tasks: c.finished_tasks,
+            clients: self.table.clients() as u32,
+            groups: c
+                .employees
+                .iter()
+                .map(|&(r, w, i)| GroupView {
+                    rank: r.0,
+                    workers: w,
+                    idle: i,
+                })
+                .collect(),
+        }
+    }
+
+    /// Submit a job for rank 0's own client. `None` if the runtime has stopped.
+    pub fn submit(&mut self, spec: JobSpec) -> Option<JobId> {
+        let mut fx = Vec::new();
+        self.table.submit(LOCAL, spec, false, &mut fx);
+        self.carry_out(fx, &mut Vec::new());
+        match self.take_local(|r| matches!(r, Reply::Submitted { .. } | Reply::Error { .. })) {
+            Some(Reply::Submitted { job }) => Some(job),
+            _ => None,
+        }
     }
 
     /// Submit `task(args)` with JSON arguments.
-    pub fn submit_json(&self, task: &str, args_json: &str, log: LogSpec) -> Option<JobId> {
+    pub fn submit_json(&mut self, task: &str, args_json: &str, log: LogSpec) -> Option<JobId> {
         self.submit(JobSpec {
             function: task.to_string(),
             label: None,
@@ -56,85 +182,94 @@ impl ServerHandle {
     }
 
     /// Cancel a job; false if unknown or ended.
-    pub fn cancel(&self, job: JobId) -> bool {
-        let (tx, rx) = bounded(1);
-        if self
-            .commands
-            .send(Command::Cancel { job, reply: tx })
-            .is_err()
-        {
-            return false;
-        }
-        rx.recv().unwrap_or(false)
+    pub fn cancel(&mut self, job: JobId) -> bool {
+        self.request(
+            LOCAL,
+            Request::Cancel { job },
+            Instant::now(),
+            &mut Vec::new(),
+        );
+        matches!(
+            self.take_local(|r| matches!(r, Reply::Cancelled { job: j, .. } if *j == job)),
+            Some(Reply::Cancelled {
+                cancelled: true,
+                ..
+            })
+        )
     }
 
-    /// Wait for a job to end, handing its log records to `on_log` as they come.
-    /// `None` on timeout or if the runtime stopped.
+    /// Wait for a job of rank 0's own client to end, handing its log records to `on_log` as they
+    /// come. `None` on timeout (the job goes on) or if the runtime stopped.
     pub fn wait(
         &mut self,
         job: JobId,
         timeout: Duration,
         mut on_log: impl FnMut(&LogRecord),
     ) -> Option<Outcome> {
-        let deadline = Instant::now() + timeout;
-        for (j, r) in std::mem::take(&mut self.logs) {
-            if j == job {
-                on_log(&r);
-            } else {
-                self.logs.push((j, r));
-            }
-        }
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout);
+        let timeout_ms = deadline.map(|_| timeout.as_millis().min(u128::from(u64::MAX)) as u64);
+        self.request(
+            LOCAL,
+            Request::Result { job, timeout_ms },
+            now,
+            &mut Vec::new(),
+        );
         loop {
-            if let Some(o) = self.finished.remove(&job) {
-                return Some(o);
+            let mine = |r: &Reply| matches!(r, Reply::Log { job: j, .. } | Reply::Result { job: j, .. } if *j == job);
+            while let Some(r) = self.take_local(mine) {
+                match r {
+                    Reply::Log { record, .. } => on_log(&record),
+                    Reply::Result { result, .. } => return outcome(result),
+                    _ => {}
+                }
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.events.recv_timeout(left) {
-                Ok(ServerEvent::Finished {
-                    job: j, outcome, ..
-                }) => {
-                    let o = match outcome {
-                        Ok(v) => Outcome::Done(v),
-                        Err(f) => Outcome::Failed(f),
-                    };
-                    self.finished.insert(j, o);
+            if let Some(m) = &self.fatal {
+                return Some(Outcome::RuntimeFailed(m.clone()));
+            }
+            let ev = match deadline {
+                Some(d) => self
+                    .events
+                    .recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => self
+                    .events
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match ev {
+                Ok(ev) => self.on_event(ev, &mut Vec::new()),
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = deadline.map_or_else(Instant::now, |d| Instant::now().max(d));
+                    self.tick(now, &mut Vec::new())
                 }
-                Ok(ServerEvent::Log { job: j, record }) => {
-                    if j == job {
-                        on_log(&record);
-                    } else {
-                        self.logs.push((j, record));
-                    }
-                }
-                Ok(ServerEvent::Lost { message }) => return Some(Outcome::RuntimeFailed(message)),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
     }
 
-    /// State of a job that has not ended, and the last job id handed out.
-    pub fn job_info(&self, job: JobId) -> Option<(Option<JobInfo>, JobId)> {
-        let (tx, rx) = bounded(1);
-        self.commands
-            .send(Command::JobInfo { job, reply: tx })
-            .ok()?;
-        rx.recv().ok()
+    /// The first local reply `wanted` picks; the others stay queued.
+    fn take_local(&mut self, wanted: impl Fn(&Reply) -> bool) -> Option<Reply> {
+        let i = self.local.iter().position(wanted)?;
+        self.local.remove(i)
     }
 
-    /// Monitoring snapshot of the cluster.
+    /// Monitoring snapshot of the cluster (asks the server and waits for its answer).
     pub fn cluster(&self) -> Option<ClusterView> {
         let (tx, rx) = bounded(1);
         self.commands.send(Command::Cluster { reply: tx }).ok()?;
         rx.recv().ok()
     }
 
-    /// The raw event stream (for a single consumer that routes events itself, like the gateway).
-    pub fn events(&self) -> &Receiver<ServerEvent> {
-        &self.events
-    }
-
     /// Stop every rank.
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+fn outcome(result: JobResult) -> Option<Outcome> {
+    match result {
+        JobResult::Done { value, .. } => Some(Outcome::Done(value)),
+        JobResult::Failed(f) => Some(Outcome::Failed(f)),
+        JobResult::Pending | JobResult::Cancelled | JobResult::Unknown(_) => None,
     }
 }

@@ -2,17 +2,13 @@
 //!
 //! At start every rank learns every rank's process id. The lowest rank of each node watches the
 //! other ranks of its node, and the second lowest watches the lowest (a process on the same
-//! machine can be checked with `kill(pid, 0)` and `/proc`): every [`TICK`], and at once when a
-//! stop signal arrives (a launcher that sees a rank die signals the others). A death is reported
+//! machine can be checked with `kill(pid, 0)` and `/proc`): every
+//! [`WATCH_EVERY`](super::stop::WATCH_EVERY), and at once when a stop signal arrives (a launcher that sees a rank die signals the others). A death is reported
 //! to the server (`Peer::Lost`), which tells its clients first, then stops every remaining rank
 //! with that error. If the server itself died, its watcher stops every rank.
 
 use crate::protocol::Rank;
 use crate::topology::Layout;
-use std::time::Duration;
-
-/// How often node leaders check their node's ranks.
-pub const TICK: Duration = Duration::from_millis(100);
 
 /// A rank found dead.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,7 +180,7 @@ mod tests {
         assert!(w.check().is_empty(), "reported once");
         let mut z = std::process::Command::new("true").spawn().unwrap();
         let zpid = z.id() as i32;
-        std::thread::sleep(Duration::from_millis(100)); // exited but not reaped: a zombie
+        std::thread::sleep(std::time::Duration::from_millis(100)); // exited but not reaped: a zombie
         assert!(!alive(zpid));
         let _ = z.wait();
     }

@@ -4,7 +4,7 @@
 //! and by library users who want the task API without a launcher.
 
 use super::{run_member, server_parts, ServerHandle};
-use crate::task::Registry;
+use crate::executor::Registry;
 use crate::topology::{layout, Role};
 use crate::transport::{drive, local::LocalFabric};
 use std::thread::JoinHandle;
@@ -32,7 +32,13 @@ impl LocalCluster {
         };
         let (mut logic, cmd_rx, handle) = server_parts(employees, 1, n, None);
         threads.push(std::thread::spawn(move || {
-            if let Err(e) = drive(&mut server_fabric, &mut logic, &cmd_rx) {
+            if let Err(e) = drive(
+                &mut server_fabric,
+                &mut logic,
+                &cmd_rx,
+                &super::stop::shared(),
+                super::PACE,
+            ) {
                 panic!("local server: {e}");
             }
         }));

@@ -7,28 +7,34 @@
 //! * a worker adds its executor thread;
 //! * the server adds a client-side thread (the batch runner, or the gateway).
 
+mod fault;
 mod handle;
 pub mod liveness;
 mod local;
 mod mpi;
 mod roles;
-pub mod signals;
+pub mod stop;
 
 pub use handle::{Outcome, ServerHandle};
 pub use local::LocalCluster;
 pub use mpi::{run_mpi, MpiOptions, StartError};
 pub use roles::Command;
 
-use crate::core::{ManagerCore, ServerCore, WorkerCore};
+use crate::executor::Registry;
 use crate::executor::{Executor, Running};
 use crate::protocol::Rank;
-use crate::task::Registry;
+use crate::sched::{ManagerCore, ServerCore, WorkerCore};
 use crate::topology::Role;
-use crate::transport::{drive, Fabric, TransportError};
+use crate::transport::{drive, Fabric, Pace, TransportError};
 use crossbeam::channel::{unbounded, Receiver};
 use roles::{ManagerLogic, ServerLogic, WorkerLogic};
 use std::sync::Arc;
-use std::time::Duration;
+
+/// The transport loop's timers, from the stop policy.
+pub(crate) const PACE: Pace = Pace {
+    tick: stop::WATCH_EVERY,
+    flush: stop::FLUSH,
+};
 
 /// Build the server's logic and the handle client threads use.
 pub(crate) fn server_parts(
@@ -54,7 +60,7 @@ pub(crate) fn server_parts(
 /// What a rank reports about itself at exit (`bqrt run --stats`).
 #[derive(Debug, Default)]
 pub struct RankReport {
-    pub worker: Option<crate::core::WorkerStats>,
+    pub worker: Option<crate::sched::WorkerStats>,
     /// Tasks placed by this rank (server and managers).
     pub placed: u64,
 }
@@ -89,7 +95,7 @@ pub(crate) fn run_member<F: Fabric>(
                 ranks: fabric.size(),
             };
             let (_keep, rx) = unbounded::<()>();
-            let r = drive(&mut fabric, &mut logic, &rx);
+            let r = drive(&mut fabric, &mut logic, &rx, &stop::shared(), PACE);
             report.placed = logic.core.boss.placed_total();
             r.map(|()| logic.exit_code)
         }
@@ -129,10 +135,10 @@ pub(crate) fn run_member<F: Fabric>(
                 exit_code: 0,
                 ranks: fabric.size(),
             };
-            let r = drive(&mut fabric, &mut logic, &out_rx);
+            let r = drive(&mut fabric, &mut logic, &out_rx, &stop::shared(), PACE);
             // a task stuck in a long computation does not hold up shutdown: its thread simply
             // ends with the process
-            let _ = done_rx.recv_timeout(Duration::from_millis(100));
+            let _ = done_rx.recv_timeout(stop::EXECUTOR_JOIN);
             if let Ok(mut s) = stats_slot.lock() {
                 report.worker = s.take();
             }

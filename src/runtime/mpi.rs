@@ -1,14 +1,13 @@
-//! Start-up under an MPI launcher: initialise MPI, find the nodes, compute the layout, run this
-//! rank's role.
+//! Start-up under an MPI launcher: MPI comes up (through the transport's [`MpiWorld`]), the
+//! nodes are found, the layout computed and workers set up; then this rank runs its role and
+//! MPI is finalised within the stop policy's bound.
 
-use super::{run_member, server_parts, ServerHandle};
-use crate::task::Registry;
+use super::{run_member, server_parts, stop, RankReport, ServerHandle};
+use crate::executor::Registry;
 use crate::topology::pinning::{self, PinPolicy};
-use crate::topology::{layout, LayoutError, Role};
-use crate::transport::{drive, mpi::MpiFabric, TransportError};
-use mpi::collective::{CommunicatorCollectives, Root};
-use mpi::topology::Communicator;
-use mpi::Threading;
+use crate::topology::{layout, Layout, LayoutError, Role};
+use crate::transport::mpi::MpiWorld;
+use crate::transport::{drive, TransportError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -25,12 +24,9 @@ pub enum StartError {
     Setup(String),
 }
 
-/// Longest wait for `MPI_Finalize` before the rank exits anyway.
 /// Default of [`MpiOptions::startup_timeout`]: generous, as the first ranks of a large job may
 /// wait minutes for the last ones while a parallel file system loads the binary.
 pub const DEFAULT_STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-const FINALIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// Options every rank needs identically.
 #[derive(Clone, Debug)]
@@ -112,40 +108,34 @@ fn prepare_worker(
     }
 }
 
-/// Run this process's rank. On rank 0, `client` runs in its own thread with the server handle;
-/// its return value is rank 0's exit code, and it must call [`ServerHandle::shutdown`] to stop
-/// the runtime. Other ranks return 0 after shutdown.
-pub fn run_mpi<C>(registry: Registry, opts: &MpiOptions, client: C) -> Result<i32, StartError>
-where
-    C: FnOnce(ServerHandle) -> i32 + Send + 'static,
-{
-    super::signals::install().map_err(StartError::Thread)?;
-    let startup = StartupWatchdog::arm(opts.startup_timeout).map_err(StartError::Thread)?;
-    let (universe, _threading) =
-        mpi::initialize_with_threading(Threading::Funneled).ok_or(StartError::MpiInit)?;
-    let world = universe.world();
+/// What start-up established about this rank and the others.
+struct Started {
+    rank: u32,
+    lay: Layout,
+    role: Role,
+    /// Every rank's [`describe`] fields, in rank order.
+    all: Vec<i32>,
+}
+
+/// Start-up: MPI, nodes, layout, worker set-up, and the exchange of every rank's place. Bounded
+/// by the start-up watchdog.
+fn start_up(
+    world: &MpiWorld,
+    opts: &MpiOptions,
+    startup: StartupWatchdog,
+) -> Result<Started, StartError> {
     let rank = world.rank();
     startup.enter(rank, Phase::NodeDiscovery);
-    stall_if_asked(rank as u32);
-    // nodes: the ranks sharing memory; a node is named by the world rank of its first member
-    let node = world.split_shared(rank);
-    let mut leader = if node.rank() == 0 { rank } else { 0 };
-    node.process_at_rank(0).broadcast_into(&mut leader);
-    drop(node); // communicators must be freed before MPI_Finalize
-    let mut leaders = vec![0i32; world.size() as usize];
-    world.all_gather_into(&leader, &mut leaders[..]);
-    let node_of: Vec<u32> = leaders.iter().map(|&l| l as u32).collect();
-    let lay = layout(&node_of, opts.fanout)?;
+    super::fault::stall_if_asked(rank);
+    let lay = layout(&world.node_leaders(), opts.fanout)?;
     let role = lay.roles[rank as usize].clone();
-    let node_id = lay.node_of[rank as usize];
     let (core, failure) = match prepare_worker(opts, rank as usize, &lay) {
         Ok(c) => (c, None),
         Err(e) => (None, Some(e)),
     };
     startup.enter(rank, Phase::WorkerSetUp);
-    let mine = describe(&role, node_id, core, failure.is_some());
-    let mut all = vec![0i32; FIELDS * world.size() as usize];
-    world.all_gather_into(&mine[..], &mut all[..]);
+    let mine = describe(&role, lay.node_of[rank as usize], core, failure.is_some());
+    let all = world.all_gather(&mine);
     startup.disarm();
     if let Some(e) = &failure {
         crate::logging::eprint_line(&format!("bqrt: rank {rank}: cannot set up the worker: {e}"));
@@ -155,80 +145,118 @@ where
             "a worker could not be set up (see the messages above)".into(),
         ));
     }
-    if opts.verbose && rank == 0 {
-        let names = ["server", "manager", "worker"];
-        for (r, c) in all.chunks(FIELDS).enumerate() {
-            let core = if c[2] < 0 {
-                "-".to_string()
-            } else {
-                c[2].to_string()
-            };
-            let parent = if c[3] < 0 {
-                "-".to_string()
-            } else {
-                c[3].to_string()
-            };
-            crate::logging::eprint_line(&format!(
-                "bqrt: rank {r} role {} node {} core {core} parent {parent}",
-                names.get(c[0] as usize).unwrap_or(&"?"),
-                c[1]
-            ));
+    Ok(Started {
+        rank,
+        lay,
+        role,
+        all,
+    })
+}
+
+/// `-v`: one line per rank (rank, role, node, core, parent), printed by rank 0.
+fn print_role_map(all: &[i32]) {
+    let names = ["server", "manager", "worker"];
+    let dash = |v: i32| {
+        if v < 0 {
+            "-".to_string()
+        } else {
+            v.to_string()
         }
+    };
+    for (r, c) in all.chunks(FIELDS).enumerate() {
+        crate::logging::eprint_line(&format!(
+            "bqrt: rank {r} role {} node {} core {} parent {}",
+            names.get(c[0] as usize).unwrap_or(&"?"),
+            c[1],
+            dash(c[2]),
+            dash(c[3])
+        ));
     }
-    log::debug!(target: "bqrt::runtime", "rank {rank}: {role:?} on node {}", lay.node_of[rank as usize]);
-    inject_fault(rank as u32);
-    let pids: Vec<i32> = all.chunks(FIELDS).map(|c| c[5]).collect();
-    let watcher = super::liveness::Watcher::new(crate::protocol::Rank(rank as u32), &lay, &pids);
-    let ranks = world.size() as u32;
-    let fabric = MpiFabric::new(world);
-    let mut report = super::RankReport::default();
-    let code = match &role {
+}
+
+/// Run this process's rank. On rank 0, `client` runs in its own thread with the server handle;
+/// its return value is rank 0's exit code, and it must call [`ServerHandle::shutdown`] to stop
+/// the runtime. Other ranks return 0 after shutdown.
+pub fn run_mpi<C>(registry: Registry, opts: &MpiOptions, client: C) -> Result<i32, StartError>
+where
+    C: FnOnce(ServerHandle) -> i32 + Send + 'static,
+{
+    stop::install().map_err(StartError::Thread)?;
+    let startup = StartupWatchdog::arm(opts.startup_timeout).map_err(StartError::Thread)?;
+    let world = MpiWorld::init().ok_or(StartError::MpiInit)?;
+    let s = start_up(&world, opts, startup)?;
+    if opts.verbose && s.rank == 0 {
+        print_role_map(&s.all);
+    }
+    log::debug!(target: "bqrt::runtime", "rank {}: {:?} on node {}", s.rank, s.role, s.lay.node_of[s.rank as usize]);
+    super::fault::inject(s.rank);
+    let pids: Vec<i32> = s.all.chunks(FIELDS).map(|c| c[5]).collect();
+    let watcher = super::liveness::Watcher::new(crate::protocol::Rank(s.rank), &s.lay, &pids);
+    let mut report = RankReport::default();
+    let mut fabric = world.fabric();
+    let code = match &s.role {
         Role::Server { employees } => {
-            let (mut logic, cmd_rx, handle) = server_parts(employees, opts.seed, ranks, watcher);
+            let (mut logic, cmd_rx, handle) =
+                server_parts(employees, opts.seed, world.size(), watcher);
             let client = std::thread::Builder::new()
                 .name("bqrt-client".into())
                 .spawn(move || client(handle))
                 .map_err(StartError::Thread)?;
-            let mut fabric = fabric;
-            drive(&mut fabric, &mut logic, &cmd_rx)?;
+            drive(
+                &mut fabric,
+                &mut logic,
+                &cmd_rx,
+                &stop::shared(),
+                super::PACE,
+            )?;
             report.placed = logic.core.boss.placed_total();
             drop(fabric);
             client.join().unwrap_or(70)
         }
-        _ => run_member(fabric, &role, registry, opts.seed, &mut report, watcher)?,
+        _ => run_member(fabric, &s.role, registry, opts.seed, &mut report, watcher)?,
     };
     if opts.stats {
-        let w = report.worker.unwrap_or_default();
-        crate::logging::eprint_line(&format!(
-            "bqrt-stats rank={rank} role={} node={} started={} finished={} kept={} stolen_from={} max_delayed={} submitted={} placed={} peak_rss_kib={}",
-            role.name(),
-            lay.node_of[rank as usize],
-            w.started,
-            w.finished,
-            w.kept,
-            w.stolen_from,
-            w.max_delayed,
-            w.submitted,
-            report.placed,
-            super::peak_rss_kib().unwrap_or(0)
-        ));
+        print_stats(&s, &report);
     }
-    // MPI_Finalize waits for the launcher, which never answers while it aborts the job after a
-    // signal; a rank that is done must still exit promptly with its own status.
-    let watchdog_code = code;
+    finalize(world, code);
+    Ok(code)
+}
+
+/// `--stats`: one line per rank at exit.
+fn print_stats(s: &Started, report: &RankReport) {
+    let w = report.worker.clone().unwrap_or_default();
+    crate::logging::eprint_line(&format!(
+        "bqrt-stats rank={} role={} node={} started={} finished={} kept={} stolen_from={} max_delayed={} submitted={} placed={} peak_rss_kib={}",
+        s.rank,
+        s.role.name(),
+        s.lay.node_of[s.rank as usize],
+        w.started,
+        w.finished,
+        w.kept,
+        w.stolen_from,
+        w.max_delayed,
+        w.submitted,
+        report.placed,
+        super::peak_rss_kib().unwrap_or(0)
+    ));
+}
+
+/// Finalise MPI, bounded by [`stop::FINALIZE`]: `MPI_Finalize` waits for the launcher, which
+/// never answers while it aborts the job after a signal, and a rank that is done must still
+/// exit promptly with its own status.
+fn finalize(world: MpiWorld, code: i32) {
     let _ = std::thread::Builder::new()
         .name("bqrt-finalize".into())
         .spawn(move || {
-            std::thread::sleep(FINALIZE_TIMEOUT);
+            std::thread::sleep(stop::FINALIZE);
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
             // SAFETY: _exit ends the process without running atexit handlers, which could block on
             // MPI state held by the main thread (stuck in MPI_Finalize); nothing else is needed.
-            unsafe { libc::_exit(watchdog_code) };
+            unsafe { libc::_exit(code) };
         });
-    drop(universe);
-    Ok(code)
+    world.finalize();
 }
 
 /// Where start-up is; named by the start-up watchdog when it gives up.
@@ -298,7 +326,7 @@ impl StartupWatchdog {
         })
     }
 
-    fn enter(&self, rank: i32, phase: Phase) {
+    fn enter(&self, rank: u32, phase: Phase) {
         use std::sync::atomic::Ordering;
         self.rank.store(rank as i64, Ordering::SeqCst);
         self.phase.store(phase as u8, Ordering::SeqCst);
@@ -311,48 +339,3 @@ impl StartupWatchdog {
 
 /// Exit status of a rank whose start-up timed out (EX_UNAVAILABLE).
 pub const EXIT_STARTUP: i32 = 69;
-
-/// Fault injection for the start-up watchdog's tests: `BQRT_FAULT=stall@RANK` makes rank RANK
-/// stop before node discovery, as a rank that never arrives would.
-fn stall_if_asked(rank: u32) {
-    let Ok(spec) = std::env::var("BQRT_FAULT") else {
-        return;
-    };
-    if spec
-        .strip_prefix("stall@")
-        .and_then(|r| r.parse::<u32>().ok())
-        == Some(rank)
-    {
-        loop {
-            std::thread::park();
-        }
-    }
-}
-
-/// Fault injection for tests of the failure paths: `BQRT_FAULT=panic@RANK+MS` makes rank RANK
-/// panic in runtime code (not in a task) MS milliseconds after start. With the binary's panic
-/// hook that aborts the process, as any runtime bug would.
-fn inject_fault(rank: u32) {
-    let Ok(spec) = std::env::var("BQRT_FAULT") else {
-        return;
-    };
-    let parsed = spec
-        .strip_prefix("panic@")
-        .and_then(|rest| rest.split_once('+'))
-        .and_then(|(r, ms)| Some((r.parse::<u32>().ok()?, ms.parse::<u64>().ok()?)));
-    match parsed {
-        Some((r, ms)) if r == rank => {
-            let _ = std::thread::Builder::new()
-                .name("bqrt-fault".into())
-                .spawn(move || {
-                    std::thread::sleep(std::time::Duration::from_millis(ms));
-                    panic!("injected fault (BQRT_FAULT={spec})");
-                });
-        }
-        Some(_) => {}
-        None if spec.starts_with("stall@") => {}
-        None => crate::logging::eprint_line(&format!(
-            "bqrt: BQRT_FAULT={spec} ignored: expected panic@RANK+MS or stall@RANK"
-        )),
-    }
-}

@@ -2,9 +2,10 @@
 //! threads of its rank, plus liveness watching and shutdown.
 
 use super::liveness::{Lost, Watcher};
-use crate::core::{ClusterView, JobInfo, JobSpec, ManagerCore, Outbox, ServerCore, ServerEvent};
+use super::stop;
 use crate::executor::{Inbound, Running};
-use crate::protocol::{Down, JobId, Msg, Peer, Rank};
+use crate::protocol::{Down, JobId, Msg, Outbox, Peer, Rank};
+use crate::sched::{ClusterView, JobSpec, ManagerCore, ServerCore, ServerEvent};
 use crate::transport::{Flow, Logic};
 use crossbeam::channel::Sender;
 use std::sync::Arc;
@@ -12,18 +13,14 @@ use std::time::{Duration, Instant};
 
 /// Requests from client-side threads of rank 0.
 pub enum Command {
+    /// Start a job (its id comes from the job table).
     Submit {
+        job: JobId,
         spec: JobSpec,
-        reply: Sender<JobId>,
     },
+    /// Cancel a job's whole task tree (nothing if it already ended).
     Cancel {
         job: JobId,
-        reply: Sender<bool>,
-    },
-    /// State of a job that has not ended, and the last job id handed out.
-    JobInfo {
-        job: JobId,
-        reply: Sender<(Option<JobInfo>, JobId)>,
     },
     Cluster {
         reply: Sender<ClusterView>,
@@ -31,9 +28,6 @@ pub enum Command {
     /// Stop every rank.
     Shutdown,
 }
-
-/// How long the server waits for its client thread to stop the runtime after a rank was lost.
-const LOST_DEADLINE: Duration = Duration::from_secs(3);
 
 pub(crate) struct ServerLogic {
     pub(crate) core: ServerCore,
@@ -116,16 +110,11 @@ impl Logic for ServerLogic {
 
     fn on_local(&mut self, cmd: Command, out: &mut Outbox) -> Flow {
         match cmd {
-            Command::Submit { spec, reply } => {
-                let job = self.core.submit(spec, out);
-                let _ = reply.send(job);
+            Command::Submit { job, spec } => {
+                self.core.submit(job, spec, out);
             }
-            Command::Cancel { job, reply } => {
-                let ok = self.core.cancel(job, out);
-                let _ = reply.send(ok);
-            }
-            Command::JobInfo { job, reply } => {
-                let _ = reply.send((self.core.job(job), self.core.last_job()));
+            Command::Cancel { job } => {
+                self.core.cancel(job, out);
             }
             Command::Cluster { reply } => {
                 let _ = reply.send(self.core.cluster());
@@ -148,16 +137,21 @@ impl Logic for ServerLogic {
         for l in found {
             self.on_lost(l, out);
         }
-        if self.lost_at.is_some_and(|t| t.elapsed() >= LOST_DEADLINE) {
+        self.core.report_progress();
+        self.forward_events();
+        if self
+            .lost_at
+            .is_some_and(|t| t.elapsed() >= stop::LOST_DEADLINE)
+        {
             return Flow::Stop;
         }
         Flow::Continue
     }
 
     /// The client thread (gateway or batch runner) stops the runtime in order; only if it has
-    /// not within three grace periods does the server stop the tree itself.
+    /// not within [`stop::SERVER_GRACE`] does the server stop the tree itself.
     fn on_signal(&mut self, waited: Duration, out: &mut Outbox) -> Flow {
-        if waited >= 3 * super::signals::GRACE {
+        if waited >= stop::SERVER_GRACE {
             self.shutdown(out);
             return Flow::Stop;
         }
@@ -251,6 +245,10 @@ impl Logic for ManagerLogic {
             out,
         )
     }
+
+    fn on_signal(&mut self, waited: Duration, _out: &mut Outbox) -> Flow {
+        unattended_stop(waited)
+    }
 }
 
 /// The transport side of a worker: messages go to the executor thread; what the executor
@@ -277,8 +275,7 @@ impl Logic for WorkerLogic {
         }
         if let Msg::Down(Down::Shutdown { error }) = msg {
             stopping_with(self.me, &error, &mut self.exit_code);
-            self.running.cancel_current();
-            let _ = self.inbound.send(Inbound::Stop);
+            self.stop_executor();
             return Flow::Stop;
         }
         let _ = self.inbound.send(Inbound::Msg(msg));
@@ -299,9 +296,34 @@ impl Logic for WorkerLogic {
             out,
         );
         if flow == Flow::Stop {
-            self.running.cancel_current();
-            let _ = self.inbound.send(Inbound::Stop);
+            self.stop_executor();
         }
         flow
+    }
+
+    fn on_signal(&mut self, waited: Duration, _out: &mut Outbox) -> Flow {
+        let flow = unattended_stop(waited);
+        if flow == Flow::Stop {
+            self.stop_executor();
+        }
+        flow
+    }
+}
+
+impl WorkerLogic {
+    /// Raise the running task's cancel flag (cooperative tasks end early) and stop the executor.
+    fn stop_executor(&self) {
+        self.running.cancel_current();
+        let _ = self.inbound.send(Inbound::Stop);
+    }
+}
+
+/// A rank other than the server that saw a stop signal stops by itself once the server's
+/// shutdown has not come within [`stop::GRACE`].
+fn unattended_stop(waited: Duration) -> Flow {
+    if waited >= stop::GRACE {
+        Flow::Stop
+    } else {
+        Flow::Continue
     }
 }

@@ -19,9 +19,9 @@
 pub mod local;
 pub mod mpi;
 
-use crate::core::Outbox;
-use crate::protocol::{codec, Msg, Rank};
+use crate::protocol::{codec, Msg, Outbox, Rank};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -33,9 +33,6 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Shortest sleep, and the divisor of the idle time that sets the sleep.
 const MIN_SLEEP: Duration = Duration::from_micros(20);
 const SLEEP_FRACTION: u32 = 20;
-/// How long a stopping rank keeps trying to complete its sends.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
 #[derive(Debug, Error)]
 pub enum TransportError {
     #[error("{rank}: packet from {from}: {source}")]
@@ -71,20 +68,24 @@ pub trait Logic {
     type Local;
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow;
     fn on_local(&mut self, event: Self::Local, out: &mut Outbox) -> Flow;
-    /// Called about every [`crate::runtime::liveness::TICK`], and at once when a stop signal
-    /// arrives (liveness checks).
+    /// Called about every [`Pace::tick`], and at once when the stop flag is first seen set.
     fn on_tick(&mut self, _out: &mut Outbox) -> Flow {
         Flow::Continue
     }
-    /// A stop signal arrived `waited` ago and the loop is still running. By default a rank stops
-    /// by itself after [`crate::runtime::signals::GRACE`] (the server's shutdown did not come).
-    fn on_signal(&mut self, waited: Duration, _out: &mut Outbox) -> Flow {
-        if waited >= crate::runtime::signals::GRACE {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
+    /// The stop flag was set `waited` ago and the loop is still running: the logic decides
+    /// when to give up waiting for an orderly shutdown.
+    fn on_signal(&mut self, _waited: Duration, _out: &mut Outbox) -> Flow {
+        Flow::Continue
     }
+}
+
+/// The loop's timers, chosen by the caller (the stop policy lives above the transport).
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// How often [`Logic::on_tick`] runs.
+    pub tick: Duration,
+    /// How long a stopping rank keeps trying to complete its sends.
+    pub flush: Duration,
 }
 
 /// Group messages by destination, keeping order per destination, and send one packet each.
@@ -114,90 +115,143 @@ pub fn send_grouped<F: Fabric>(fabric: &mut F, out: &mut Outbox) {
     }
 }
 
-/// Run a rank until its logic says stop, then finish sending (bounded by [`FLUSH_TIMEOUT`]).
+/// Run a rank until its logic says stop, then finish sending (bounded by [`Pace::flush`]).
+/// `stop` is the stop flag (a signal arrived); the logic hears of it through
+/// [`Logic::on_signal`].
 pub fn drive<F: Fabric, L: Logic>(
     fabric: &mut F,
     logic: &mut L,
     local: &Receiver<L::Local>,
+    stop: &AtomicBool,
+    pace: Pace,
 ) -> Result<(), TransportError> {
     let mut out = Outbox::new();
-    let mut last_active = Instant::now();
-    let me = fabric.rank();
-    let mut signalled: Option<Instant> = None;
-    let mut last_tick = Instant::now();
+    let mut clock = Clock::new();
     loop {
-        let mut active = false;
-        let mut stop = false;
-        let first_signal = signalled.is_none() && crate::runtime::signals::requested();
-        if first_signal || last_tick.elapsed() >= crate::runtime::liveness::TICK {
-            last_tick = Instant::now();
-            if logic.on_tick(&mut out) == Flow::Stop {
-                stop = true;
-            }
-        }
-        if crate::runtime::signals::requested() {
-            let since = *signalled.get_or_insert_with(Instant::now);
-            if logic.on_signal(since.elapsed(), &mut out) == Flow::Stop {
-                stop = true;
-            }
-        }
-        for _ in 0..256 {
-            let Some((from, bytes)) = fabric.try_recv() else {
-                break;
-            };
-            active = true;
-            let msgs = codec::decode(&bytes).map_err(|source| TransportError::Codec {
-                rank: me,
-                from,
-                source,
-            })?;
-            for m in msgs {
-                if logic.on_message(from, m, &mut out) == Flow::Stop {
-                    stop = true;
-                }
-            }
-        }
+        let mut flow = clock.periodic(logic, stop, pace, &mut out);
+        let mut active = receive(fabric, logic, &mut out, &mut flow)?;
         while let Ok(ev) = local.try_recv() {
             active = true;
-            if logic.on_local(ev, &mut out) == Flow::Stop {
-                stop = true;
-            }
+            flow = worse(flow, logic.on_local(ev, &mut out));
         }
-        if !out.is_empty() {
-            active = true;
-            send_grouped(fabric, &mut out);
-        }
+        active |= !out.is_empty();
+        send_grouped(fabric, &mut out);
         let pending = fabric.progress();
-        if stop {
-            let deadline = Instant::now() + FLUSH_TIMEOUT;
-            while fabric.progress() && Instant::now() < deadline {
-                std::thread::yield_now();
-            }
-            return Ok(());
+        if flow == Flow::Stop {
+            break;
         }
         if active || pending {
-            last_active = Instant::now();
+            clock.last_active = Instant::now();
             continue;
         }
-        if last_active.elapsed() < SPIN {
-            std::thread::yield_now();
-            continue;
-        }
-        let sleep = (last_active.elapsed() / SLEEP_FRACTION).clamp(MIN_SLEEP, MAX_SLEEP);
-        match local.recv_timeout(sleep) {
-            Ok(ev) => {
-                last_active = Instant::now();
-                if logic.on_local(ev, &mut out) == Flow::Stop {
-                    send_grouped(fabric, &mut out);
-                    let deadline = Instant::now() + FLUSH_TIMEOUT;
-                    while fabric.progress() && Instant::now() < deadline {
-                        std::thread::yield_now();
-                    }
-                    return Ok(());
-                }
+        if let Some(ev) = clock.idle(local) {
+            clock.last_active = Instant::now();
+            if logic.on_local(ev, &mut out) == Flow::Stop {
+                send_grouped(fabric, &mut out);
+                break;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(sleep),
+        }
+    }
+    flush(fabric, pace.flush);
+    Ok(())
+}
+
+fn worse(a: Flow, b: Flow) -> Flow {
+    if a == Flow::Stop || b == Flow::Stop {
+        Flow::Stop
+    } else {
+        Flow::Continue
+    }
+}
+
+/// Receive up to 256 packets and hand their messages to the logic.
+fn receive<F: Fabric, L: Logic>(
+    fabric: &mut F,
+    logic: &mut L,
+    out: &mut Outbox,
+    flow: &mut Flow,
+) -> Result<bool, TransportError> {
+    let me = fabric.rank();
+    let mut active = false;
+    for _ in 0..256 {
+        let Some((from, bytes)) = fabric.try_recv() else {
+            break;
+        };
+        active = true;
+        let msgs = codec::decode(&bytes).map_err(|source| TransportError::Codec {
+            rank: me,
+            from,
+            source,
+        })?;
+        for m in msgs {
+            *flow = worse(*flow, logic.on_message(from, m, out));
+        }
+    }
+    Ok(active)
+}
+
+/// Keep completing sends until none is pending or `limit` passed.
+fn flush<F: Fabric>(fabric: &mut F, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while fabric.progress() && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+}
+
+/// The loop's sense of time: periodic ticks, the stop flag, and idle back-off.
+struct Clock {
+    last_active: Instant,
+    last_tick: Instant,
+    signalled: Option<Instant>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let now = Instant::now();
+        Clock {
+            last_active: now,
+            last_tick: now,
+            signalled: None,
+        }
+    }
+
+    /// Run the logic's tick when due (and at once when the stop flag is first seen), and tell it
+    /// how long ago the stop flag was set.
+    fn periodic<L: Logic>(
+        &mut self,
+        logic: &mut L,
+        stop: &AtomicBool,
+        pace: Pace,
+        out: &mut Outbox,
+    ) -> Flow {
+        let stopping = stop.load(Ordering::Relaxed);
+        let mut flow = Flow::Continue;
+        if (stopping && self.signalled.is_none()) || self.last_tick.elapsed() >= pace.tick {
+            self.last_tick = Instant::now();
+            flow = logic.on_tick(out);
+        }
+        if stopping {
+            let since = *self.signalled.get_or_insert_with(Instant::now);
+            flow = worse(flow, logic.on_signal(since.elapsed(), out));
+        }
+        flow
+    }
+
+    /// Nothing moved this turn: spin a little, then sleep on the local channel (see the module
+    /// documentation). Returns a local event that arrived meanwhile.
+    fn idle<T>(&self, local: &Receiver<T>) -> Option<T> {
+        if self.last_active.elapsed() < SPIN {
+            std::thread::yield_now();
+            return None;
+        }
+        let sleep = (self.last_active.elapsed() / SLEEP_FRACTION).clamp(MIN_SLEEP, MAX_SLEEP);
+        match local.recv_timeout(sleep) {
+            Ok(ev) => Some(ev),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(sleep);
+                None
+            }
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The MPI fabric: non-blocking sends and matched probes on `MPI_COMM_WORLD`.
+//! MPI behind the transport boundary: start-up ([`MpiWorld`]: initialisation, node discovery,
+//! the start-up collectives, finalisation) and the fabric ([`MpiFabric`]: non-blocking sends
+//! and matched probes on `MPI_COMM_WORLD`). Nothing else in bqrt calls MPI.
 //!
 //! Only the thread that initialised MPI calls into it (MPI_THREAD_FUNNELED). Sends are
 //! `MPI_Isend` of an owned buffer that lives until `MPI_Test` reports completion, so two ranks
@@ -8,9 +10,67 @@
 
 use super::Fabric;
 use crate::protocol::Rank;
+use mpi::collective::{CommunicatorCollectives, Root};
+use mpi::environment::Universe;
 use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::Threading;
+
+/// MPI in this process, from initialisation to finalisation (when dropped). Every start-up step
+/// is a collective: every rank must call it, in the same order.
+pub struct MpiWorld {
+    universe: Universe,
+}
+
+impl MpiWorld {
+    /// Initialise MPI (`MPI_THREAD_FUNNELED`: only this thread will call it). `None` if MPI was
+    /// already initialised in this process.
+    pub fn init() -> Option<MpiWorld> {
+        let (universe, _threading) = mpi::initialize_with_threading(Threading::Funneled)?;
+        Some(MpiWorld { universe })
+    }
+
+    pub fn rank(&self) -> u32 {
+        self.universe.world().rank() as u32
+    }
+
+    pub fn size(&self) -> u32 {
+        self.universe.world().size() as u32
+    }
+
+    /// For every rank, the world rank of the first rank of its node (the ranks that share
+    /// memory, `MPI_Comm_split_type(SHARED)`): a node is named by its first member.
+    pub fn node_leaders(&self) -> Vec<u32> {
+        let world = self.universe.world();
+        let rank = world.rank();
+        let node = world.split_shared(rank);
+        let mut leader = if node.rank() == 0 { rank } else { 0 };
+        node.process_at_rank(0).broadcast_into(&mut leader);
+        drop(node); // communicators must be freed before MPI_Finalize
+        let mut leaders = vec![0i32; world.size() as usize];
+        world.all_gather_into(&leader, &mut leaders[..]);
+        leaders.iter().map(|&l| l as u32).collect()
+    }
+
+    /// Every rank's `mine` (the same length on every rank), concatenated in rank order.
+    pub fn all_gather(&self, mine: &[i32]) -> Vec<i32> {
+        let world = self.universe.world();
+        let mut all = vec![0i32; mine.len() * world.size() as usize];
+        world.all_gather_into(mine, &mut all[..]);
+        all
+    }
+
+    /// The packet fabric over `MPI_COMM_WORLD`; drop it before the world.
+    pub fn fabric(&self) -> MpiFabric {
+        MpiFabric::new(self.universe.world())
+    }
+
+    /// Finalise MPI (it may block while a launcher aborts the job; the caller bounds it).
+    pub fn finalize(self) {
+        drop(self.universe);
+    }
+}
 
 /// Tag of every bqrt packet.
 const TAG: i32 = 7;

@@ -7,15 +7,16 @@
 //! as soon as the job ends; later messages for it are dropped (or, for `Placed`, answered with a
 //! cancel).
 
-use super::boss::{Boss, Outbox};
+use super::boss::Boss;
 use super::idmap::IdMap;
+use crate::protocol::Outbox;
 use crate::protocol::{
     Address, Failure, Format, JobId, LogRecord, LogSpec, MailboxAddr, MailboxId, Msg, Peer, Rank,
     TaskMsg, Up,
 };
 
 /// What a client asks for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JobSpec {
     pub function: String,
     pub label: Option<String>,
@@ -24,9 +25,20 @@ pub struct JobSpec {
     pub log: LogSpec,
 }
 
-/// What the server reports to the job owners' side (gateway or batch runner).
+/// What the server pushes to the job table of rank 0 (`crate::jobs`): a job's progress, as it
+/// happens, so the table never has to ask.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServerEvent {
+    /// A worker holds the job's root task.
+    Started {
+        job: JobId,
+    },
+    /// A job's task counts changed (at most once per tick per job).
+    Progress {
+        job: JobId,
+        spawned: u64,
+        finished: u64,
+    },
     /// A job ended; `spawned` and `finished` are its task counts as last reported.
     Finished {
         job: JobId,
@@ -46,19 +58,13 @@ pub enum ServerEvent {
 
 #[derive(Debug)]
 struct Job {
+    /// Ranks that hold (or held) the root task: where a cancel goes.
     locations: Vec<Rank>,
+    /// Tasks created so far (the root included) and finished, as reported by workers.
     spawned: u64,
     finished: u64,
-}
-
-/// A running job as the server sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JobInfo {
-    /// False until a worker reported holding the root task.
-    pub started: bool,
-    /// Tasks created so far (the root included) and tasks finished, as reported by workers.
-    pub spawned: u64,
-    pub finished: u64,
+    /// The counts changed since the last [`ServerEvent::Progress`].
+    changed: bool,
 }
 
 /// The cluster as the server sees it, for monitoring.
@@ -78,8 +84,9 @@ pub struct ClusterView {
 #[derive(Debug)]
 pub struct ServerCore {
     pub(crate) boss: Boss,
-    next_job: u64,
     jobs: IdMap<JobId, Job>,
+    /// Jobs whose counts changed since the last [`ServerCore::report_progress`].
+    changed: Vec<JobId>,
     events: Vec<ServerEvent>,
     queued: IdMap<Rank, u32>,
     finished_tasks: u64,
@@ -90,8 +97,8 @@ impl ServerCore {
     pub fn new(employees: &[(Rank, u32)], seed: u64) -> ServerCore {
         ServerCore {
             boss: Boss::new(employees, seed),
-            next_job: 0,
             jobs: IdMap::default(),
+            changed: Vec::new(),
             events: Vec::new(),
             queued: IdMap::default(),
             finished_tasks: 0,
@@ -115,10 +122,13 @@ impl ServerCore {
         std::mem::take(&mut self.events)
     }
 
-    /// Start a job: its root task goes to the scheduling tree.
-    pub fn submit(&mut self, spec: JobSpec, out: &mut Outbox) -> JobId {
-        self.next_job += 1;
-        let job = JobId(self.next_job);
+    /// Start a job (its id given by the job table): its root task goes to the scheduling tree.
+    /// A job id already running is a bug of the caller and is refused.
+    pub fn submit(&mut self, job: JobId, spec: JobSpec, out: &mut Outbox) -> bool {
+        if self.jobs.contains_key(&job) {
+            log::error!("server: {job} submitted twice; the second is dropped");
+            return false;
+        }
         let task = TaskMsg {
             addr: Address {
                 rank: Rank::SERVER,
@@ -140,24 +150,26 @@ impl ServerCore {
                 locations: Vec::new(),
                 spawned: 1,
                 finished: 0,
+                changed: false,
             },
         );
         self.boss.place_all(vec![task], out);
-        job
+        true
     }
 
-    /// The state of a job that has not ended.
-    pub fn job(&self, job: JobId) -> Option<JobInfo> {
-        self.jobs.get(&job).map(|j| JobInfo {
-            started: !j.locations.is_empty(),
-            spawned: j.spawned,
-            finished: j.finished,
-        })
-    }
-
-    /// The highest job id handed out so far.
-    pub fn last_job(&self) -> JobId {
-        JobId(self.next_job)
+    /// Push the counts of jobs that changed since the last call (called on a timer, so a busy
+    /// job costs one event per period, not one per worker report).
+    pub fn report_progress(&mut self) {
+        for job in std::mem::take(&mut self.changed) {
+            if let Some(j) = self.jobs.get_mut(&job).filter(|j| j.changed) {
+                j.changed = false;
+                self.events.push(ServerEvent::Progress {
+                    job,
+                    spawned: j.spawned,
+                    finished: j.finished,
+                });
+            }
+        }
     }
 
     /// Monitoring snapshot.
@@ -229,6 +241,11 @@ impl ServerCore {
             Msg::Peer(Peer::Placed { mailbox, at }) => {
                 match self.jobs.get_mut(&JobId(mailbox.mailbox.0)) {
                     Some(j) => {
+                        if j.locations.is_empty() {
+                            self.events.push(ServerEvent::Started {
+                                job: JobId(mailbox.mailbox.0),
+                            });
+                        }
                         if !j.locations.contains(&at) {
                             j.locations.push(at);
                         }
@@ -260,6 +277,10 @@ impl ServerCore {
                     if let Some(j) = self.jobs.get_mut(&p.job) {
                         j.spawned += p.spawned;
                         j.finished += p.finished;
+                        if !j.changed {
+                            j.changed = true;
+                            self.changed.push(p.job);
+                        }
                     }
                 }
             }

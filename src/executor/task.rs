@@ -4,7 +4,7 @@
 //! Arguments travel as bincode between tasks and as JSON from the command line or a client;
 //! the registry wraps each function so it decodes and encodes whichever format its caller used.
 
-use crate::executor::Ctx;
+use super::Ctx;
 use crate::protocol::Format;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -41,7 +41,7 @@ pub type TaskResult<T> = Result<T, TaskError>;
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>>>>;
 type Erased = dyn Fn(Ctx, Vec<u8>, Format) -> BoxFuture + Send + Sync;
 
-/// Named task functions. Build one, add tasks, hand it to [`crate::cli::main`].
+/// Named task functions. Build one, add tasks, hand it to `bqrt::cli::main`.
 #[derive(Clone, Default)]
 pub struct Registry {
     tasks: BTreeMap<String, Arc<Erased>>,
@@ -51,12 +51,6 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
-    }
-
-    /// The built-in tasks (`noop`, `sleep`, `spin`, `fanout`, `chain`, `tree`, `fib`, `fail`,
-    /// `panic`, ...), see [`crate::builtins`].
-    pub fn with_builtins() -> Registry {
-        crate::builtins::register(Registry::new())
     }
 
     /// Register `f` under `name` (replacing any task of that name).

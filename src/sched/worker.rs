@@ -17,8 +17,8 @@
 //!   without tombstones: a `Cancel` for tasks a rank does not hold is a no-op.
 //! * A task that receives its last awaited result is queued once (`waiting` is cleared on wake).
 
-use super::boss::Outbox;
 use super::idmap::{IdMap, IdSet};
+use crate::protocol::Outbox;
 use crate::protocol::{
     Address, BatchSeq, Down, Failure, Format, JobId, LogRecord, LogSpec, MailboxAddr, MailboxId,
     Msg, Peer, Rank, Subtree, TaskMsg, Up,

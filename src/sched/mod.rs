@@ -11,9 +11,8 @@ mod rng;
 pub mod server;
 pub mod worker;
 
-pub use boss::Outbox;
 pub use manager::ManagerCore;
-pub use server::{ClusterView, JobInfo, JobSpec, ServerCore, ServerEvent};
+pub use server::{ClusterView, JobSpec, ServerCore, ServerEvent};
 pub use worker::{
     CallError, ChildSpec, Ready, TaskKey, WaitKind, WaitPoll, WorkerCore, WorkerStats,
 };

@@ -8,7 +8,8 @@
 //!   this group's idle workers first and the rest up, answering the request once every
 //!   employee asked has answered.
 
-use super::boss::{Boss, Outbox};
+use super::boss::Boss;
+use crate::protocol::Outbox;
 use crate::protocol::{BatchSeq, Down, Msg, Rank, TaskMsg, Up};
 
 #[derive(Debug)]

@@ -16,7 +16,7 @@
 use super::interp;
 use super::pickle::{self, msg, Status};
 use crate::gateway::{ForeignProtocol, Link};
-use crate::protocol::client::{JobResult, JobState, Reply, Request};
+use crate::protocol::native::{JobResult, JobState, Reply, Request};
 use crate::protocol::{Format, JobId, LogSpec};
 use crossbeam::channel::{select, unbounded, Receiver};
 use pyo3::prelude::*;

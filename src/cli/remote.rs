@@ -3,7 +3,7 @@
 use super::{Conn, ConnOnly, JobArgs, ResultArgs, SubmitArgs, TopArgs};
 use crate::client::{Client, ClientError, WatchEvent};
 use crate::logging;
-use crate::protocol::client::{JobResult, JobState, JobStatus, TopView};
+use crate::protocol::native::{JobResult, JobState, JobStatus, TopView};
 use crate::protocol::{JobId, LogRecord, LogSpec};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

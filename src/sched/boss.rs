@@ -23,11 +23,8 @@
 
 use super::idmap::IdMap;
 use super::rng::Rng;
-use crate::protocol::{BatchSeq, Down, Msg, Rank, TaskMsg};
+use crate::protocol::{BatchSeq, Down, Msg, Outbox, Rank, TaskMsg};
 use std::collections::VecDeque;
-
-/// Messages a core wants sent: `(destination, message)`.
-pub type Outbox = Vec<(Rank, Msg)>;
 
 #[derive(Debug)]
 pub(crate) struct Employee {

@@ -1,0 +1,134 @@
+//! The hub: the gateway's one thread that owns the server handle (and so the job table).
+//!
+//! It waits on two channels, connection messages and server events, feeds each to the handle
+//! and sends the replies that come out to their connections' writer queues. A connection whose
+//! queue is full does not read its replies and is cut off rather than buffered forever. It
+//! stops when the stop flag is set (after listening [`stop::SETTLE`] for a lost-rank report),
+//! when a client asks the runtime to stop, or when a rank is lost; then every client is told
+//! why.
+
+use super::{ConnId, HubIn};
+use crate::protocol::native::Reply;
+use crate::runtime::{stop, ServerHandle};
+use crossbeam::channel::{select, Receiver, Sender, TrySendError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest wait between two looks at the stop flag and the job table's timers.
+const POLL: Duration = Duration::from_millis(50);
+
+pub(super) struct Hub<'h> {
+    handle: &'h mut ServerHandle,
+    conns: HashMap<ConnId, Sender<Reply>>,
+}
+
+impl<'h> Hub<'h> {
+    pub(super) fn new(handle: &'h mut ServerHandle) -> Hub<'h> {
+        Hub {
+            handle,
+            conns: HashMap::new(),
+        }
+    }
+
+    /// Serve until stopped; then tell every client and return the runtime's error, if any.
+    pub(super) fn run(
+        mut self,
+        hub_rx: &Receiver<HubIn>,
+        stop: &AtomicBool,
+        reason: &str,
+    ) -> Option<String> {
+        self.serve(hub_rx, stop);
+        let reason = match (self.handle.fatal(), self.handle.stop_requested()) {
+            (Some(f), _) => f.to_string(),
+            (None, true) => "a client asked the runtime to stop".to_string(),
+            (None, false) => reason.to_string(),
+        };
+        self.tell_everyone(reason);
+        self.handle.fatal().map(str::to_string)
+    }
+
+    fn serve(&mut self, hub_rx: &Receiver<HubIn>, stop: &AtomicBool) {
+        let events = self.handle.events().clone();
+        let mut settle: Option<Instant> = None;
+        while self.handle.fatal().is_none() && !self.handle.stop_requested() {
+            let now = Instant::now();
+            if stop.load(Ordering::SeqCst) && now >= *settle.get_or_insert(now + stop::SETTLE) {
+                return;
+            }
+            let wait = self
+                .handle
+                .table()
+                .next_deadline()
+                .map_or(POLL, |d| d.saturating_duration_since(now).min(POLL));
+            let mut replies = Vec::new();
+            select! {
+                recv(hub_rx) -> m => match m {
+                    Ok(m) => self.on_conn(m, &mut replies),
+                    Err(_) => return,
+                },
+                recv(events) -> ev => match ev {
+                    Ok(ev) => self.handle.on_event(ev, &mut replies),
+                    Err(_) => return,
+                },
+                default(wait) => {}
+            }
+            self.handle.tick(Instant::now(), &mut replies);
+            self.send_all(replies);
+        }
+    }
+
+    fn on_conn(&mut self, m: HubIn, replies: &mut Vec<(ConnId, Reply)>) {
+        match m {
+            HubIn::Open { conn, tx } => {
+                self.conns.insert(conn, tx);
+                self.handle.open(conn);
+            }
+            HubIn::Request { conn, req } => {
+                self.handle.request(conn, req, Instant::now(), replies);
+            }
+            HubIn::Fatal { conn, reason } => {
+                replies.push((conn, Reply::Refused { reason }));
+                self.send_all(std::mem::take(replies));
+                self.close(conn, replies);
+            }
+            HubIn::Closed { conn } => self.close(conn, replies),
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, replies: &mut Vec<(ConnId, Reply)>) {
+        self.conns.remove(&conn);
+        self.handle.close(conn, replies);
+    }
+
+    fn send_all(&mut self, replies: Vec<(ConnId, Reply)>) {
+        let mut slow = Vec::new();
+        for (conn, reply) in replies {
+            let Some(tx) = self.conns.get(&conn) else {
+                continue;
+            };
+            if let Err(TrySendError::Full(_)) = tx.try_send(reply) {
+                log::warn!(target: "bqrt::gateway", "connection {} does not read its replies; closing it", conn.0);
+                self.conns.remove(&conn);
+                slow.push(conn);
+            }
+        }
+        for conn in slow {
+            let mut more = Vec::new();
+            self.handle.close(conn, &mut more);
+            self.send_all(more);
+        }
+    }
+
+    /// The runtime is stopping: tell every client, and give writers a moment to deliver it.
+    fn tell_everyone(&mut self, reason: String) {
+        for tx in self.conns.values() {
+            let reason = reason.clone();
+            let _ = tx.try_send(Reply::Shutdown { reason });
+        }
+        let deadline = Instant::now() + stop::NOTICE;
+        while self.conns.values().any(|tx| !tx.is_empty()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
