@@ -88,7 +88,7 @@ impl Script {
 
     /// A random tree of about `budget` tasks. `fail`: allow failing tasks.
     pub fn random(seed: u64, budget: u64, fail: bool) -> Script {
-        let mut rng = SimRng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+        let mut rng = SimRng::new(seed);
         Self::gen(&mut rng, budget, 0, fail)
     }
 
@@ -126,16 +126,15 @@ impl Script {
     }
 }
 
-struct SimRng(u64);
+/// The simulation's randomness (the same seeded generator as the schedulers').
+struct SimRng(fastrand::Rng);
 impl SimRng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+    fn new(seed: u64) -> SimRng {
+        SimRng(fastrand::Rng::with_seed(seed))
     }
+    /// Uniform in `0..n` (0 when `n` is 0).
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.u64(..n.max(1))
     }
 }
 
@@ -281,7 +280,7 @@ impl Sim {
                 })),
             })
             .collect();
-        let rng = SimRng(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let rng = SimRng::new(cfg.seed ^ 0x9E37_79B9_7F4A_7C15);
         Sim {
             cfg,
             nodes,

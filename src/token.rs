@@ -4,15 +4,15 @@
 //! `$HOME/.bqrt/token-<port>`; a client on the same (possibly shared) filesystem finds it there
 //! without flags, or takes `--token-file`, `BQRT_TOKEN_FILE` or `BQRT_TOKEN`.
 
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 /// 32 random bytes from the kernel, hex encoded.
 pub fn generate() -> std::io::Result<String> {
     let mut b = [0u8; 32];
-    fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
@@ -22,7 +22,8 @@ pub fn default_path(port: u16) -> Option<PathBuf> {
     Some(Path::new(&home).join(".bqrt").join(format!("token-{port}")))
 }
 
-/// Write the token atomically with mode 0600 (a temporary file renamed into place).
+/// Write the token atomically with mode 0600 (a temporary file renamed into place; on any
+/// error the temporary file is removed).
 pub fn write(path: &Path, token: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
@@ -32,17 +33,7 @@ pub fn write(path: &Path, token: &str) -> std::io::Result<()> {
                 .create(dir)?;
         }
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
+    write_atomic(path, &format!("{token}\n"))
 }
 
 /// Read a token file.
@@ -50,9 +41,18 @@ pub fn read(path: &Path) -> std::io::Result<String> {
     Ok(fs::read_to_string(path)?.trim().to_string())
 }
 
-/// Write `contents` to `path` atomically (for the ready file).
+/// Write `contents` to `path` atomically, mode 0600 (a temporary file in the same directory,
+/// synced, then renamed into place; on any error the temporary file is removed).
 pub fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&tmp, contents)?;
-    fs::rename(&tmp, path)
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bqrt-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(contents.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }

@@ -158,7 +158,8 @@ fn accept(
             }
             let Ok(stream) = stream else { continue };
             next += 1;
-            let over_cap = active.fetch_add(1, Ordering::SeqCst) >= cfg.max_connections;
+            active.fetch_add(1, Ordering::SeqCst);
+            let over_cap = over_cap(&active, cfg.max_connections);
             let c = conn::Conn {
                 id: ConnId(next),
                 stream,
@@ -180,6 +181,20 @@ fn accept(
         .name("bqrt-gw-accept".into())
         .spawn(body)
         .map(drop)
+}
+
+/// How long a connection past the cap waits for connections whose peers already left to be
+/// reaped before it is refused (after a burst, their threads may not have run yet).
+const CAP_GRACE: Duration = Duration::from_millis(200);
+
+/// Whether the connections counted in `active` (this one included) are more than `cap`, once
+/// finished ones had [`CAP_GRACE`] to leave.
+fn over_cap(active: &AtomicUsize, cap: usize) -> bool {
+    let until = std::time::Instant::now() + CAP_GRACE;
+    while active.load(Ordering::SeqCst) > cap && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    active.load(Ordering::SeqCst) > cap
 }
 
 /// What connection threads tell the hub.

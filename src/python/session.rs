@@ -19,6 +19,7 @@ use crate::gateway::{ForeignProtocol, Link};
 use crate::protocol::native::{JobResult, JobState, Reply, Request};
 use crate::protocol::{Format, JobId, LogSpec};
 use crossbeam::channel::{select, unbounded, Receiver};
+use ipnet::IpNet;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::collections::{HashMap, VecDeque};
@@ -35,29 +36,28 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Peers allowed besides loopback: addresses or `ADDR/PREFIX` networks.
 #[derive(Clone, Debug, Default)]
-pub struct AllowList(Vec<(IpAddr, u8)>);
+pub struct AllowList(Vec<IpNet>);
 
 impl AllowList {
     /// Parse `IP[/PREFIX],...`.
     pub fn parse(spec: &str) -> Result<AllowList, String> {
         let mut v = Vec::new();
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (addr, prefix) = match item.split_once('/') {
-                Some((a, p)) => (a, Some(p)),
-                None => (item, None),
+            let net = match item.split_once('/') {
+                None => item.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+                    format!("--bqskit-allow: '{item}' is not an IP address or ADDR/PREFIX network")
+                })?,
+                Some((addr, _)) => {
+                    addr.parse::<IpAddr>().map_err(|_| {
+                        format!(
+                            "--bqskit-allow: '{item}' is not an IP address or ADDR/PREFIX network"
+                        )
+                    })?;
+                    item.parse::<IpNet>()
+                        .map_err(|_| format!("--bqskit-allow: '{item}' has a bad prefix length"))?
+                }
             };
-            let ip: IpAddr = addr.parse().map_err(|_| {
-                format!("--bqskit-allow: '{item}' is not an IP address or ADDR/PREFIX network")
-            })?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let bits =
-                match prefix {
-                    None => max,
-                    Some(p) => p.parse::<u8>().ok().filter(|&b| b <= max).ok_or_else(|| {
-                        format!("--bqskit-allow: '{item}' has a bad prefix length")
-                    })?,
-                };
-            v.push((ip, bits));
+            v.push(net);
         }
         Ok(AllowList(v))
     }
@@ -72,29 +72,7 @@ impl AllowList {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        ip.is_loopback() || self.0.iter().any(|&(net, bits)| in_net(ip, net, bits))
-    }
-}
-
-fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(a) & mask == u32::from(n) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(a) & mask == u128::from(n) & mask
-        }
-        _ => false,
+        ip.is_loopback() || self.0.iter().any(|net| net.contains(&ip))
     }
 }
 

@@ -100,30 +100,19 @@ fn alive(pid: i32) -> bool {
     if !exists {
         return false;
     }
-    match stat_field(pid, 0) {
-        Some(state) => !matches!(state.as_str(), "Z" | "X"),
-        None => false,
+    match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+        Ok(stat) => !matches!(stat.state, 'Z' | 'X'),
+        Err(_) => false,
     }
-}
-
-/// Field `i` of `/proc/PID/stat` counted from the one after the parenthesised command name
-/// (0 = state, 1 = parent pid, ...), if the process exists.
-fn stat_field(pid: i32, i: usize) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(i)
-        .map(str::to_string)
 }
 
 /// Every process below `pid` (children, their children, ...), from `/proc`.
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let all: Vec<(u32, u32)> = match std::fs::read_dir("/proc") {
-        Ok(entries) => entries
+    let all: Vec<(u32, u32)> = match procfs::process::all_processes() {
+        Ok(procs) => procs
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(|p| Some((p, stat_field(p as i32, 1)?.parse::<u32>().ok()?)))
+            .filter_map(|p| p.stat().ok())
+            .map(|st| (st.pid as u32, st.ppid as u32))
             .collect(),
         Err(_) => Vec::new(),
     };

@@ -22,7 +22,6 @@
 //! always in exactly one place (a queue or a message), so stealing never loses or duplicates one.
 
 use super::idmap::IdMap;
-use super::rng::Rng;
 use crate::protocol::{BatchSeq, Down, Msg, Outbox, Rank, TaskMsg};
 use std::collections::VecDeque;
 
@@ -48,7 +47,8 @@ pub(crate) struct Employee {
 pub(crate) struct Boss {
     pub(crate) employees: Vec<Employee>,
     index: IdMap<Rank, usize>,
-    rng: Rng,
+    /// Placement tie-breaks, reproducible from the seed.
+    rng: fastrand::Rng,
     /// Sum of `idle` over employees, kept up to date (a boss answers every message, so nothing
     /// per message may scan all employees: a server can have thousands).
     idle_sum: u32,
@@ -83,7 +83,7 @@ impl Boss {
         Boss {
             employees,
             index,
-            rng: Rng::new(seed),
+            rng: fastrand::Rng::with_seed(seed),
             idle_sum,
             backlogged: 0,
             requested: 0,
@@ -173,7 +173,7 @@ impl Boss {
         let m = self.employees.len();
         let mut per: Vec<Vec<TaskMsg>> = (0..m).map(|_| Vec::new()).collect();
         let mut load: Vec<u64> = self.employees.iter().map(|e| e.backlog).collect();
-        let start = self.rng.below(m);
+        let start = self.rng.usize(..m);
         for task in rest {
             // least backlog per worker; ties broken by a rotating random start
             let mut best = start;

@@ -3,83 +3,26 @@
 //! The standard library's SipHash resists keys chosen by an attacker, at ~20 ns per lookup; these
 //! keys are small integers the runtime itself assigns, and the per-task paths look them up
 //! several times per task (about 6% of a worker's time in a million-task fan-out). A
-//! multiply-rotate hash (the one rustc uses internally) costs one multiplication per word.
+//! multiply-rotate hash (rustc's own, from the `rustc-hash` crate) costs one multiplication per
+//! word.
 //! Maps keyed by anything a client chooses keep the standard hasher.
 
+use rustc_hash::FxHasher;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 /// A map keyed by runtime ids.
-pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 /// A set of runtime ids.
-pub type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+pub type IdSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
-/// Multiply-rotate hashing of integer words.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher {
-    hash: u64,
-}
-
-const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl IdHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(SEED);
-    }
-}
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-}
+/// The hasher of [`IdMap`] and [`IdSet`].
+pub type IdHasher = FxHasher;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hash::Hasher;
 
     #[test]
     fn spreads_consecutive_ids_over_buckets() {

@@ -7,7 +7,6 @@
 pub mod boss;
 pub mod idmap;
 pub mod manager;
-mod rng;
 pub mod server;
 pub mod worker;
 
