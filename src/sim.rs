@@ -127,14 +127,14 @@ impl Script {
 }
 
 /// The simulation's randomness (the same seeded generator as the schedulers').
-struct SimRng(fastrand::Rng);
+struct SimRng(crate::sched::rng::Rng);
 impl SimRng {
     fn new(seed: u64) -> SimRng {
-        SimRng(fastrand::Rng::with_seed(seed))
+        SimRng(crate::sched::rng::Rng::new(seed))
     }
-    /// Uniform in `0..n` (0 when `n` is 0).
+    /// In `0..n` (0 when `n` is 0).
     fn below(&mut self, n: u64) -> u64 {
-        self.0.u64(..n.max(1))
+        self.0.next_u64() % n.max(1)
     }
 }
 

@@ -22,6 +22,7 @@
 //! always in exactly one place (a queue or a message), so stealing never loses or duplicates one.
 
 use super::idmap::IdMap;
+use super::rng::Rng;
 use crate::protocol::{BatchSeq, Down, Msg, Outbox, Rank, TaskMsg};
 use std::collections::VecDeque;
 
@@ -48,7 +49,7 @@ pub(crate) struct Boss {
     pub(crate) employees: Vec<Employee>,
     index: IdMap<Rank, usize>,
     /// Placement tie-breaks, reproducible from the seed.
-    rng: fastrand::Rng,
+    rng: Rng,
     /// Sum of `idle` over employees, kept up to date (a boss answers every message, so nothing
     /// per message may scan all employees: a server can have thousands).
     idle_sum: u32,
@@ -83,7 +84,7 @@ impl Boss {
         Boss {
             employees,
             index,
-            rng: fastrand::Rng::with_seed(seed),
+            rng: Rng::new(seed),
             idle_sum,
             backlogged: 0,
             requested: 0,
@@ -173,7 +174,7 @@ impl Boss {
         let m = self.employees.len();
         let mut per: Vec<Vec<TaskMsg>> = (0..m).map(|_| Vec::new()).collect();
         let mut load: Vec<u64> = self.employees.iter().map(|e| e.backlog).collect();
-        let start = self.rng.usize(..m);
+        let start = self.rng.below(m);
         for task in rest {
             // least backlog per worker; ties broken by a rotating random start
             let mut best = start;

@@ -7,6 +7,7 @@
 pub mod boss;
 pub mod idmap;
 pub mod manager;
+pub mod rng;
 pub mod server;
 pub mod worker;
 
