@@ -172,7 +172,7 @@ impl SimConfig {
 }
 
 #[derive(Debug)]
-struct Running {
+struct SimTask {
     script: Script,
     stage: u32,
     mailboxes: Vec<MailboxId>,
@@ -189,7 +189,7 @@ enum Node {
 struct SimWorker {
     core: WorkerCore,
     last_progress: u64,
-    tasks: HashMap<TaskKey, Running>,
+    tasks: HashMap<TaskKey, SimTask>,
     busy_until: u64,
     wake_pending: bool,
 }
@@ -572,7 +572,7 @@ impl Sim {
                 let work = u64::from(script.work);
                 w.tasks.insert(
                     key,
-                    Running {
+                    SimTask {
                         script,
                         stage: 0,
                         mailboxes: Vec::new(),
@@ -714,7 +714,7 @@ fn children(c: &[Script]) -> Vec<ChildSpec> {
 /// Advance a scripted task until it blocks (`None`) or ends (`Some`).
 fn step(
     core: &mut WorkerCore,
-    tasks: &mut HashMap<TaskKey, Running>,
+    tasks: &mut HashMap<TaskKey, SimTask>,
     key: TaskKey,
     out: &mut Outbox,
 ) -> Option<Result<u64, String>> {

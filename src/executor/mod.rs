@@ -8,7 +8,7 @@
 //!
 //! While a task computes, the transport thread keeps receiving. A cancel that reaches the
 //! running task (its own return mailbox, or any ancestor's) sets the task's cancel flag at once
-//! through [`Running`]; the core removes the task when the executor next gets control.
+//! through [`LiveTasks`]; the core removes the task when the executor next gets control.
 
 mod cache;
 mod ctx;
@@ -63,7 +63,7 @@ pub fn progress_interval(ranks: u32) -> Duration {
 /// What the transport thread may see of this worker's tasks: the one being polled right now
 /// (for cancel flags), and the inboxes of every started task (for `communicate`).
 #[derive(Default)]
-pub struct Running {
+pub struct LiveTasks {
     slot: Mutex<Option<RunningTask>>,
     inboxes: Mutex<IdMap<MailboxAddr, Vec<(TaskKey, Inbox)>>>,
 }
@@ -89,7 +89,7 @@ impl Lineage {
     }
 }
 
-impl Running {
+impl LiveTasks {
     /// Called by the transport thread for each `Cancel` it receives.
     pub fn on_cancel(&self, mailbox: MailboxAddr) {
         if let Ok(slot) = self.slot.lock() {
@@ -165,7 +165,7 @@ pub struct Executor {
     futures: IdMap<TaskKey, Slot>,
     inbound: Receiver<Inbound>,
     outbound: Sender<Outbox>,
-    running: Arc<Running>,
+    running: Arc<LiveTasks>,
     last_progress: Instant,
     progress_every: Duration,
     stats: Arc<Mutex<Option<crate::sched::WorkerStats>>>,
@@ -177,7 +177,7 @@ impl Executor {
         registry: Registry,
         inbound: Receiver<Inbound>,
         outbound: Sender<Outbox>,
-        running: Arc<Running>,
+        running: Arc<LiveTasks>,
         stats: Arc<Mutex<Option<crate::sched::WorkerStats>>>,
         progress_every: Duration,
     ) -> Executor {

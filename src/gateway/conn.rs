@@ -41,13 +41,32 @@ impl Conn {
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".into());
-        let mut stream = self.stream;
+        let Some(mut stream) = self.handshake(&peer) else {
+            return;
+        };
+        if !self.authenticate(&mut stream, &peer) {
+            return;
+        }
+        let Some(tx) = self.start_writer(&stream) else {
+            return;
+        };
+        if self.hub.send(HubIn::Open { conn: self.id, tx }).is_err() {
+            return;
+        }
+        self.read_requests(&mut stream);
+        let _ = self.hub.send(HubIn::Closed { conn: self.id });
+    }
+
+    /// Read the protocol header. A native client gets the server's header back and the stream;
+    /// another protocol's connection is served by it here; anything else is told so and closed.
+    fn handshake(&self, peer: &str) -> Option<TcpStream> {
+        let mut stream = self.stream.try_clone().ok()?;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(self.cfg.handshake_timeout));
         let mut head = [0u8; 5];
         if let Err(e) = stream.read_exact(&mut head) {
             log::debug!(target: "bqrt::gateway", "{peer}: no protocol header ({e}); closed");
-            return;
+            return None;
         }
         if &head[..4] != MAGIC {
             if let Some(foreign) = self.cfg.foreign.as_ref().filter(|f| f.accepts(&head)) {
@@ -58,108 +77,106 @@ impl Conn {
                     opened: false,
                 };
                 foreign.serve(stream, head, link);
-                return;
+                return None;
             }
             let msg = "bqrt: unrecognised protocol on this port (expected the bqrt client protocol); connection closed\n";
             let _ = stream.write_all(msg.as_bytes());
             let _ = stream.shutdown(Shutdown::Both);
             log::info!(target: "bqrt::gateway", "{peer}: unrecognised protocol; closed");
-            return;
+            return None;
         }
         let mut hello = MAGIC.to_vec();
         hello.push(CLIENT_VERSION);
-        if stream.write_all(&hello).is_err() {
-            return;
-        }
-        let refuse = |stream: &mut TcpStream, reason: String| {
-            log::info!(target: "bqrt::gateway", "{peer}: refused: {reason}");
-            let _ = write_frame(stream, &native::encode(&Reply::Refused { reason }));
-            let _ = stream.shutdown(Shutdown::Both);
-        };
+        stream.write_all(&hello).ok()?;
         if head[4] != CLIENT_VERSION {
-            refuse(&mut stream, format!("client protocol version {} is not supported (this server speaks {CLIENT_VERSION}); use a matching bqrt client", head[4]));
-            return;
+            refuse(&mut stream, peer, format!("client protocol version {} is not supported (this server speaks {CLIENT_VERSION}); use a matching bqrt client", head[4]));
+            return None;
         }
+        Some(stream)
+    }
+
+    /// The connection cap, then the first frame: `Hello` with the token.
+    fn authenticate(&self, stream: &mut TcpStream, peer: &str) -> bool {
         if self.over_cap {
-            refuse(
-                &mut stream,
-                format!(
-                    "too many connections (limit {}); retry later or raise --max-connections",
-                    self.cfg.max_connections
-                ),
+            let reason = format!(
+                "too many connections (limit {}); retry later or raise --max-connections",
+                self.cfg.max_connections
             );
-            return;
+            refuse(stream, peer, reason);
+            return false;
         }
         let _ = stream.set_read_timeout(Some(self.cfg.frame_timeout));
-        // authentication: the first frame is Hello with the token
-        match read_request(&mut stream, self.cfg.max_frame) {
-            Ok(Some(Request::Hello { token, .. })) if constant_time_eq(token.as_bytes(), self.cfg.token.as_bytes()) => {}
-            Ok(Some(Request::Hello { .. })) => {
-                return refuse(&mut stream, "wrong token: read it from the token file the server printed at start (or pass --token-file / BQRT_TOKEN)".into())
-            }
-            Ok(Some(_)) => return refuse(&mut stream, "the first request must be Hello with the server's token".into()),
-            Ok(None) => return,
-            Err(e) => return refuse(&mut stream, describe(&e, &self.cfg)),
-        }
-        let Ok(write_half) = stream.try_clone() else {
-            return;
+        let reason = match read_request(stream, self.cfg.max_frame) {
+            Ok(Some(Request::Hello { token, .. })) if constant_time_eq(token.as_bytes(), self.cfg.token.as_bytes()) => return true,
+            Ok(Some(Request::Hello { .. })) => "wrong token: read it from the token file the server printed at start (or pass --token-file / BQRT_TOKEN)".to_string(),
+            Ok(Some(_)) => "the first request must be Hello with the server's token".to_string(),
+            Ok(None) => return false,
+            Err(e) => describe(&e, &self.cfg),
         };
+        refuse(stream, peer, reason);
+        false
+    }
+
+    /// The writer thread, with `Welcome` queued first; the hub's replies go to the returned queue.
+    fn start_writer(&self, stream: &TcpStream) -> Option<Sender<Reply>> {
+        let write_half = stream.try_clone().ok()?;
         let (tx, rx) = bounded::<Reply>(WRITE_QUEUE);
-        if tx
-            .send(Reply::Welcome {
-                server: format!("bqrt {}", env!("CARGO_PKG_VERSION")),
-                workers: self.workers,
-            })
-            .is_err()
-        {
-            return;
-        }
-        let writer = std::thread::Builder::new()
+        let welcome = Reply::Welcome {
+            server: format!("bqrt {}", env!("CARGO_PKG_VERSION")),
+            workers: self.workers,
+        };
+        tx.send(welcome).ok()?;
+        std::thread::Builder::new()
             .name(format!("bqrt-gw-w{}", self.id.0))
-            .spawn(move || write_loop(write_half, rx));
-        if writer.is_err() {
-            return;
-        }
-        if self.hub.send(HubIn::Open { conn: self.id, tx }).is_err() {
-            return;
-        }
+            .spawn(move || write_loop(write_half, rx))
+            .ok()?;
+        Some(tx)
+    }
+
+    /// Frames to hub requests until the client says goodbye, goes away or breaks the protocol.
+    fn read_requests(&self, stream: &mut TcpStream) {
         loop {
-            match read_request(&mut stream, self.cfg.max_frame) {
-                Ok(Some(Request::Bye)) | Ok(None) => break,
-                Ok(Some(Request::Hello { .. })) => {
-                    let _ = self.hub.send(HubIn::Request {
-                        conn: self.id,
-                        req: Request::Hello {
-                            token: String::new(),
-                            client: String::new(),
-                        },
-                    });
-                }
-                Ok(Some(req)) => {
-                    if self
-                        .hub
-                        .send(HubIn::Request { conn: self.id, req })
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+            let req = match read_request(stream, self.cfg.max_frame) {
+                Ok(Some(Request::Bye)) | Ok(None) => return,
+                // a second Hello is answered by the hub (without the token)
+                Ok(Some(Request::Hello { .. })) => Request::Hello {
+                    token: String::new(),
+                    client: String::new(),
+                },
+                Ok(Some(req)) => req,
                 Err(FrameError::Io(e))
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
+                    let reason = describe(&e, &self.cfg);
                     let _ = self.hub.send(HubIn::Fatal {
                         conn: self.id,
-                        reason: describe(&e, &self.cfg),
+                        reason,
                     });
-                    break;
+                    return;
                 }
+            };
+            if self
+                .hub
+                .send(HubIn::Request { conn: self.id, req })
+                .is_err()
+            {
+                return;
             }
         }
-        let _ = self.hub.send(HubIn::Closed { conn: self.id });
     }
+}
+
+/// Tell the client why it is refused, then close.
+fn refuse(stream: &mut TcpStream, peer: &str, reason: String) {
+    log::info!(target: "bqrt::gateway", "{peer}: refused: {reason}");
+    let _ = write_frame(stream, &native::encode(&Reply::Refused { reason }));
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 fn read_request(stream: &mut TcpStream, max: usize) -> Result<Option<Request>, FrameError> {

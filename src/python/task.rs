@@ -25,7 +25,8 @@ use std::rc::Rc;
 /// The registered name of BQSKit tasks.
 pub const FUNCTION: &str = "bqskit";
 
-struct Mailbox {
+/// The Rust side of a Python `RuntimeFuture`: the children it stands for.
+struct PyFuture {
     fut: RawFuture,
     single: bool,
 }
@@ -33,7 +34,7 @@ struct Mailbox {
 /// What a running BQSKit task's Python calls reach.
 struct TaskState {
     ctx: Ctx,
-    boxes: RefCell<HashMap<u64, Mailbox>>,
+    boxes: RefCell<HashMap<u64, PyFuture>>,
 }
 
 thread_local! {
@@ -92,7 +93,7 @@ fn submit(children: Vec<(Bound<'_, PyBytes>, String)>, single: bool) -> PyResult
         n.set(id + 1);
         id
     });
-    st.boxes.borrow_mut().insert(id, Mailbox { fut, single });
+    st.boxes.borrow_mut().insert(id, PyFuture { fut, single });
     Ok(id)
 }
 

@@ -21,7 +21,7 @@ pub use mpi::{run_mpi, MpiOptions, StartError};
 pub use roles::Command;
 
 use crate::executor::Registry;
-use crate::executor::{Executor, Running};
+use crate::executor::{Executor, LiveTasks};
 use crate::protocol::Rank;
 use crate::sched::{ManagerCore, ServerCore, WorkerCore};
 use crate::topology::Role;
@@ -102,7 +102,7 @@ pub(crate) fn run_member<F: Fabric>(
         Role::Worker { parent } => {
             let (in_tx, in_rx) = unbounded();
             let (out_tx, out_rx) = unbounded();
-            let running = Arc::new(Running::default());
+            let running = Arc::new(LiveTasks::default());
             let running2 = Arc::clone(&running);
             let stats_slot = Arc::new(std::sync::Mutex::new(None));
             let stats2 = Arc::clone(&stats_slot);

@@ -3,7 +3,7 @@
 
 use super::liveness::{Lost, Watcher};
 use super::stop;
-use crate::executor::{Inbound, Running};
+use crate::executor::{Inbound, LiveTasks};
 use crate::protocol::{Down, JobId, Msg, Outbox, Peer, Rank};
 use crate::sched::{ClusterView, JobSpec, ManagerCore, ServerCore, ServerEvent};
 use crate::transport::{Flow, Logic};
@@ -256,7 +256,7 @@ impl Logic for ManagerLogic {
 pub(crate) struct WorkerLogic {
     pub(crate) me: Rank,
     pub(crate) inbound: Sender<Inbound>,
-    pub(crate) running: Arc<Running>,
+    pub(crate) running: Arc<LiveTasks>,
     pub(crate) watcher: Option<Watcher>,
     pub(crate) exit_code: i32,
     pub(crate) ranks: u32,
