@@ -66,9 +66,9 @@ impl Ctx {
     }
 
     fn submit_specs(&self, specs: Vec<ChildSpec>) -> TaskResult<MailboxId> {
-        let mut core = self.shared.core.borrow_mut();
-        let mut out = self.shared.out.borrow_mut();
-        Ok(core.submit(self.key, specs, &mut out)?)
+        let mut s = self.shared.lock();
+        let s = &mut *s;
+        Ok(s.core.submit(self.key, specs, &mut s.out)?)
     }
 
     /// Run `task(args)` as a child; await the returned future for its result.
@@ -154,19 +154,15 @@ impl Ctx {
     /// Log a record for the job's owner from code that does not use the `log` crate (it goes
     /// through the job's level and depth filter like any other record).
     pub fn log_raw(&self, level: u8, target: &str, message: String) {
-        if let (Ok(mut core), Ok(mut out)) = (
-            self.shared.core.try_borrow_mut(),
-            self.shared.out.try_borrow_mut(),
-        ) {
-            core.log(self.key, level, target, message, &mut out);
+        if let Some(mut s) = self.shared.lock_unless_held() {
+            let s = &mut *s;
+            s.core.log(self.key, level, target, message, &mut s.out);
         }
     }
 
     /// The task's job-wide settings: log filter and context.
     pub fn log_spec(&self) -> Option<(crate::protocol::LogSpec, Vec<(String, String)>)> {
-        self.shared
-            .core
-            .borrow()
+        self.shared.lock().core
             .task(self.key)
             .map(|t| (t.log, t.context.clone()))
     }
@@ -182,9 +178,9 @@ impl Ctx {
 
     /// [`Ctx::communicate`] with an already encoded message.
     pub fn communicate_raw(&self, fut: &impl Mailboxed, msg: Vec<u8>) -> TaskResult<()> {
-        let mut core = self.shared.core.borrow_mut();
-        let mut out = self.shared.out.borrow_mut();
-        Ok(core.communicate(self.key, fut.mailbox(), msg, &mut out)?)
+        let mut s = self.shared.lock();
+        let s = &mut *s;
+        Ok(s.core.communicate(self.key, fut.mailbox(), msg, &mut s.out)?)
     }
 
     /// Messages sent to this task with `communicate` since the last call (they arrive even
@@ -224,9 +220,7 @@ impl Ctx {
 
     /// This task's display name.
     pub fn name(&self) -> String {
-        self.shared
-            .core
-            .borrow()
+        self.shared.lock().core
             .task(self.key)
             .map(|t| t.name().to_string())
             .unwrap_or_default()
@@ -234,9 +228,7 @@ impl Ctx {
 
     /// Depth in the job's task tree (the root is 0).
     pub fn depth(&self) -> u32 {
-        self.shared
-            .core
-            .borrow()
+        self.shared.lock().core
             .task(self.key)
             .map(|t| t.depth())
             .unwrap_or(0)
@@ -244,16 +236,16 @@ impl Ctx {
 
     /// This task's address (its system-wide id).
     pub fn address(&self) -> Option<Address> {
-        self.shared.core.borrow().task(self.key).map(|t| t.addr)
+        self.shared.lock().core.task(self.key).map(|t| t.addr)
     }
 
     pub fn job(&self) -> Option<JobId> {
-        self.shared.core.borrow().task(self.key).map(|t| t.job)
+        self.shared.lock().core.task(self.key).map(|t| t.job)
     }
 
     /// The worker's rank.
     pub fn rank(&self) -> Rank {
-        self.shared.core.borrow().rank()
+        self.shared.lock().core.rank()
     }
 }
 
@@ -279,10 +271,7 @@ impl Handle {
         let Some(current) = self.shared.current.get() else {
             return Err(CallError::NotOwner);
         };
-        let r = self
-            .shared
-            .core
-            .borrow_mut()
+        let r = self.shared.lock().core
             .wait(current, self.mailbox, kind);
         if matches!(r, Ok(WaitPoll::All(_)) | Err(CallError::Gone)) {
             self.live = false;
@@ -295,13 +284,11 @@ impl Handle {
             return;
         }
         self.live = false;
-        // During teardown the core may be borrowed (the task is being dropped by the worker);
-        // then the worker cancels the task's mailboxes itself.
-        if let (Ok(mut core), Ok(mut out)) = (
-            self.shared.core.try_borrow_mut(),
-            self.shared.out.try_borrow_mut(),
-        ) {
-            let _ = core.cancel(self.owner, self.mailbox, &mut out);
+        // During teardown the executor may hold the state (the task is being dropped by the
+        // worker); then the worker cancels the task's mailboxes itself.
+        if let Some(mut s) = self.shared.lock_unless_held() {
+            let s = &mut *s;
+            let _ = s.core.cancel(self.owner, self.mailbox, &mut s.out);
         }
     }
 }

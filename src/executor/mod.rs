@@ -1,14 +1,20 @@
 //! The worker's executor: a single thread that polls task futures.
 //!
-//! It owns the worker's [`WorkerCore`] and drives it: messages from the transport thread arrive
-//! on a channel and are handled between polls; whatever the core or a task wants sent goes back
-//! to the transport thread after every poll, so a child submitted before an `await` leaves at
-//! once. Tasks are plain futures polled with a no-op waker: a task only ever waits on its own
-//! mailboxes, and the core queues it again when a result it waits for arrives.
+//! The worker's [`WorkerCore`] and its outbox live in a [`WorkerState`] behind a mutex that the
+//! executor thread and the rank's transport thread share. The transport thread hands every
+//! message to the core itself, at once, even while a task computes: a steal takes queued tasks
+//! away from a worker stuck in a long computation, a cancel removes queued tasks at once, and a
+//! result is recorded. It then wakes the executor, which runs what became ready. The executor
+//! holds the lock only for the core's own steps and a task's runtime calls (`submit`, `wait`,
+//! ...), never while a task computes. Whatever the core produces, on either thread, goes into
+//! the one shared outbox, so messages leave in the order the core made them; the transport
+//! thread drains it (the executor wakes it after every poll, so a child submitted before an
+//! `await` leaves at once). Tasks are plain futures polled with a no-op waker: a task only ever
+//! waits on its own mailboxes, and the core queues it again when a result it waits for arrives.
 //!
-//! While a task computes, the transport thread keeps receiving. A cancel that reaches the
-//! running task (its own return mailbox, or any ancestor's) sets the task's cancel flag at once
-//! through [`LiveTasks`]; the core removes the task when the executor next gets control.
+//! A cancel that reaches the running task (its own return mailbox, or any ancestor's) also sets
+//! the task's cancel flag at once through [`LiveTasks`]; the future is dropped when the executor
+//! next gets control.
 
 mod cache;
 mod ctx;
@@ -19,7 +25,7 @@ pub use ctx::{Cancel, Ctx, Mailboxed, MapFuture, Next, Options, RawChild, RawFut
 pub use task::{decode, encode, Registry, TaskError, TaskResult};
 
 use crate::protocol::Outbox;
-use crate::protocol::{MailboxAddr, Msg};
+use crate::protocol::MailboxAddr;
 use crate::sched::idmap::IdMap;
 use crate::sched::{Ready, TaskKey, WorkerCore};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -27,17 +33,77 @@ use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use task::BoxFuture;
 
+/// A worker's core and the messages it wants sent, shared by the executor thread and the
+/// transport thread (see the module documentation).
+pub struct WorkerState {
+    pub core: WorkerCore,
+    pub out: Outbox,
+}
+
+/// The lock on a [`WorkerState`], shared by the two threads of a worker rank.
+pub type SharedState = Arc<Mutex<WorkerState>>;
+
+/// Lock the worker's state. A panic while it was held is a runtime bug that already ended the
+/// process (the panic hook aborts), so a poisoned lock is taken as is.
+pub fn lock_state(state: &Mutex<WorkerState>) -> MutexGuard<'_, WorkerState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// State shared by the executor loop and the `Ctx` of every task on this worker.
 pub(crate) struct Shared {
-    pub(crate) core: RefCell<WorkerCore>,
-    pub(crate) out: RefCell<Outbox>,
+    state: SharedState,
+    /// This thread holds `state` now (a future dropped while the executor holds it must not
+    /// lock it again).
+    held: Cell<bool>,
     pub(crate) cache: RefCell<Cache>,
     pub(crate) current: Cell<Option<TaskKey>>,
+}
+
+/// [`Shared::lock`]'s guard.
+pub(crate) struct Held<'a> {
+    guard: MutexGuard<'a, WorkerState>,
+    held: &'a Cell<bool>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = WorkerState;
+    fn deref(&self) -> &WorkerState {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut WorkerState {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.held.set(false);
+    }
+}
+
+impl Shared {
+    /// Lock the worker's state (waits while the transport thread holds it).
+    pub(crate) fn lock(&self) -> Held<'_> {
+        let guard = lock_state(&self.state);
+        self.held.set(true);
+        Held {
+            guard,
+            held: &self.held,
+        }
+    }
+
+    /// Lock the worker's state unless this thread already holds it.
+    pub(crate) fn lock_unless_held(&self) -> Option<Held<'_>> {
+        (!self.held.get()).then(|| self.lock())
+    }
 }
 
 impl crate::logging::TaskSink for Shared {
@@ -45,11 +111,11 @@ impl crate::logging::TaskSink for Shared {
         let Some(key) = self.current.get() else {
             return false;
         };
-        let (Ok(mut core), Ok(mut out)) = (self.core.try_borrow_mut(), self.out.try_borrow_mut())
-        else {
+        let Some(mut s) = self.lock_unless_held() else {
             return false;
         };
-        core.log(key, level, target, message, &mut out);
+        let s = &mut *s;
+        s.core.log(key, level, target, message, &mut s.out);
         true
     }
 }
@@ -146,9 +212,10 @@ impl LiveTasks {
     }
 }
 
-/// What the transport thread hands the executor.
+/// What the transport thread tells the executor.
 pub enum Inbound {
-    Msg(Msg),
+    /// The core may have something to run (a message was handled).
+    Wake,
     Stop,
 }
 
@@ -164,7 +231,8 @@ pub struct Executor {
     registry: Registry,
     futures: IdMap<TaskKey, Slot>,
     inbound: Receiver<Inbound>,
-    outbound: Sender<Outbox>,
+    /// Wakes the transport thread to drain the shared outbox.
+    outbound: Sender<()>,
     running: Arc<LiveTasks>,
     last_progress: Instant,
     progress_every: Duration,
@@ -173,17 +241,17 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(
-        core: WorkerCore,
+        state: SharedState,
         registry: Registry,
         inbound: Receiver<Inbound>,
-        outbound: Sender<Outbox>,
+        outbound: Sender<()>,
         running: Arc<LiveTasks>,
         stats: Arc<Mutex<Option<crate::sched::WorkerStats>>>,
         progress_every: Duration,
     ) -> Executor {
         let shared = Rc::new(Shared {
-            core: RefCell::new(core),
-            out: RefCell::new(Outbox::new()),
+            state,
+            held: Cell::new(false),
             cache: RefCell::new(Cache::default()),
             current: Cell::new(None),
         });
@@ -205,18 +273,18 @@ impl Executor {
         loop {
             loop {
                 match self.inbound.try_recv() {
-                    Ok(Inbound::Msg(m)) => self.handle(m),
+                    Ok(Inbound::Wake) => {}
                     Ok(Inbound::Stop) | Err(TryRecvError::Disconnected) => return self.stop(),
                     Err(TryRecvError::Empty) => break,
                 }
             }
             self.reap();
-            self.flush();
             let next = {
-                let mut core = self.shared.core.borrow_mut();
-                let mut out = self.shared.out.borrow_mut();
-                core.next_ready(&mut out)
+                let mut s = self.shared.lock();
+                let s = &mut *s;
+                s.core.next_ready(&mut s.out)
             };
+            self.flush();
             match next {
                 Some(Ready::Start {
                     key,
@@ -228,13 +296,10 @@ impl Executor {
                     self.poll(key);
                 }
                 Some(Ready::Resume(key)) => self.poll(key),
-                None => {
-                    self.flush();
-                    match self.wait_inbound() {
-                        Some(Inbound::Msg(m)) => self.handle(m),
-                        Some(Inbound::Stop) | None => return self.stop(),
-                    }
-                }
+                None => match self.wait_inbound() {
+                    Some(Inbound::Wake) => {}
+                    Some(Inbound::Stop) | None => return self.stop(),
+                },
             }
         }
     }
@@ -242,7 +307,7 @@ impl Executor {
     fn stop(mut self) {
         self.futures.clear();
         self.flush();
-        let stats = self.shared.core.borrow().stats().clone();
+        let stats = self.shared.lock().core.stats().clone();
         if let Ok(mut slot) = self.stats.lock() {
             *slot = Some(stats);
         }
@@ -270,9 +335,9 @@ impl Executor {
                     // idle: deliver the counts of the tasks that just finished, then sleep on
                     self.last_progress = Instant::now();
                     {
-                        let mut core = self.shared.core.borrow_mut();
-                        let mut out = self.shared.out.borrow_mut();
-                        core.report_progress(&mut out);
+                        let mut s = self.shared.lock();
+                        let s = &mut *s;
+                        s.core.report_progress(&mut s.out);
                     }
                     self.flush();
                 }
@@ -280,15 +345,9 @@ impl Executor {
         }
     }
 
-    fn handle(&mut self, m: Msg) {
-        let mut core = self.shared.core.borrow_mut();
-        let mut out = self.shared.out.borrow_mut();
-        core.handle(m, &mut out);
-    }
-
     /// Drop the futures of tasks the core cancelled.
     fn reap(&mut self) {
-        let dropped = self.shared.core.borrow_mut().take_dropped();
+        let dropped = self.shared.lock().core.take_dropped();
         for key in dropped {
             if let Some(slot) = self.futures.remove(&key) {
                 slot.flag.store(true, Ordering::Relaxed);
@@ -300,11 +359,11 @@ impl Executor {
         }
     }
 
+    /// Wake the transport thread if the shared outbox holds messages.
     fn flush(&mut self) {
-        let out = std::mem::take(&mut *self.shared.out.borrow_mut());
-        if !out.is_empty() {
+        if !self.shared.lock().out.is_empty() {
             // the transport only goes away at shutdown
-            let _ = self.outbound.send(out);
+            let _ = self.outbound.send(());
         }
     }
 
@@ -316,8 +375,8 @@ impl Executor {
         format: crate::protocol::Format,
     ) {
         let lineage = {
-            let core = self.shared.core.borrow();
-            match core.task(key) {
+            let s = self.shared.lock();
+            match s.core.task(key) {
                 Some(t) => Lineage {
                     own: Some(t.addr.mailbox_addr()),
                     ancestors: t.breadcrumbs.clone(),
@@ -358,9 +417,9 @@ impl Executor {
         self.running.set(None);
         let outcome = match polled {
             Ok(Poll::Pending) => {
-                let mut core = self.shared.core.borrow_mut();
-                let mut out = self.shared.out.borrow_mut();
-                core.keep_one_for_self(&mut out);
+                let mut s = self.shared.lock();
+                let s = &mut *s;
+                s.core.keep_one_for_self(&mut s.out);
                 None
             }
             Ok(Poll::Ready(r)) => Some(r.map_err(|e| e.into_message())),
@@ -374,16 +433,16 @@ impl Executor {
                 }
                 drop(slot);
             }
-            let mut core = self.shared.core.borrow_mut();
-            let mut out = self.shared.out.borrow_mut();
-            core.finish(key, outcome, &mut out);
+            let mut s = self.shared.lock();
+            let s = &mut *s;
+            s.core.finish(key, outcome, &mut s.out);
         }
         self.shared.current.set(None);
         if self.last_progress.elapsed() >= self.progress_every {
             self.last_progress = Instant::now();
-            let mut core = self.shared.core.borrow_mut();
-            let mut out = self.shared.out.borrow_mut();
-            core.report_progress(&mut out);
+            let mut s = self.shared.lock();
+            let s = &mut *s;
+            s.core.report_progress(&mut s.out);
         }
         self.flush();
     }

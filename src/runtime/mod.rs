@@ -21,7 +21,7 @@ pub use mpi::{run_mpi, MpiOptions, StartError};
 pub use roles::Command;
 
 use crate::executor::Registry;
-use crate::executor::{Executor, LiveTasks};
+use crate::executor::{Executor, LiveTasks, WorkerState};
 use crate::protocol::Rank;
 use crate::sched::{ManagerCore, ServerCore, WorkerCore};
 use crate::topology::Role;
@@ -103,17 +103,21 @@ pub(crate) fn run_member<F: Fabric>(
             let (in_tx, in_rx) = unbounded();
             let (out_tx, out_rx) = unbounded();
             let running = Arc::new(LiveTasks::default());
+            let state = Arc::new(std::sync::Mutex::new(WorkerState {
+                core: WorkerCore::new(me, *parent),
+                out: crate::protocol::Outbox::new(),
+            }));
+            let state2 = Arc::clone(&state);
             let running2 = Arc::clone(&running);
             let stats_slot = Arc::new(std::sync::Mutex::new(None));
             let stats2 = Arc::clone(&stats_slot);
-            let parent = *parent;
             let ranks = fabric.size();
             let (done_tx, done_rx) = unbounded::<()>();
             let spawned = std::thread::Builder::new()
                 .name(format!("bqrt-exec-{}", me.0))
                 .spawn(move || {
                     Executor::new(
-                        WorkerCore::new(me, parent),
+                        state2,
                         registry,
                         in_rx,
                         out_tx,
@@ -129,6 +133,7 @@ pub(crate) fn run_member<F: Fabric>(
             }
             let mut logic = WorkerLogic {
                 me,
+                state,
                 inbound: in_tx,
                 running,
                 watcher,

@@ -3,7 +3,7 @@
 
 use super::liveness::{Lost, Watcher};
 use super::stop;
-use crate::executor::{Inbound, LiveTasks};
+use crate::executor::{lock_state, Inbound, LiveTasks, SharedState};
 use crate::protocol::{Down, JobId, Msg, Outbox, Peer, Rank};
 use crate::sched::{ClusterView, JobSpec, ManagerCore, ServerCore, ServerEvent};
 use crate::transport::{Flow, Logic};
@@ -251,10 +251,13 @@ impl Logic for ManagerLogic {
     }
 }
 
-/// The transport side of a worker: messages go to the executor thread; what the executor
-/// wants sent comes back as local events.
+/// The transport side of a worker: it hands every message to the worker's core itself (under
+/// the lock it shares with the executor), so steals, cancels and results take effect even while
+/// a task computes, then wakes the executor. Whatever the core wants sent, from either thread,
+/// is drained from the shared outbox here.
 pub(crate) struct WorkerLogic {
     pub(crate) me: Rank,
+    pub(crate) state: SharedState,
     pub(crate) inbound: Sender<Inbound>,
     pub(crate) running: Arc<LiveTasks>,
     pub(crate) watcher: Option<Watcher>,
@@ -263,9 +266,9 @@ pub(crate) struct WorkerLogic {
 }
 
 impl Logic for WorkerLogic {
-    type Local = Outbox;
+    type Local = ();
 
-    fn on_message(&mut self, _from: Rank, msg: Msg, _out: &mut Outbox) -> Flow {
+    fn on_message(&mut self, _from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
         if let Msg::Peer(Peer::Cancel { mailbox }) = &msg {
             self.running.on_cancel(*mailbox);
         }
@@ -278,12 +281,19 @@ impl Logic for WorkerLogic {
             self.stop_executor();
             return Flow::Stop;
         }
-        let _ = self.inbound.send(Inbound::Msg(msg));
+        {
+            let mut s = lock_state(&self.state);
+            let s = &mut *s;
+            s.core.handle(msg, &mut s.out);
+            out.append(&mut s.out);
+        }
+        let _ = self.inbound.send(Inbound::Wake);
         Flow::Continue
     }
 
-    fn on_local(&mut self, msgs: Outbox, out: &mut Outbox) -> Flow {
-        out.extend(msgs);
+    /// The executor has messages to send.
+    fn on_local(&mut self, _: (), out: &mut Outbox) -> Flow {
+        out.append(&mut lock_state(&self.state).out);
         Flow::Continue
     }
 

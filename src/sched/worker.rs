@@ -165,6 +165,10 @@ pub struct WorkerCore {
     receipt: BatchSeq,
     last_waiting: Option<BatchSeq>,
     dropped: Vec<TaskKey>,
+    /// Started tasks cancelled while they may still be running (their thread is computing):
+    /// kept until the executor takes them from `dropped`, so what they log still reaches
+    /// their job.
+    cancelled: IdMap<TaskKey, TaskMsg>,
     progress: IdMap<JobId, (u64, u64)>,
     reported_queued: u32,
     pub stats: WorkerStats,
@@ -185,6 +189,7 @@ impl WorkerCore {
             receipt: BatchSeq(0),
             last_waiting: None,
             dropped: Vec::new(),
+            cancelled: IdMap::default(),
             progress: IdMap::default(),
             reported_queued: 0,
             stats: WorkerStats::default(),
@@ -195,13 +200,20 @@ impl WorkerCore {
         self.rank
     }
 
-    /// A started task's description (arguments already handed to the executor).
+    /// A started task's description (arguments already handed to the executor), also while a
+    /// cancelled one is still running.
     pub fn task(&self, key: TaskKey) -> Option<&TaskMsg> {
-        self.tasks.get(&key).map(|t| &t.msg)
+        self.tasks
+            .get(&key)
+            .map(|t| &t.msg)
+            .or_else(|| self.cancelled.get(&key))
     }
 
     /// Started tasks cancelled since the last call: the executor drops their futures.
     pub fn take_dropped(&mut self) -> Vec<TaskKey> {
+        for key in &self.dropped {
+            self.cancelled.remove(key);
+        }
         std::mem::take(&mut self.dropped)
     }
 
@@ -212,6 +224,7 @@ impl WorkerCore {
     /// Nothing started, delayed or owned: the state a worker must return to when idle.
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+            && self.cancelled.is_empty()
             && self.delayed.is_empty()
             && self.mailboxes.is_empty()
             && self.by_parent.is_empty()
@@ -655,6 +668,7 @@ impl WorkerCore {
                 if let Some(t) = self.tasks.remove(&key) {
                     self.stats.cancelled_started += 1;
                     self.dropped.push(key);
+                    self.cancelled.insert(key, t.msg);
                     for m in t.owned {
                         self.drop_mailbox(m, &mut work, out);
                     }
@@ -734,25 +748,30 @@ impl WorkerCore {
         message: String,
         out: &mut Outbox,
     ) {
-        let Some(t) = self.tasks.get(&key) else {
+        let Some(msg) = self
+            .tasks
+            .get(&key)
+            .map(|t| &t.msg)
+            .or_else(|| self.cancelled.get(&key))
+        else {
             return;
         };
-        if !log_enabled(&t.msg.log, t.msg.depth(), level) {
+        if !log_enabled(&msg.log, msg.depth(), level) {
             return;
         }
         let record = LogRecord {
             level,
             target: target.to_string(),
             message,
-            task: t.msg.name().to_string(),
-            depth: t.msg.depth(),
+            task: msg.name().to_string(),
+            depth: msg.depth(),
             rank: self.rank,
-            context: t.msg.context.clone(),
+            context: msg.context.clone(),
         };
         out.push((
             Rank::SERVER,
             Msg::Peer(Peer::Log {
-                job: t.msg.job,
+                job: msg.job,
                 record,
             }),
         ));
