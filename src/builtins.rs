@@ -3,7 +3,7 @@
 //! | task | argument (JSON) | result |
 //! | --- | --- | --- |
 //! | `noop` | `null` | `null` |
-//! | `sleep` | milliseconds | the milliseconds (blocks its worker, like a long computation) |
+//! | `sleep` | milliseconds | the milliseconds (blocks its worker, like a long computation; ends early when cancelled) |
 //! | `spin` | milliseconds | `true` if it ran to the end, `false` if it saw its cancel flag |
 //! | `fanout` | n | n, after a `map` of n `noop`s |
 //! | `chain` | depth | depth, each level submits one child and awaits it |
@@ -34,10 +34,7 @@ impl Registry {
 
 pub(crate) fn register(r: Registry) -> Registry {
     r.task("noop", |_ctx: Ctx, _: ()| async { Ok(()) })
-        .task("sleep", |_ctx: Ctx, ms: u64| async move {
-            std::thread::sleep(Duration::from_millis(ms));
-            Ok(ms)
-        })
+        .task("sleep", sleep)
         .task("spin", spin)
         .task("fanout", |ctx: Ctx, n: u64| async move {
             let done: Vec<()> = ctx.map("noop", (0..n).map(|_| ()))?.await?;
@@ -79,6 +76,21 @@ pub(crate) fn register(r: Registry) -> Registry {
             Ok(EnvProbe::here(ctx.rank().0))
         })
         .task("env_all", env_all)
+}
+
+/// Block the worker for `ms` milliseconds (as a long computation would), in slices that look at
+/// the cancel flag: a cancelled sleep ends within a slice.
+async fn sleep(ctx: Ctx, ms: u64) -> TaskResult<u64> {
+    const SLICE: Duration = Duration::from_millis(10);
+    let end = Instant::now().checked_add(Duration::from_millis(ms));
+    while !ctx.is_cancelled() {
+        let left = end.map_or(SLICE, |e| e.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(SLICE));
+    }
+    Ok(ms)
 }
 
 async fn spin(ctx: Ctx, ms: u64) -> TaskResult<bool> {

@@ -679,6 +679,7 @@ fn kind_of(m: &Msg) -> &'static str {
         Msg::Up(Up::Submit { .. }) => "submit",
         Msg::Up(Up::Waiting { .. }) => "waiting",
         Msg::Up(Up::Stolen { .. }) => "stolen",
+        Msg::Up(Up::Occupied { .. }) => "occupied",
         Msg::Peer(Peer::Result { .. }) => "result",
         Msg::Peer(Peer::Placed { .. }) => "placed",
         Msg::Peer(Peer::Progress { .. }) => "progress",

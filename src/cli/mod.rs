@@ -199,6 +199,16 @@ struct Common {
         env = "BQRT_STARTUP_TIMEOUT"
     )]
     startup_timeout: u64,
+    /// Seconds a rank may go without a sign of life (it sends one every second, also while it
+    /// computes) before it is reported lost and the runtime stops: a rank stopped with SIGSTOP,
+    /// or stuck outside bqrt.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        env = "BQRT_STUCK_AFTER"
+    )]
+    stuck_after: u64,
 }
 
 impl Common {
@@ -209,6 +219,12 @@ impl Common {
         }
         if self.startup_timeout == 0 {
             return Err("--startup-timeout 0: must be at least 1 (seconds)".into());
+        }
+        if self.stuck_after < 2 {
+            return Err(format!(
+                "--stuck-after {}: must be at least 2 (seconds; a sign of life comes every second)",
+                self.stuck_after
+            ));
         }
         if self.blas_threads == 0 {
             return Err("--blas-threads 0: must be at least 1".into());
@@ -225,6 +241,7 @@ impl Common {
             gpus_per_node: self.gpus_per_node,
             verbose: self.verbose,
             startup_timeout: std::time::Duration::from_secs(self.startup_timeout),
+            stuck_after: std::time::Duration::from_secs(self.stuck_after),
         })
     }
 }

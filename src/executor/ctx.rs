@@ -162,7 +162,9 @@ impl Ctx {
 
     /// The task's job-wide settings: log filter and context.
     pub fn log_spec(&self) -> Option<(crate::protocol::LogSpec, Vec<(String, String)>)> {
-        self.shared.lock().core
+        self.shared
+            .lock()
+            .core
             .task(self.key)
             .map(|t| (t.log, t.context.clone()))
     }
@@ -180,7 +182,8 @@ impl Ctx {
     pub fn communicate_raw(&self, fut: &impl Mailboxed, msg: Vec<u8>) -> TaskResult<()> {
         let mut s = self.shared.lock();
         let s = &mut *s;
-        Ok(s.core.communicate(self.key, fut.mailbox(), msg, &mut s.out)?)
+        Ok(s.core
+            .communicate(self.key, fut.mailbox(), msg, &mut s.out)?)
     }
 
     /// Messages sent to this task with `communicate` since the last call (they arrive even
@@ -220,7 +223,9 @@ impl Ctx {
 
     /// This task's display name.
     pub fn name(&self) -> String {
-        self.shared.lock().core
+        self.shared
+            .lock()
+            .core
             .task(self.key)
             .map(|t| t.name().to_string())
             .unwrap_or_default()
@@ -228,7 +233,9 @@ impl Ctx {
 
     /// Depth in the job's task tree (the root is 0).
     pub fn depth(&self) -> u32 {
-        self.shared.lock().core
+        self.shared
+            .lock()
+            .core
             .task(self.key)
             .map(|t| t.depth())
             .unwrap_or(0)
@@ -271,8 +278,7 @@ impl Handle {
         let Some(current) = self.shared.current.get() else {
             return Err(CallError::NotOwner);
         };
-        let r = self.shared.lock().core
-            .wait(current, self.mailbox, kind);
+        let r = self.shared.lock().core.wait(current, self.mailbox, kind);
         if matches!(r, Ok(WaitPoll::All(_)) | Err(CallError::Gone)) {
             self.live = false;
         }

@@ -24,8 +24,8 @@ pub use cache::Cache;
 pub use ctx::{Cancel, Ctx, Mailboxed, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture};
 pub use task::{decode, encode, Registry, TaskError, TaskResult};
 
-use crate::protocol::Outbox;
 use crate::protocol::MailboxAddr;
+use crate::protocol::Outbox;
 use crate::sched::idmap::IdMap;
 use crate::sched::{Ready, TaskKey, WorkerCore};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -140,6 +140,8 @@ pub(crate) type Inbox = Arc<Mutex<Vec<Vec<u8>>>>;
 struct RunningTask {
     lineage: Lineage,
     flag: Arc<AtomicBool>,
+    /// When this poll began.
+    since: Instant,
 }
 
 /// The return mailboxes of a task and of its ancestors: a cancel of any of them concerns it.
@@ -165,6 +167,13 @@ impl LiveTasks {
                 }
             }
         }
+    }
+
+    /// How long the task being polled now has been running (none: the executor is between
+    /// polls).
+    pub fn busy_for(&self) -> Option<Duration> {
+        let slot = self.slot.lock().ok()?;
+        slot.as_ref().map(|t| t.since.elapsed())
     }
 
     /// Raise the running task's cancel flag (shutdown: cooperative tasks end early).
@@ -407,6 +416,7 @@ impl Executor {
         self.running.set(Some(RunningTask {
             lineage: slot.lineage.clone(),
             flag: Arc::clone(&slot.flag),
+            since: Instant::now(),
         }));
         crate::logging::enter_task(Rc::clone(&self.shared) as Rc<dyn crate::logging::TaskSink>);
         let mut cx = Context::from_waker(Waker::noop());
@@ -419,6 +429,7 @@ impl Executor {
             Ok(Poll::Pending) => {
                 let mut s = self.shared.lock();
                 let s = &mut *s;
+                s.core.set_occupied(false, &mut s.out);
                 s.core.keep_one_for_self(&mut s.out);
                 None
             }
@@ -435,6 +446,7 @@ impl Executor {
             }
             let mut s = self.shared.lock();
             let s = &mut *s;
+            s.core.set_occupied(false, &mut s.out);
             s.core.finish(key, outcome, &mut s.out);
         }
         self.shared.current.set(None);

@@ -40,11 +40,15 @@ pub type TaskResult<T> = Result<T, TaskError>;
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>>>>;
 type Erased = dyn Fn(Ctx, Vec<u8>, Format) -> BoxFuture + Send + Sync;
+/// Whether arguments decode into a task's argument type.
+type Check = dyn Fn(&[u8], Format) -> Result<(), String> + Send + Sync;
 
 /// Named task functions. Build one, add tasks, hand it to `bqrt::cli::main`.
 #[derive(Clone, Default)]
 pub struct Registry {
     tasks: BTreeMap<String, Arc<Erased>>,
+    /// Argument checks of typed tasks (raw tasks check their own bytes when they run).
+    checks: BTreeMap<String, Arc<Check>>,
 }
 
 impl Registry {
@@ -77,6 +81,8 @@ impl Registry {
             })
         };
         self.tasks.insert(name.to_string(), Arc::new(erased));
+        let check = |args: &[u8], format: Format| decode::<A>(args, format).map(drop);
+        self.checks.insert(name.to_string(), Arc::new(check));
         self
     }
 
@@ -93,7 +99,25 @@ impl Registry {
             Box::pin(async move { f(ctx, args, format).await })
         };
         self.tasks.insert(name.to_string(), Arc::new(erased));
+        self.checks.remove(name);
         self
+    }
+
+    /// Whether a job of `name(args)` can start here: the task exists and, for a typed task,
+    /// its arguments decode into its argument type. The error names the task and the fix.
+    pub fn check(&self, name: &str, args: &[u8], format: Format) -> Result<(), String> {
+        if !self.tasks.contains_key(name) {
+            let known: Vec<&str> = self.names().collect();
+            return Err(format!(
+                "no task named '{name}' in this bqrt build (known: {})",
+                known.join(", ")
+            ));
+        }
+        match self.checks.get(name) {
+            Some(check) => check(args, format)
+                .map_err(|e| format!("arguments of task '{name}' do not decode: {e}")),
+            None => Ok(()),
+        }
     }
 
     /// Names of the registered tasks.

@@ -127,6 +127,10 @@ pub enum Up {
     Waiting { idle: u32, receipt: BatchSeq },
     /// Answer to [`Down::Steal`]: delayed tasks handed back for placement elsewhere.
     Stolen { tasks: Vec<TaskMsg> },
+    /// `workers` of the employee's workers are now occupied: inside one task for longer than
+    /// the runtime's threshold, so they take no new work (0: none any more). `tasks` are queued
+    /// tasks they hand back for placement elsewhere.
+    Occupied { workers: u32, tasks: Vec<TaskMsg> },
 }
 
 /// Any rank -> any rank, addressed by task or job.
@@ -150,11 +154,20 @@ pub enum Peer {
     /// A message for the started tasks of `mailbox` (BQSKit's `communicate`), sent to the
     /// ranks holding them.
     Communicate { mailbox: MailboxAddr, msg: Vec<u8> },
-    /// A node leader found a rank of its node dead; sent to the server.
-    Lost { rank: Rank, role: String, node: u32 },
+    /// A node leader found a rank of its node dead (`silent` 0), or silent for `silent`
+    /// seconds (stopped, or wedged); sent to the server.
+    Lost {
+        rank: Rank,
+        role: String,
+        node: u32,
+        silent: u64,
+    },
     /// A worker's counters since its last report, sent to the server: per job, tasks created
     /// and tasks finished; and the tasks queued on the worker now.
     Progress { queued: u32, jobs: Vec<JobProgress> },
+    /// A sign of life, sent by every rank to the rank that watches it every
+    /// heartbeat period (by the transport thread, so a rank computing a long task still sends it).
+    Alive,
 }
 
 /// Task counts of a finished task's subtree: tasks created in it (itself included, cancelled

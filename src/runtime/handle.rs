@@ -6,6 +6,7 @@
 //! for the server to answer except [`ServerHandle::cluster`] (a monitoring snapshot).
 
 use super::roles::Command;
+use crate::executor::Registry;
 use crate::jobs::{ConnId, Effect, JobTable, LOCAL};
 use crate::protocol::native::{GroupView, JobResult, Reply, Request, TopView};
 use crate::protocol::{Failure, Format, JobId, LogRecord, LogSpec};
@@ -27,6 +28,8 @@ pub enum Outcome {
 pub struct ServerHandle {
     commands: Sender<Command>,
     events: Receiver<ServerEvent>,
+    /// The tasks of this runtime: a client's submit is checked against it.
+    registry: Registry,
     table: JobTable,
     /// Replies for [`LOCAL`] not yet taken.
     local: VecDeque<Reply>,
@@ -37,12 +40,17 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    pub(crate) fn new(commands: Sender<Command>, events: Receiver<ServerEvent>) -> ServerHandle {
+    pub(crate) fn new(
+        commands: Sender<Command>,
+        events: Receiver<ServerEvent>,
+        registry: Registry,
+    ) -> ServerHandle {
         let mut table = JobTable::new();
         table.open(LOCAL);
         ServerHandle {
             commands,
             events,
+            registry,
             table,
             local: VecDeque::new(),
             fatal: None,
@@ -77,7 +85,8 @@ impl ServerHandle {
     }
 
     /// A request from a connection; the replies for other connections than [`LOCAL`] are
-    /// pushed to `replies`.
+    /// pushed to `replies`. A submit of a task this runtime does not have, or with arguments
+    /// that do not decode into the task's argument type, is refused at once.
     pub fn request(
         &mut self,
         conn: ConnId,
@@ -85,6 +94,15 @@ impl ServerHandle {
         now: Instant,
         replies: &mut Vec<(ConnId, Reply)>,
     ) {
+        if let Request::Submit {
+            task, args, format, ..
+        } = &req
+        {
+            if let Err(message) = self.registry.check(task, args, *format) {
+                let r = Reply::Error { message };
+                return self.carry_out(vec![Effect::Reply(conn, r)], replies);
+            }
+        }
         let mut fx = Vec::new();
         self.table.on_request(conn, req, now, &mut fx);
         self.carry_out(fx, replies);

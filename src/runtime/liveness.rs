@@ -1,30 +1,47 @@
-//! Noticing a rank that died, so every other rank stops with an error that names it.
+//! Noticing a rank that died or stopped answering, so every other rank stops with an error that
+//! names it.
 //!
 //! At start every rank learns every rank's process id. The lowest rank of each node watches the
 //! other ranks of its node, and the second lowest watches the lowest (a process on the same
 //! machine can be checked with `kill(pid, 0)` and `/proc`): every
-//! [`WATCH_EVERY`](super::stop::WATCH_EVERY), and at once when a stop signal arrives (a launcher that sees a rank die signals the others). A death is reported
-//! to the server (`Peer::Lost`), which tells its clients first, then stops every remaining rank
-//! with that error. If the server itself died, its watcher stops every rank.
+//! [`WATCH_EVERY`](super::stop::WATCH_EVERY), and at once when a stop signal arrives (a
+//! launcher that sees a rank die signals the others). Every rank also sends its watcher a sign
+//! of life (`Peer::Alive`) every [`HEARTBEAT`](super::stop::HEARTBEAT) from its transport
+//! thread, which runs beside any computation: a rank whose process is there but silent for the
+//! stuck time (`--stuck-after`: stopped with SIGSTOP, a wedged MPI progress thread, a node
+//! swapping itself to death) is reported like a dead one. A rank busy in a long task is not
+//! silent. A loss is reported to the server (`Peer::Lost`), which tells its clients first, then
+//! stops every remaining rank with that error. If the server itself was lost, its watcher stops
+//! every rank.
 
 use crate::protocol::Rank;
 use crate::topology::Layout;
+use std::time::{Duration, Instant};
 
-/// A rank found dead.
+/// A rank found dead or silent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lost {
     pub rank: Rank,
     pub role: &'static str,
     pub node: u32,
+    /// Seconds without a sign of life, for a rank whose process is still there (0: it died).
+    pub silent: u64,
 }
 
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "rank {} ({} on node {}) was lost: its process died",
-            self.rank.0, self.role, self.node
-        )
+        let (rank, role, node) = (self.rank.0, self.role, self.node);
+        match self.silent {
+            0 => write!(
+                f,
+                "rank {rank} ({role} on node {node}) was lost: its process died"
+            ),
+            s => write!(
+                f,
+                "rank {rank} ({role} on node {node}) was lost: it stopped answering (no sign of \
+                 life for {s} s; stopped, or stuck outside bqrt; see --stuck-after)"
+            ),
+        }
     }
 }
 
@@ -35,28 +52,51 @@ struct Watched {
     role: &'static str,
     node: u32,
     lost: bool,
+    /// The last sign of life.
+    heard: Instant,
 }
 
 /// The node leader's view of its node's other ranks.
 #[derive(Debug)]
 pub struct Watcher {
     peers: Vec<Watched>,
+    stuck_after: Duration,
+}
+
+/// The ranks of `me`'s node, lowest first.
+fn mates(me: Rank, lay: &Layout) -> Option<Vec<usize>> {
+    let node = *lay.node_of.get(me.0 as usize)?;
+    Some(
+        (0..lay.roles.len())
+            .filter(|&r| lay.node_of[r] == node)
+            .collect(),
+    )
+}
+
+/// The rank that watches `me` (where its signs of life go), if any.
+pub fn watcher_of(me: Rank, lay: &Layout) -> Option<Rank> {
+    let mates = mates(me, lay)?;
+    let w = if mates.first() == Some(&(me.0 as usize)) {
+        *mates.get(1)?
+    } else {
+        *mates.first()?
+    };
+    Some(Rank(w as u32))
 }
 
 impl Watcher {
     /// The lowest rank of a node watches the node's other ranks; the second lowest watches the
-    /// lowest; other ranks watch nothing.
-    pub fn new(me: Rank, lay: &Layout, pids: &[i32]) -> Option<Watcher> {
-        let node = *lay.node_of.get(me.0 as usize)?;
-        let mates: Vec<usize> = (0..lay.roles.len())
-            .filter(|&r| lay.node_of[r] == node)
-            .collect();
+    /// lowest; other ranks watch nothing. A watched rank silent for `stuck_after` is lost.
+    pub fn new(me: Rank, lay: &Layout, pids: &[i32], stuck_after: Duration) -> Option<Watcher> {
+        let mates = mates(me, lay)?;
+        let node = lay.node_of[me.0 as usize];
         let me = me.0 as usize;
         let watched: Vec<usize> = match mates.iter().position(|&r| r == me) {
             Some(0) => mates[1..].to_vec(),
             Some(1) => vec![mates[0]],
             _ => return None,
         };
+        let now = Instant::now();
         let peers: Vec<Watched> = watched
             .into_iter()
             .filter_map(|r| {
@@ -66,26 +106,63 @@ impl Watcher {
                     role: lay.roles[r].name(),
                     node,
                     lost: false,
+                    heard: now,
                 })
             })
             .collect();
-        (!peers.is_empty()).then_some(Watcher { peers })
+        (!peers.is_empty()).then_some(Watcher { peers, stuck_after })
     }
 
-    /// Ranks found dead since the last call.
+    /// A sign of life from `rank` (any message counts; the watcher hears `Peer::Alive`).
+    pub fn heard(&mut self, rank: Rank) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.rank == rank) {
+            p.heard = Instant::now();
+        }
+    }
+
+    /// Ranks found dead or silent since the last call.
     pub fn check(&mut self) -> Vec<Lost> {
         let mut found = Vec::new();
         for p in self.peers.iter_mut().filter(|p| !p.lost) {
-            if !alive(p.pid) {
+            let silent = p.heard.elapsed();
+            let dead = !alive(p.pid);
+            if dead || silent >= self.stuck_after {
                 p.lost = true;
                 found.push(Lost {
                     rank: p.rank,
                     role: p.role,
                     node: p.node,
+                    silent: if dead { 0 } else { silent.as_secs().max(1) },
                 });
             }
         }
         found
+    }
+}
+
+/// Signs of life to this rank's watcher, every [`HEARTBEAT`](super::stop::HEARTBEAT).
+#[derive(Debug)]
+pub struct Heartbeat {
+    to: Option<Rank>,
+    last: Instant,
+}
+
+impl Heartbeat {
+    pub fn new(to: Option<Rank>) -> Heartbeat {
+        Heartbeat {
+            to,
+            last: Instant::now(),
+        }
+    }
+
+    /// Where a sign of life is due now, if one is.
+    pub fn due(&mut self) -> Option<Rank> {
+        let to = self.to?;
+        if self.last.elapsed() < super::stop::HEARTBEAT {
+            return None;
+        }
+        self.last = Instant::now();
+        Some(to)
     }
 }
 
@@ -144,16 +221,16 @@ mod tests {
         let me = std::process::id() as i32;
         let pids = vec![me, child.id() as i32, me, me, me];
         assert!(
-            Watcher::new(Rank(2), &lay, &pids).is_none(),
+            Watcher::new(Rank(2), &lay, &pids, Duration::from_secs(30)).is_none(),
             "only the two lowest ranks of a node watch"
         );
-        let second = Watcher::new(Rank(1), &lay, &pids).unwrap();
+        let second = Watcher::new(Rank(1), &lay, &pids, Duration::from_secs(30)).unwrap();
         assert_eq!(
             second.peers.iter().map(|p| p.rank).collect::<Vec<_>>(),
             vec![Rank(0)],
             "the second watches the first"
         );
-        let mut w = Watcher::new(Rank(0), &lay, &pids).unwrap();
+        let mut w = Watcher::new(Rank(0), &lay, &pids, Duration::from_secs(30)).unwrap();
         assert!(w.check().is_empty());
         child.kill().unwrap();
         let _ = child.wait();
@@ -163,14 +240,45 @@ mod tests {
             vec![Lost {
                 rank: Rank(1),
                 role: "manager",
-                node: 0
+                node: 0,
+                silent: 0,
             }]
         );
         assert!(w.check().is_empty(), "reported once");
         let mut z = std::process::Command::new("true").spawn().unwrap();
         let zpid = z.id() as i32;
-        std::thread::sleep(std::time::Duration::from_millis(100)); // exited but not reaped: a zombie
+        std::thread::sleep(Duration::from_millis(100)); // exited but not reaped: a zombie
         assert!(!alive(zpid));
         let _ = z.wait();
+    }
+
+    #[test]
+    fn a_silent_rank_is_lost_and_a_sign_of_life_keeps_it() {
+        let lay = layout(&[0, 0, 0], 16).unwrap();
+        let me = std::process::id() as i32;
+        let pids = vec![me, me, me];
+        assert_eq!(watcher_of(Rank(2), &lay), Some(Rank(0)));
+        assert_eq!(watcher_of(Rank(0), &lay), Some(Rank(1)));
+        let mut w = Watcher::new(Rank(0), &lay, &pids, Duration::from_millis(300)).unwrap();
+        let mut lost = Vec::new();
+        let until = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < until {
+            w.heard(Rank(1)); // rank 1 keeps talking, rank 2 says nothing
+            lost.extend(w.check());
+            std::thread::yield_now();
+        }
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!((lost[0].rank, lost[0].silent), (Rank(2), 1), "{lost:?}");
+        let text = Lost {
+            rank: Rank(2),
+            role: "worker",
+            node: 0,
+            silent: 30,
+        }
+        .to_string();
+        assert!(
+            text.contains("rank 2 (worker on node 0)") && text.contains("stopped answering"),
+            "{text}"
+        );
     }
 }

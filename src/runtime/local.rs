@@ -30,7 +30,14 @@ impl LocalCluster {
         let Role::Server { employees } = &lay.roles[0] else {
             unreachable!("rank 0 is the server")
         };
-        let (mut logic, cmd_rx, handle) = server_parts(employees, 1, n, None);
+        let (mut logic, cmd_rx, handle) = server_parts(
+            employees,
+            1,
+            n,
+            None,
+            super::liveness::Heartbeat::new(None),
+            registry.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             if let Err(e) = drive(
                 &mut server_fabric,
@@ -53,6 +60,7 @@ impl LocalCluster {
                     1,
                     &mut super::RankReport::default(),
                     None,
+                    super::liveness::Heartbeat::new(None),
                 ) {
                     panic!("local rank: {e}");
                 }

@@ -42,6 +42,8 @@ pub(crate) fn server_parts(
     seed: u64,
     ranks: u32,
     watcher: Option<liveness::Watcher>,
+    heartbeat: liveness::Heartbeat,
+    registry: Registry,
 ) -> (ServerLogic, Receiver<Command>, ServerHandle) {
     let (cmd_tx, cmd_rx) = unbounded();
     let (ev_tx, ev_rx) = unbounded();
@@ -51,10 +53,11 @@ pub(crate) fn server_parts(
         employees: employees.iter().map(|e| e.0).collect(),
         ranks,
         watcher,
+        heartbeat,
         lost: Vec::new(),
         lost_at: None,
     };
-    (logic, cmd_rx, ServerHandle::new(cmd_tx, ev_rx))
+    (logic, cmd_rx, ServerHandle::new(cmd_tx, ev_rx, registry))
 }
 
 /// What a rank reports about itself at exit (`bqrt run --stats`).
@@ -79,6 +82,7 @@ pub(crate) fn run_member<F: Fabric>(
     seed: u64,
     report: &mut RankReport,
     watcher: Option<liveness::Watcher>,
+    heartbeat: liveness::Heartbeat,
 ) -> Result<i32, TransportError> {
     let me = fabric.rank();
     match role {
@@ -91,6 +95,7 @@ pub(crate) fn run_member<F: Fabric>(
                 core: ManagerCore::new(me, *parent, employees, seed ^ u64::from(me.0)),
                 employees: employees.iter().map(|e| e.0).collect(),
                 watcher,
+                heartbeat,
                 exit_code: 0,
                 ranks: fabric.size(),
             };
@@ -137,6 +142,7 @@ pub(crate) fn run_member<F: Fabric>(
                 inbound: in_tx,
                 running,
                 watcher,
+                heartbeat,
                 exit_code: 0,
                 ranks: fabric.size(),
             };

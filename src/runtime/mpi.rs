@@ -44,6 +44,8 @@ pub struct MpiOptions {
     /// rank gives up: a rank that died or never started would otherwise leave the others
     /// waiting in a collective forever.
     pub startup_timeout: std::time::Duration,
+    /// A rank silent (no sign of life) this long is reported lost, like a dead one.
+    pub stuck_after: std::time::Duration,
 }
 
 impl Default for MpiOptions {
@@ -57,6 +59,7 @@ impl Default for MpiOptions {
             gpus_per_node: 0,
             verbose: false,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            stuck_after: super::stop::STUCK_AFTER,
         }
     }
 }
@@ -191,13 +194,21 @@ where
     log::debug!(target: "bqrt::runtime", "rank {}: {:?} on node {}", s.rank, s.role, s.lay.node_of[s.rank as usize]);
     super::fault::inject(s.rank);
     let pids: Vec<i32> = s.all.chunks(FIELDS).map(|c| c[5]).collect();
-    let watcher = super::liveness::Watcher::new(crate::protocol::Rank(s.rank), &s.lay, &pids);
+    let me = crate::protocol::Rank(s.rank);
+    let watcher = super::liveness::Watcher::new(me, &s.lay, &pids, opts.stuck_after);
+    let heartbeat = super::liveness::Heartbeat::new(super::liveness::watcher_of(me, &s.lay));
     let mut report = RankReport::default();
     let mut fabric = world.fabric();
     let code = match &s.role {
         Role::Server { employees } => {
-            let (mut logic, cmd_rx, handle) =
-                server_parts(employees, opts.seed, world.size(), watcher);
+            let (mut logic, cmd_rx, handle) = server_parts(
+                employees,
+                opts.seed,
+                world.size(),
+                watcher,
+                heartbeat,
+                registry,
+            );
             let client = std::thread::Builder::new()
                 .name("bqrt-client".into())
                 .spawn(move || client(handle))
@@ -213,7 +224,15 @@ where
             drop(fabric);
             client.join().unwrap_or(70)
         }
-        _ => run_member(fabric, &s.role, registry, opts.seed, &mut report, watcher)?,
+        _ => run_member(
+            fabric,
+            &s.role,
+            registry,
+            opts.seed,
+            &mut report,
+            watcher,
+            heartbeat,
+        )?,
     };
     if opts.stats {
         print_stats(&s, &report);

@@ -1,7 +1,7 @@
 //! Each role's [`Logic`] for the transport loop: the glue between a sans-IO core and the
 //! threads of its rank, plus liveness watching and shutdown.
 
-use super::liveness::{Lost, Watcher};
+use super::liveness::{Heartbeat, Lost, Watcher};
 use super::stop;
 use crate::executor::{lock_state, Inbound, LiveTasks, SharedState};
 use crate::protocol::{Down, JobId, Msg, Outbox, Peer, Rank};
@@ -36,6 +36,7 @@ pub(crate) struct ServerLogic {
     /// Every rank of the runtime (for stopping them all when the tree is broken).
     pub(crate) ranks: u32,
     pub(crate) watcher: Option<Watcher>,
+    pub(crate) heartbeat: Heartbeat,
     pub(crate) lost: Vec<Lost>,
     pub(crate) lost_at: Option<Instant>,
 }
@@ -87,20 +88,28 @@ impl Logic for ServerLogic {
     type Local = Command;
 
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
-        if let Msg::Peer(Peer::Lost { rank, role, node }) = &msg {
+        if let Msg::Peer(Peer::Lost {
+            rank,
+            role,
+            node,
+            silent,
+        }) = &msg
+        {
             let role = match role.as_str() {
                 "manager" => "manager",
                 "server" => "server",
                 _ => "worker",
             };
-            self.on_lost(
-                Lost {
-                    rank: *rank,
-                    role,
-                    node: *node,
-                },
-                out,
-            );
+            let lost = Lost {
+                rank: *rank,
+                role,
+                node: *node,
+                silent: *silent,
+            };
+            self.on_lost(lost, out);
+            return Flow::Continue;
+        }
+        if heard(&mut self.watcher, from, &msg) {
             return Flow::Continue;
         }
         self.core.handle(from, msg, out);
@@ -137,6 +146,9 @@ impl Logic for ServerLogic {
         for l in found {
             self.on_lost(l, out);
         }
+        if let Some(to) = self.heartbeat.due() {
+            out.push((to, Msg::Peer(Peer::Alive)));
+        }
         self.core.report_progress();
         self.forward_events();
         if self
@@ -159,15 +171,30 @@ impl Logic for ServerLogic {
     }
 }
 
-/// A watcher's liveness report, for managers and workers. Returns `Stop` when the server itself
-/// died: then this rank stops every other rank.
+/// A sign of life for this rank's watcher: noted, and the message needs nothing else.
+fn heard(watcher: &mut Option<Watcher>, from: Rank, msg: &Msg) -> bool {
+    if !matches!(msg, Msg::Peer(Peer::Alive)) {
+        return false;
+    }
+    if let Some(w) = watcher {
+        w.heard(from);
+    }
+    true
+}
+
+/// A watcher's liveness report and this rank's sign of life, for managers and workers.
+/// Returns `Stop` when the server itself was lost: then this rank stops every other rank.
 fn report_lost(
     me: Rank,
     ranks: u32,
     watcher: &mut Option<Watcher>,
+    heartbeat: &mut Heartbeat,
     exit_code: &mut i32,
     out: &mut Outbox,
 ) -> Flow {
+    if let Some(to) = heartbeat.due() {
+        out.push((to, Msg::Peer(Peer::Alive)));
+    }
     for l in watcher.as_mut().map(Watcher::check).unwrap_or_default() {
         crate::logging::eprint_line(&format!("bqrt: {l}"));
         if l.rank == Rank::SERVER {
@@ -189,6 +216,7 @@ fn report_lost(
                 rank: l.rank,
                 role: l.role.to_string(),
                 node: l.node,
+                silent: l.silent,
             }),
         ));
     }
@@ -208,6 +236,7 @@ pub(crate) struct ManagerLogic {
     pub(crate) core: ManagerCore,
     pub(crate) employees: Vec<Rank>,
     pub(crate) watcher: Option<Watcher>,
+    pub(crate) heartbeat: Heartbeat,
     pub(crate) exit_code: i32,
     pub(crate) ranks: u32,
 }
@@ -228,6 +257,9 @@ impl Logic for ManagerLogic {
             }
             return Flow::Stop;
         }
+        if heard(&mut self.watcher, from, &msg) {
+            return Flow::Continue;
+        }
         self.core.handle(from, msg, out);
         Flow::Continue
     }
@@ -241,6 +273,7 @@ impl Logic for ManagerLogic {
             self.me,
             self.ranks,
             &mut self.watcher,
+            &mut self.heartbeat,
             &mut self.exit_code,
             out,
         )
@@ -250,6 +283,11 @@ impl Logic for ManagerLogic {
         unattended_stop(waited)
     }
 }
+
+/// A worker inside one task for this long is **occupied**: it hands back its queued tasks and
+/// takes no new work until the task ends (checked every [`stop::WATCH_EVERY`]). Well above a
+/// quick task (microseconds to a few milliseconds), well below a slow synthesis step.
+pub(crate) const OCCUPIED_AFTER: Duration = Duration::from_millis(50);
 
 /// The transport side of a worker: it hands every message to the worker's core itself (under
 /// the lock it shares with the executor), so steals, cancels and results take effect even while
@@ -261,6 +299,7 @@ pub(crate) struct WorkerLogic {
     pub(crate) inbound: Sender<Inbound>,
     pub(crate) running: Arc<LiveTasks>,
     pub(crate) watcher: Option<Watcher>,
+    pub(crate) heartbeat: Heartbeat,
     pub(crate) exit_code: i32,
     pub(crate) ranks: u32,
 }
@@ -268,7 +307,10 @@ pub(crate) struct WorkerLogic {
 impl Logic for WorkerLogic {
     type Local = ();
 
-    fn on_message(&mut self, _from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
+    fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
+        if heard(&mut self.watcher, from, &msg) {
+            return Flow::Continue;
+        }
         if let Msg::Peer(Peer::Cancel { mailbox }) = &msg {
             self.running.on_cancel(*mailbox);
         }
@@ -298,10 +340,18 @@ impl Logic for WorkerLogic {
     }
 
     fn on_tick(&mut self, out: &mut Outbox) -> Flow {
+        // a task computing for long takes no new work, and hands back what waits behind it
+        if self.running.busy_for().is_some_and(|d| d >= OCCUPIED_AFTER) {
+            let mut s = lock_state(&self.state);
+            let s = &mut *s;
+            s.core.set_occupied(true, &mut s.out);
+            out.append(&mut s.out);
+        }
         let flow = report_lost(
             self.me,
             self.ranks,
             &mut self.watcher,
+            &mut self.heartbeat,
             &mut self.exit_code,
             out,
         );

@@ -10,7 +10,10 @@
 //!
 //! # Placement
 //! Tasks fill idle worker slots first (employees shuffled by the seeded generator); the rest go
-//! one at a time to the employee with the smallest backlog per worker. A worker starts the last
+//! one at a time to the employee with the smallest backlog per available worker, where a worker
+//! inside a long task (**occupied**, reported with `Occupied`) is not available: work is queued
+//! behind a worker that is computing only when every worker is. An occupied worker hands back
+//! what it had queued, and whatever reaches it while it stays occupied. A worker starts the last
 //! task of a batch and delays the rest, LIFO.
 //!
 //! # Stealing
@@ -40,6 +43,8 @@ pub(crate) struct Employee {
     pub(crate) backlog: u64,
     /// Size of the outstanding steal request, if any.
     steal_pending: Option<u32>,
+    /// Workers under this employee inside a long task (they take no new work).
+    pub(crate) occupied: u32,
     /// Tasks ever assigned (statistics).
     pub(crate) assigned: u64,
 }
@@ -72,6 +77,7 @@ impl Boss {
                 next_seq: 0,
                 backlog: 0,
                 steal_pending: None,
+                occupied: 0,
                 assigned: 0,
             })
             .collect();
@@ -139,10 +145,27 @@ impl Boss {
         }
         let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n)| u64::from(n)).sum();
         let new_idle = (u64::from(idle.min(emp.workers))).saturating_sub(unaccounted) as u32;
+        if emp.workers == 1 && idle > 0 {
+            emp.occupied = 0; // a worker that waits for work is not inside a task
+        }
         self.set_idle(e, new_idle);
         if idle > 0 && unaccounted == 0 {
             self.set_backlog(e, 0);
         }
+    }
+
+    /// An employee's `Occupied` report: `workers` of its workers are inside a long task, and it
+    /// handed back `returned` queued tasks.
+    pub(crate) fn on_occupied(&mut self, e: usize, workers: u32, returned: usize) {
+        let emp = &mut self.employees[e];
+        emp.occupied = workers.min(emp.workers);
+        let backlog = emp.backlog.saturating_sub(returned as u64);
+        self.set_backlog(e, backlog);
+    }
+
+    /// Whether some employee has a worker that is not occupied.
+    pub(crate) fn any_available(&self) -> bool {
+        self.employees.iter().any(|e| e.occupied < e.workers)
     }
 
     /// Place tasks on idle slots only; returns what did not fit.
@@ -174,15 +197,26 @@ impl Boss {
         let m = self.employees.len();
         let mut per: Vec<Vec<TaskMsg>> = (0..m).map(|_| Vec::new()).collect();
         let mut load: Vec<u64> = self.employees.iter().map(|e| e.backlog).collect();
+        // workers that can take work: those not occupied, unless every one is
+        let all_occupied = !self.any_available();
+        let avail: Vec<u64> = self
+            .employees
+            .iter()
+            .map(|e| match all_occupied {
+                true => u64::from(e.workers),
+                false => u64::from(e.workers - e.occupied),
+            })
+            .collect();
         let start = self.rng.below(m);
         for task in rest {
-            // least backlog per worker; ties broken by a rotating random start
-            let mut best = start;
+            // least backlog per available worker; ties broken by a rotating random start
+            let mut best = (0..m)
+                .map(|k| (start + k) % m)
+                .find(|&i| avail[i] > 0)
+                .unwrap_or(start);
             for k in 0..m {
                 let i = (start + k) % m;
-                let wi = u64::from(self.employees[i].workers.max(1));
-                let wb = u64::from(self.employees[best].workers.max(1));
-                if load[i] * wb < load[best] * wi {
+                if avail[i] > 0 && load[i] * avail[best] < load[best] * avail[i] {
                     best = i;
                 }
             }

@@ -7,6 +7,9 @@
 //! * A steal request from above is passed to the loaded employees; what they hand back goes to
 //!   this group's idle workers first and the rest up, answering the request once every
 //!   employee asked has answered.
+//! * Tasks an occupied worker hands back go to this group's idle workers, else to its workers
+//!   that are not occupied, else up; the group's count of occupied workers is reported upward
+//!   whenever it changes.
 
 use super::boss::Boss;
 use crate::protocol::Outbox;
@@ -24,6 +27,8 @@ pub struct ManagerCore {
     pub(crate) boss: Boss,
     receipt: BatchSeq,
     reported_idle: u32,
+    /// Occupied workers last reported upward.
+    reported_occupied: u32,
     upstream: Option<UpstreamSteal>,
 }
 
@@ -37,6 +42,7 @@ impl ManagerCore {
             boss,
             receipt: BatchSeq(0),
             reported_idle,
+            reported_occupied: 0,
             upstream: None,
         }
     }
@@ -84,6 +90,16 @@ impl ManagerCore {
                         }
                         self.answer_upstream(out);
                     }
+                    Up::Occupied { workers, tasks } => {
+                        self.boss.on_occupied(e, workers, tasks.len());
+                        let rest = self.boss.place_idle(tasks, out);
+                        match &mut self.upstream {
+                            Some(up) => up.collected.extend(rest),
+                            None if self.boss.any_available() => self.boss.place_all(rest, out),
+                            None if rest.is_empty() => {}
+                            None => out.push((self.parent, Msg::Up(Up::Submit { tasks: rest }))),
+                        }
+                    }
                 }
             }
             Msg::Peer(_) => {
@@ -95,6 +111,17 @@ impl ManagerCore {
         }
         if self.upstream.is_none() {
             self.boss.plan_steals(self.boss.idle_total(), out);
+        }
+        let occupied = self.boss.employees.iter().map(|e| e.occupied).sum();
+        if occupied != self.reported_occupied {
+            self.reported_occupied = occupied;
+            out.push((
+                self.parent,
+                Msg::Up(Up::Occupied {
+                    workers: occupied,
+                    tasks: Vec::new(),
+                }),
+            ));
         }
         let idle = self.boss.idle_total();
         if idle != self.reported_idle {

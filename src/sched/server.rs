@@ -225,6 +225,10 @@ impl ServerCore {
                         self.boss.on_stolen(e, tasks.len());
                         self.boss.place_all(tasks, out);
                     }
+                    Up::Occupied { workers, tasks } => {
+                        self.boss.on_occupied(e, workers, tasks.len());
+                        self.boss.place_all(tasks, out);
+                    }
                 }
             }
             Msg::Peer(Peer::Result { addr, value, tasks }) => {
@@ -284,7 +288,7 @@ impl ServerCore {
                     }
                 }
             }
-            Msg::Peer(Peer::Lost { .. } | Peer::Communicate { .. }) => {} // handled by the rank's driver, or not for the server
+            Msg::Peer(Peer::Lost { .. } | Peer::Communicate { .. } | Peer::Alive) => {} // handled by the rank's driver, or not for the server
             Msg::Peer(Peer::Cancel { .. }) | Msg::Down(_) => {
                 log::error!("server: unexpected message from {from}; dropped");
             }

@@ -169,6 +169,9 @@ pub struct WorkerCore {
     /// kept until the executor takes them from `dropped`, so what they log still reaches
     /// their job.
     cancelled: IdMap<TaskKey, TaskMsg>,
+    /// Inside one task for longer than the threshold (told by the driver): queued tasks are
+    /// handed back to the boss, and so is whatever arrives meanwhile.
+    occupied: bool,
     progress: IdMap<JobId, (u64, u64)>,
     reported_queued: u32,
     pub stats: WorkerStats,
@@ -190,6 +193,7 @@ impl WorkerCore {
             last_waiting: None,
             dropped: Vec::new(),
             cancelled: IdMap::default(),
+            occupied: false,
             progress: IdMap::default(),
             reported_queued: 0,
             stats: WorkerStats::default(),
@@ -262,8 +266,9 @@ impl WorkerCore {
             Msg::Peer(Peer::Result { addr, value, tasks }) => self.deposit(addr, value, tasks),
             Msg::Peer(Peer::Placed { mailbox, at }) => self.on_placed(mailbox.mailbox, at, out),
             Msg::Peer(Peer::Cancel { mailbox }) => self.cancel_closure(vec![mailbox], out),
-            // delivered by the driver straight into the started tasks' inboxes
-            Msg::Peer(Peer::Communicate { .. }) => {}
+            // delivered by the driver straight into the started tasks' inboxes; signs of life
+            // are the driver's too
+            Msg::Peer(Peer::Communicate { .. } | Peer::Alive) => {}
             Msg::Peer(
                 Peer::Failed { .. } | Peer::Log { .. } | Peer::Progress { .. } | Peer::Lost { .. },
             ) => {
@@ -303,6 +308,41 @@ impl WorkerCore {
             self.delayed.push_back(task);
         }
         self.stats.max_delayed = self.stats.max_delayed.max(self.delayed.len() as u64);
+        if self.occupied {
+            self.hand_back(out);
+        }
+    }
+
+    /// The driver's view of the executor: `occupied` when it has been inside one task for
+    /// longer than the runtime's threshold. Becoming occupied hands every queued task back to
+    /// the boss (with `Up::Occupied`), so nothing waits behind the long task; the boss then
+    /// queues nothing here until the worker is free again.
+    pub fn set_occupied(&mut self, occupied: bool, out: &mut Outbox) {
+        if occupied == self.occupied {
+            return;
+        }
+        self.occupied = occupied;
+        if occupied {
+            self.hand_back(out);
+        } else {
+            let free = Up::Occupied {
+                workers: 0,
+                tasks: Vec::new(),
+            };
+            out.push((self.boss, Msg::Up(free)));
+        }
+    }
+
+    /// Whether the driver said this worker is inside a long task.
+    pub fn is_occupied(&self) -> bool {
+        self.occupied
+    }
+
+    fn hand_back(&mut self, out: &mut Outbox) {
+        let tasks: Vec<TaskMsg> = self.delayed.drain(..).collect();
+        self.stats.stolen_from += tasks.len() as u64;
+        let msg = Up::Occupied { workers: 1, tasks };
+        out.push((self.boss, Msg::Up(msg)));
     }
 
     fn on_placed(&mut self, mailbox: MailboxId, at: Rank, out: &mut Outbox) {
