@@ -1,0 +1,195 @@
+//! No job waits behind a busy worker: long tasks beside short jobs on a real `mpirun` runtime,
+//! cancel of a task that would never end, a worker that stops answering, and submits that are
+//! refused at once.
+
+mod common;
+use bqrt::client::{Client, ClientError};
+use bqrt::protocol::native::{JobResult, JobState};
+use bqrt::protocol::{JobId, LogSpec};
+use common::{wait_for, Serve};
+use std::time::{Duration, Instant};
+
+fn client(s: &Serve) -> Client {
+    Client::connect(&s.addr, Some(s.token())).expect("connect")
+}
+
+fn done(r: JobResult) -> serde_json::Value {
+    match r {
+        JobResult::Done { value, .. } => serde_json::from_slice(&value).unwrap(),
+        other => panic!("not done: {other:?}"),
+    }
+}
+
+/// Wait until `n` workers are busy (a long task has started on each).
+fn wait_busy(c: &mut Client, n: u32) {
+    wait_for("the long tasks to start", Duration::from_secs(20), || {
+        let t = c.top().unwrap();
+        t.workers - t.idle >= n
+    });
+}
+
+/// Run `task(args)` as a job and time it to its result.
+fn timed(c: &mut Client, task: &str, args: &str) -> (serde_json::Value, Duration) {
+    let t0 = Instant::now();
+    let j = c.submit(task, args, LogSpec::OFF, false).unwrap();
+    let v = done(c.result(j, None).unwrap());
+    (v, t0.elapsed())
+}
+
+/// The issue's bound: a short job waiting behind the long task took 19.6 s; anything near
+/// that fails, a loaded 2-core machine passes.
+const SHORT_JOB: Duration = Duration::from_secs(8);
+
+#[test]
+fn short_jobs_finish_while_a_long_task_holds_a_worker() {
+    // server + 3 workers; the long task computes without yielding for 20 s
+    let s = Serve::start(4, &[]);
+    let mut c = client(&s);
+    let long = c.submit("spin", "20000", LogSpec::OFF, false).unwrap();
+    wait_busy(&mut c, 1);
+    std::thread::sleep(Duration::from_millis(500)); // as in the report: half a second later
+    for (task, args, want) in [
+        ("fib", "15", serde_json::json!(610)),
+        ("tree", "10", serde_json::json!(2047)),
+        ("fanout", "50", serde_json::json!(50)),
+    ] {
+        let (v, took) = timed(&mut c, task, args);
+        assert_eq!(v, want, "{task} {args}");
+        assert!(
+            took < SHORT_JOB,
+            "{task} {args} took {took:?} beside the long task"
+        );
+        eprintln!("{task} {args}: {took:?} beside a 20 s task");
+    }
+    assert_eq!(
+        c.status(long).unwrap().state,
+        JobState::Running,
+        "the long task still runs"
+    );
+}
+
+#[test]
+fn jobs_after_a_cancelled_never_ending_task_complete() {
+    let s = Serve::start(4, &[]);
+    let mut c = client(&s);
+    // a task that would run for an hour, on every worker: nothing else could run
+    let forever: Vec<JobId> = (0..3)
+        .map(|_| c.submit("sleep", "3600000", LogSpec::OFF, true).unwrap())
+        .collect();
+    wait_busy(&mut c, 3);
+    // a job submitted now must wait (every worker is taken) ...
+    let queued = c.submit("fib", "12", LogSpec::OFF, false).unwrap();
+    for j in &forever {
+        let (cancelled, _) = c.cancel(*j).unwrap();
+        assert!(cancelled);
+    }
+    // ... and runs once the cancels freed the workers
+    assert_eq!(done(c.result(queued, None).unwrap()), 144);
+    wait_for("every worker idle again", Duration::from_secs(10), || {
+        let t = c.top().unwrap();
+        t.idle == t.workers && t.queued == 0
+    });
+    let (v, took) = timed(&mut c, "fib", "15");
+    assert_eq!(v, 610);
+    assert!(took < SHORT_JOB, "took {took:?}");
+}
+
+#[test]
+fn a_worker_that_stops_answering_is_reported_with_its_rank_and_the_runtime_stops() {
+    let mut s = Serve::start(4, &["--stuck-after", "3"]);
+    let mut c = client(&s);
+    let job = c
+        .submit(
+            "spread",
+            r#"{"outer":3,"inner":3,"ms":2000}"#,
+            LogSpec::OFF,
+            false,
+        )
+        .unwrap();
+    wait_for("the job to run", Duration::from_secs(30), || {
+        c.status(job).unwrap().state == JobState::Running
+    });
+    let launcher = s.child.as_ref().unwrap().id();
+    let all = common::descendants(launcher);
+    let victim = all
+        .iter()
+        .copied()
+        .find(|&p| common::has_env(p, "OMPI_COMM_WORLD_RANK=2"))
+        .expect("rank 2's process");
+    common::send_signal("STOP", &[victim]);
+    let t0 = Instant::now();
+    let outcome = c.result(job, None);
+    let noticed = t0.elapsed();
+    // let the stopped process go, whatever happened, so nothing is left behind
+    common::send_signal("CONT", &[victim]);
+    match outcome {
+        Err(ClientError::Shutdown(reason)) => {
+            assert!(
+                reason.contains("rank 2 (worker on node 0)")
+                    && reason.contains("stopped answering"),
+                "{reason}"
+            );
+        }
+        other => panic!("client got {other:?}"),
+    }
+    assert!(
+        noticed < Duration::from_secs(3 + 5),
+        "reported after {noticed:?} (--stuck-after 3)"
+    );
+    let (code, _, stderr) = s.stop_by(|_| {});
+    assert_ne!(code, Some(0), "{stderr}");
+    wait_for("every rank gone", Duration::from_secs(10), || {
+        common::all_gone(&all)
+    });
+}
+
+#[test]
+fn a_rank_busy_in_a_long_task_is_not_stuck() {
+    let s = Serve::start(3, &["--stuck-after", "2"]);
+    let mut c = client(&s);
+    // both workers compute without yielding for 5 s, more than twice the stuck time
+    let spins: Vec<JobId> = (0..2)
+        .map(|_| c.submit("spin", "5000", LogSpec::OFF, false).unwrap())
+        .collect();
+    for j in spins {
+        assert_eq!(done(c.result(j, None).unwrap()), true, "ran to its end");
+    }
+    let (v, _) = timed(&mut c, "fib", "10");
+    assert_eq!(v, 55, "the runtime still serves");
+}
+
+#[test]
+fn submits_of_unknown_tasks_or_wrong_arguments_fail_at_submit() {
+    let s = Serve::start(3, &[]);
+    for (args, says) in [
+        (
+            vec!["submit", "no_such_task"],
+            "no task named 'no_such_task'",
+        ),
+        (
+            vec!["submit", "fib", "\"twenty\""],
+            "arguments of task 'fib' do not decode",
+        ),
+        (
+            vec!["submit", "sleep", "[1,2]"],
+            "arguments of task 'sleep' do not decode",
+        ),
+    ] {
+        let r = s.cli(&args);
+        assert_ne!(r.code, Some(0), "{args:?} was accepted: {}", r.stdout);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stdout.trim().is_empty(),
+            "no job id for {args:?}: {}",
+            r.stdout
+        );
+    }
+    let mut c = client(&s);
+    let e = c.submit("no_such_task", "null", LogSpec::OFF, false);
+    assert!(
+        matches!(&e, Err(ClientError::Server(m)) if m.contains("no task named")),
+        "{e:?}"
+    );
+    let (v, _) = timed(&mut c, "fib", "9");
+    assert_eq!(v, 34, "the runtime keeps serving");
+}
