@@ -154,6 +154,9 @@ pub struct SimConfig {
     pub keep_local: bool,
     /// Ticks between a worker's progress reports to the server.
     pub progress_every: u64,
+    /// A worker inside one task this many ticks is occupied, as the runtime's driver decides
+    /// (0: never).
+    pub occupied_after: u64,
 }
 
 impl SimConfig {
@@ -167,6 +170,7 @@ impl SimConfig {
             codec: true,
             keep_local: true,
             progress_every: 100,
+            occupied_after: 50,
         }
     }
 }
@@ -192,12 +196,21 @@ struct SimWorker {
     tasks: HashMap<TaskKey, SimTask>,
     busy_until: u64,
     wake_pending: bool,
+    /// Nothing to run and not computing.
+    idle: bool,
+    /// Computing, with tasks queued behind it.
+    queued: bool,
+    /// The child the current step kept for this worker (work-first): it runs next, right after
+    /// the step, so it waits behind nothing.
+    kept: usize,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Deliver { from: u32, to: u32, idx: usize },
     Wake { rank: u32 },
+    /// The driver looks at a worker that began a long task ending at `until`.
+    Occupy { rank: u32, until: u64 },
 }
 
 /// Counts from one simulation run.
@@ -214,6 +227,9 @@ pub struct SimStats {
     pub server_nanos: u128,
     /// Messages the server received, by kind.
     pub server_in_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// The longest stretch of simulated time during which some worker was idle while tasks
+    /// waited in the queue of another worker that was computing.
+    pub max_wait_beside_idle: u64,
 }
 
 /// A simulated cluster.
@@ -238,6 +254,11 @@ pub struct Sim {
     /// Jobs the server reported ended (each once).
     server_ended: HashSet<JobId>,
     finished_counts: HashMap<JobId, u64>,
+    /// Workers idle now, and workers computing with a queue now.
+    idle_workers: usize,
+    queued_workers: usize,
+    /// Since when some worker is idle while another has a queue behind a computation.
+    waiting_beside_idle: Option<u64>,
     pub stats: SimStats,
 }
 
@@ -277,10 +298,14 @@ impl Sim {
                     tasks: HashMap::new(),
                     busy_until: 0,
                     wake_pending: false,
+                    idle: true,
+                    queued: false,
+                    kept: 0,
                 })),
             })
             .collect();
         let rng = SimRng::new(cfg.seed ^ 0x9E37_79B9_7F4A_7C15);
+        let workers = cfg.workers as usize;
         Sim {
             cfg,
             nodes,
@@ -298,6 +323,9 @@ impl Sim {
             results: HashMap::new(),
             server_ended: HashSet::new(),
             finished_counts: HashMap::new(),
+            idle_workers: workers,
+            queued_workers: 0,
+            waiting_beside_idle: None,
             stats: SimStats::default(),
         }
     }
@@ -478,7 +506,9 @@ impl Sim {
                     self.deliver(from, to, msg);
                 }
                 Event::Wake { rank } => self.wake(rank),
+                Event::Occupy { rank, until } => self.occupy(rank, until),
             }
+            self.observe();
         }
         self.stats.end_time = self.now;
         n
@@ -518,16 +548,70 @@ impl Sim {
                 for k in w.core.take_dropped() {
                     w.tasks.remove(&k);
                 }
-                if !w.wake_pending {
+                let wake = !w.wake_pending;
+                if wake {
                     w.wake_pending = true;
-                    let at = w.busy_until.max(now);
-                    self.send_all(to, out);
-                    self.push(at, Event::Wake { rank: to });
-                    return;
                 }
+                let at = w.busy_until.max(now);
+                self.note_worker(to);
+                self.send_all(to, out);
+                if wake {
+                    self.push(at, Event::Wake { rank: to });
+                }
+                return;
             }
         }
         self.send_all(to, out);
+    }
+
+    /// Recount worker `rank`'s state for the idle-beside-queue measure.
+    fn note_worker(&mut self, rank: u32) {
+        let now = self.now;
+        let Node::Worker(w) = &mut self.nodes[rank as usize] else {
+            return;
+        };
+        let computing = w.busy_until > now;
+        let idle = !computing && !w.core.has_ready();
+        let queued = computing && w.core.delayed_len() > w.kept;
+        if idle != w.idle {
+            w.idle = idle;
+            match idle {
+                true => self.idle_workers += 1,
+                false => self.idle_workers -= 1,
+            }
+        }
+        if queued != w.queued {
+            w.queued = queued;
+            match queued {
+                true => self.queued_workers += 1,
+                false => self.queued_workers -= 1,
+            }
+        }
+    }
+
+    /// After each event: how long tasks have waited behind computations while a worker idled.
+    fn observe(&mut self) {
+        if self.idle_workers > 0 && self.queued_workers > 0 {
+            let since = *self.waiting_beside_idle.get_or_insert(self.now);
+            self.stats.max_wait_beside_idle = self.stats.max_wait_beside_idle.max(self.now - since);
+        } else {
+            self.waiting_beside_idle = None;
+        }
+    }
+
+    /// The driver's look at a worker inside a long task: still in it, it becomes occupied.
+    fn occupy(&mut self, rank: u32, until: u64) {
+        let now = self.now;
+        let Node::Worker(w) = &mut self.nodes[rank as usize] else {
+            return;
+        };
+        if w.busy_until != until || until <= now {
+            return; // that task is over
+        }
+        let mut out = Outbox::new();
+        w.core.set_occupied(true, &mut out);
+        self.note_worker(rank);
+        self.send_all(rank, out);
     }
 
     fn wake(&mut self, rank: u32) {
@@ -543,11 +627,14 @@ impl Sim {
             return;
         }
         let mut out = Outbox::new();
+        // the computation is over: as the executor does after a poll
+        w.core.set_occupied(false, &mut out);
         if now >= w.last_progress + self.cfg.progress_every {
             w.last_progress = now;
             w.core.report_progress(&mut out);
         }
         let Some(ready) = w.core.next_ready(&mut out) else {
+            self.note_worker(rank);
             self.send_all(rank, out);
             return;
         };
@@ -586,9 +673,11 @@ impl Sim {
         };
         let addr = w.core.task(key).map(|t| t.addr);
         let done = step(&mut w.core, &mut w.tasks, key, &mut out);
+        let before = w.core.delayed_len();
         if done.is_none() && self.cfg.keep_local {
             w.core.keep_one_for_self(&mut out);
         }
+        w.kept = w.core.delayed_len() - before;
         if let (Some(done), Some(addr)) = (done, addr) {
             w.tasks.remove(&key);
             if done.is_ok() {
@@ -603,6 +692,11 @@ impl Sim {
         w.busy_until = now + elapsed;
         let at = w.busy_until;
         w.wake_pending = true;
+        let after = self.cfg.occupied_after;
+        if after > 0 && elapsed > after {
+            self.push(now + after, Event::Occupy { rank, until: at });
+        }
+        self.note_worker(rank);
         self.send_all(rank, out);
         self.push(at, Event::Wake { rank });
     }

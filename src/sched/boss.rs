@@ -148,8 +148,11 @@ impl Boss {
         if emp.workers == 1 && idle > 0 {
             emp.occupied = 0; // a worker that waits for work is not inside a task
         }
+        // a worker reports when it is idle and when its queue drains: either way, once it read
+        // every batch, it holds no delayed task
+        let drained = idle > 0 || emp.workers == 1;
         self.set_idle(e, new_idle);
-        if idle > 0 && unaccounted == 0 {
+        if drained && unaccounted == 0 {
             self.set_backlog(e, 0);
         }
     }

@@ -413,6 +413,15 @@ impl WorkerCore {
             }
         }
         if let Some(mut msg) = self.delayed.pop_back() {
+            if self.delayed.is_empty() {
+                // busy, and nothing queued any more: the boss's backlog estimate becomes exact,
+                // so its steals go where tasks wait
+                let drained = Up::Waiting {
+                    idle: 0,
+                    receipt: self.receipt,
+                };
+                out.push((self.boss, Msg::Up(drained)));
+            }
             self.next_key += 1;
             let key = TaskKey(self.next_key);
             let args = std::mem::take(&mut msg.args);
