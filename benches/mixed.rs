@@ -38,7 +38,15 @@ impl Server {
             .env("OMPI_MCA_hwloc_base_binding_policy", "none")
             .env("OMPI_MCA_btl_tcp_port_min_v4", "0")
             .env("OMPI_MCA_btl_tcp_port_min_v6", "0")
-            .args(["-n", "4", bin, "serve", "--listen", "127.0.0.1:0", "--ready-file"])
+            .args([
+                "-n",
+                "4",
+                bin,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ready-file",
+            ])
             .arg(&ready)
             .arg("--token-file")
             .arg(&token)
@@ -125,7 +133,12 @@ fn main() {
     println!("mixed work: short jobs beside a long task, mpirun -n 4 (server + 3 workers), {runs} runs each; {bin}");
     println!(
         "{:<12} {:>19} {:>22} {:>9} {:>22} {:>9}",
-        "job", "idle s (1st/med)", "beside sleep (1st/med)", "ratio", "beside spin (1st/med)", "ratio"
+        "job",
+        "idle s (1st/med)",
+        "beside sleep (1st/med)",
+        "ratio",
+        "beside spin (1st/med)",
+        "ratio"
     );
     let mut missed = false;
     for (task, arg) in SHORT {

@@ -207,10 +207,19 @@ struct SimWorker {
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
-    Deliver { from: u32, to: u32, idx: usize },
-    Wake { rank: u32 },
+    Deliver {
+        from: u32,
+        to: u32,
+        idx: usize,
+    },
+    Wake {
+        rank: u32,
+    },
     /// The driver looks at a worker that began a long task ending at `until`.
-    Occupy { rank: u32, until: u64 },
+    Occupy {
+        rank: u32,
+        until: u64,
+    },
 }
 
 /// Counts from one simulation run.

@@ -9,7 +9,7 @@ use super::message::Msg;
 use thiserror::Error;
 
 /// Version of the rank-to-rank packet format. Bump on any change to [`Msg`].
-pub const WIRE_VERSION: u8 = 5;
+pub const WIRE_VERSION: u8 = 6;
 
 #[derive(Debug, Error)]
 pub enum CodecError {
