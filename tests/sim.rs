@@ -206,7 +206,7 @@ fn no_task_waits_behind_a_busy_worker_while_another_is_idle() {
         }
         sim.check_quiescent();
         let bound = one_round(&cfg, levels);
-        // measured: at most 4.6 rounds over these seeds (see docs/performance.md); the steal
+        // measured: at most 4.0 rounds over these seeds (see docs/performance.md); the steal
         // path needs more than one round when its backlog estimates are stale
         assert!(
             sim.stats.max_wait_beside_idle <= ROUNDS * bound,

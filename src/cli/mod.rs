@@ -199,8 +199,8 @@ struct Common {
         env = "BQRT_STARTUP_TIMEOUT"
     )]
     startup_timeout: u64,
-    /// Seconds a rank may go without a sign of life (it sends one every second, also while it
-    /// computes) before it is reported lost and the runtime stops: a rank stopped with SIGSTOP,
+    /// Seconds a rank may go without a sign of life (it sends one every sixth of this, also
+    /// while it computes) before it is reported lost and the runtime stops: a rank stopped with SIGSTOP,
     /// or stuck outside bqrt.
     #[arg(
         long,
@@ -222,7 +222,7 @@ impl Common {
         }
         if self.stuck_after < 2 {
             return Err(format!(
-                "--stuck-after {}: must be at least 2 (seconds; a sign of life comes every second)",
+                "--stuck-after {}: must be at least 2 (seconds)",
                 self.stuck_after
             ));
         }
@@ -335,46 +335,10 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
             return 2;
         }
     };
-    let token = match crate::token::generate() {
+    let token = match publish(args, addr) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("bqrt: cannot read /dev/urandom for the client token: {e}");
-            return 70;
-        }
+        Err(code) => return code,
     };
-    let token_path = match args
-        .token_file
-        .clone()
-        .or_else(|| crate::token::default_path(addr.port()))
-    {
-        Some(p) => p,
-        None => {
-            eprintln!("bqrt: HOME is not set; pass --token-file PATH");
-            return 2;
-        }
-    };
-    if let Err(e) = crate::token::write(&token_path, &token) {
-        eprintln!(
-            "bqrt: cannot write the token file {}: {e}; pass --token-file PATH",
-            token_path.display()
-        );
-        return 2;
-    }
-    logging::eprint_line(&format!(
-        "bqrt: client token in {} (mode 0600)",
-        token_path.display()
-    ));
-    if let Some(p) = &args.ready_file {
-        if let Err(e) = crate::token::write_atomic(p, &format!("{addr}\n")) {
-            eprintln!("bqrt: cannot write --ready-file {}: {e}", p.display());
-            return 2;
-        }
-    }
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "bqrt ready {addr}");
-        let _ = out.flush();
-    }
     let mut cfg = gateway::GatewayConfig::new(token);
     cfg.max_connections = args.max_connections;
     cfg.frame_timeout = Duration::from_secs_f64(args.frame_timeout);
@@ -401,6 +365,44 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
             0
         }
     }
+}
+
+/// Make the token, write it and the ready file, and say `bqrt ready ADDR`; the exit status on
+/// failure.
+fn publish(args: &ServeArgs, addr: std::net::SocketAddr) -> Result<String, i32> {
+    let token = crate::token::generate().map_err(|e| {
+        eprintln!("bqrt: cannot read /dev/urandom for the client token: {e}");
+        70
+    })?;
+    let Some(token_path) = args
+        .token_file
+        .clone()
+        .or_else(|| crate::token::default_path(addr.port()))
+    else {
+        eprintln!("bqrt: HOME is not set; pass --token-file PATH");
+        return Err(2);
+    };
+    if let Err(e) = crate::token::write(&token_path, &token) {
+        eprintln!(
+            "bqrt: cannot write the token file {}: {e}; pass --token-file PATH",
+            token_path.display()
+        );
+        return Err(2);
+    }
+    logging::eprint_line(&format!(
+        "bqrt: client token in {} (mode 0600)",
+        token_path.display()
+    ));
+    if let Some(p) = &args.ready_file {
+        if let Err(e) = crate::token::write_atomic(p, &format!("{addr}\n")) {
+            eprintln!("bqrt: cannot write --ready-file {}: {e}", p.display());
+            return Err(2);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "bqrt ready {addr}");
+    let _ = out.flush();
+    Ok(token)
 }
 
 fn fail(msg: &str) -> ExitCode {

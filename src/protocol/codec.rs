@@ -94,6 +94,7 @@ mod tests {
             Msg::Down(Down::Assign {
                 seq: BatchSeq(9),
                 tasks: vec![task.clone()],
+                overflow: false,
             }),
             Msg::Up(Up::Waiting {
                 idle: 3,

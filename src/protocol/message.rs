@@ -108,8 +108,14 @@ pub struct LogRecord {
 /// Boss -> employee.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Down {
-    /// Run these tasks. A worker starts the last and delays the rest (LIFO).
-    Assign { seq: BatchSeq, tasks: Vec<TaskMsg> },
+    /// Run these tasks. A worker starts the last and delays the rest (LIFO). `overflow`: the
+    /// boss knew of no idle slot for them (otherwise they were meant for idle workers, and a
+    /// manager that has fewer idle workers than that sends the rest back up at once).
+    Assign {
+        seq: BatchSeq,
+        tasks: Vec<TaskMsg>,
+        overflow: bool,
+    },
     /// Give back up to `max` delayed tasks (oldest first) with [`Up::Stolen`].
     Steal { max: u32 },
     /// Stop: finish nothing, exit. `error`: why, when the runtime stops because of a failure
@@ -166,7 +172,7 @@ pub enum Peer {
     /// and tasks finished; and the tasks queued on the worker now.
     Progress { queued: u32, jobs: Vec<JobProgress> },
     /// A sign of life, sent by every rank to the rank that watches it every
-    /// heartbeat period (by the transport thread, so a rank computing a long task still sends it).
+    /// heartbeat period (a sixth of the stuck time) (by the transport thread, so a rank computing a long task still sends it).
     Alive,
 }
 

@@ -6,8 +6,8 @@
 //! machine can be checked with `kill(pid, 0)` and `/proc`): every
 //! [`WATCH_EVERY`](super::stop::WATCH_EVERY), and at once when a stop signal arrives (a
 //! launcher that sees a rank die signals the others). Every rank also sends its watcher a sign
-//! of life (`Peer::Alive`) every [`HEARTBEAT`](super::stop::HEARTBEAT) from its transport
-//! thread, which runs beside any computation: a rank whose process is there but silent for the
+//! of life (`Peer::Alive`) every [`heartbeat`](super::stop::heartbeat) (a sixth of the stuck
+//! time) from its transport thread, which runs beside any computation: a rank whose process is there but silent for the
 //! stuck time (`--stuck-after`: stopped with SIGSTOP, a wedged MPI progress thread, a node
 //! swapping itself to death) is reported like a dead one. A rank busy in a long task is not
 //! silent. A loss is reported to the server (`Peer::Lost`), which tells its clients first, then
@@ -140,17 +140,20 @@ impl Watcher {
     }
 }
 
-/// Signs of life to this rank's watcher, every [`HEARTBEAT`](super::stop::HEARTBEAT).
+/// Signs of life to this rank's watcher, every [`heartbeat`](super::stop::heartbeat).
 #[derive(Debug)]
 pub struct Heartbeat {
     to: Option<Rank>,
+    every: Duration,
     last: Instant,
 }
 
 impl Heartbeat {
-    pub fn new(to: Option<Rank>) -> Heartbeat {
+    /// Signs of life to `to` for a runtime whose stuck time is `stuck_after`.
+    pub fn new(to: Option<Rank>, stuck_after: Duration) -> Heartbeat {
         Heartbeat {
             to,
+            every: super::stop::heartbeat(stuck_after),
             last: Instant::now(),
         }
     }
@@ -158,7 +161,7 @@ impl Heartbeat {
     /// Where a sign of life is due now, if one is.
     pub fn due(&mut self) -> Option<Rank> {
         let to = self.to?;
-        if self.last.elapsed() < super::stop::HEARTBEAT {
+        if self.last.elapsed() < self.every {
             return None;
         }
         self.last = Instant::now();

@@ -35,7 +35,7 @@ impl LocalCluster {
             1,
             n,
             None,
-            super::liveness::Heartbeat::new(None),
+            super::liveness::Heartbeat::new(None, super::stop::STUCK_AFTER),
             registry.clone(),
         );
         threads.push(std::thread::spawn(move || {
@@ -59,8 +59,10 @@ impl LocalCluster {
                     registry,
                     1,
                     &mut super::RankReport::default(),
-                    None,
-                    super::liveness::Heartbeat::new(None),
+                    super::Vigil {
+                        watcher: None,
+                        heartbeat: super::liveness::Heartbeat::new(None, super::stop::STUCK_AFTER),
+                    },
                 ) {
                     panic!("local rank: {e}");
                 }

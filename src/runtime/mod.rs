@@ -75,85 +75,112 @@ pub fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A rank's watcher (if it watches anyone) and its signs of life to its own watcher.
+pub(crate) struct Vigil {
+    pub(crate) watcher: Option<liveness::Watcher>,
+    pub(crate) heartbeat: liveness::Heartbeat,
+}
+
 pub(crate) fn run_member<F: Fabric>(
-    mut fabric: F,
+    fabric: F,
     role: &Role,
     registry: Registry,
     seed: u64,
     report: &mut RankReport,
-    watcher: Option<liveness::Watcher>,
-    heartbeat: liveness::Heartbeat,
+    vigil: Vigil,
 ) -> Result<i32, TransportError> {
-    let me = fabric.rank();
     match role {
         Role::Server { .. } => unreachable!("the server is started with server_parts"),
         Role::Manager {
             parent, employees, ..
-        } => {
-            let mut logic = ManagerLogic {
-                me,
-                core: ManagerCore::new(me, *parent, employees, seed ^ u64::from(me.0)),
-                employees: employees.iter().map(|e| e.0).collect(),
-                watcher,
-                heartbeat,
-                exit_code: 0,
-                ranks: fabric.size(),
-            };
-            let (_keep, rx) = unbounded::<()>();
-            let r = drive(&mut fabric, &mut logic, &rx, &stop::shared(), PACE);
-            report.placed = logic.core.boss.placed_total();
-            r.map(|()| logic.exit_code)
-        }
-        Role::Worker { parent } => {
-            let (in_tx, in_rx) = unbounded();
-            let (out_tx, out_rx) = unbounded();
-            let running = Arc::new(LiveTasks::default());
-            let state = Arc::new(std::sync::Mutex::new(WorkerState {
-                core: WorkerCore::new(me, *parent),
-                out: crate::protocol::Outbox::new(),
-            }));
-            let state2 = Arc::clone(&state);
-            let running2 = Arc::clone(&running);
-            let stats_slot = Arc::new(std::sync::Mutex::new(None));
-            let stats2 = Arc::clone(&stats_slot);
-            let ranks = fabric.size();
-            let (done_tx, done_rx) = unbounded::<()>();
-            let spawned = std::thread::Builder::new()
-                .name(format!("bqrt-exec-{}", me.0))
-                .spawn(move || {
-                    Executor::new(
-                        state2,
-                        registry,
-                        in_rx,
-                        out_tx,
-                        running2,
-                        stats2,
-                        crate::executor::progress_interval(ranks),
-                    )
-                    .run();
-                    let _ = done_tx.send(());
-                });
-            if let Err(e) = spawned {
-                panic!("{me}: cannot start the executor thread: {e}");
-            }
-            let mut logic = WorkerLogic {
-                me,
-                state,
-                inbound: in_tx,
-                running,
-                watcher,
-                heartbeat,
-                exit_code: 0,
-                ranks: fabric.size(),
-            };
-            let r = drive(&mut fabric, &mut logic, &out_rx, &stop::shared(), PACE);
-            // a task stuck in a long computation does not hold up shutdown: its thread simply
-            // ends with the process
-            let _ = done_rx.recv_timeout(stop::EXECUTOR_JOIN);
-            if let Ok(mut s) = stats_slot.lock() {
-                report.worker = s.take();
-            }
-            r.map(|()| logic.exit_code)
-        }
+        } => run_manager(fabric, *parent, employees, seed, report, vigil),
+        Role::Worker { parent } => run_worker(fabric, *parent, registry, report, vigil),
     }
+}
+
+fn run_manager<F: Fabric>(
+    mut fabric: F,
+    parent: Rank,
+    employees: &[(Rank, u32)],
+    seed: u64,
+    report: &mut RankReport,
+    vigil: Vigil,
+) -> Result<i32, TransportError> {
+    let me = fabric.rank();
+    let mut logic = ManagerLogic {
+        me,
+        core: ManagerCore::new(me, parent, employees, seed ^ u64::from(me.0)),
+        employees: employees.iter().map(|e| e.0).collect(),
+        watcher: vigil.watcher,
+        heartbeat: vigil.heartbeat,
+        exit_code: 0,
+        ranks: fabric.size(),
+    };
+    let (_keep, rx) = unbounded::<()>();
+    let r = drive(&mut fabric, &mut logic, &rx, &stop::shared(), PACE);
+    report.placed = logic.core.boss.placed_total();
+    r.map(|()| logic.exit_code)
+}
+
+/// A worker: its executor thread beside the transport loop, sharing the worker's state.
+fn run_worker<F: Fabric>(
+    mut fabric: F,
+    parent: Rank,
+    registry: Registry,
+    report: &mut RankReport,
+    vigil: Vigil,
+) -> Result<i32, TransportError> {
+    let me = fabric.rank();
+    let (in_tx, in_rx) = unbounded();
+    let (out_tx, out_rx) = unbounded();
+    let running = Arc::new(LiveTasks::default());
+    let state = Arc::new(std::sync::Mutex::new(WorkerState {
+        core: WorkerCore::new(me, parent),
+        out: crate::protocol::Outbox::new(),
+    }));
+    let stats_slot = Arc::new(std::sync::Mutex::new(None));
+    let (state2, running2, stats2) = (
+        Arc::clone(&state),
+        Arc::clone(&running),
+        Arc::clone(&stats_slot),
+    );
+    let progress_every = crate::executor::progress_interval(fabric.size());
+    let (done_tx, done_rx) = unbounded::<()>();
+    // the executor's state is not `Send` (its tasks' futures): it is made on its own thread
+    let spawned = std::thread::Builder::new()
+        .name(format!("bqrt-exec-{}", me.0))
+        .spawn(move || {
+            let ex = Executor::new(
+                state2,
+                registry,
+                in_rx,
+                out_tx,
+                running2,
+                stats2,
+                progress_every,
+            );
+            ex.run();
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        panic!("{me}: cannot start the executor thread: {e}");
+    }
+    let mut logic = WorkerLogic {
+        me,
+        state,
+        inbound: in_tx,
+        running,
+        watcher: vigil.watcher,
+        heartbeat: vigil.heartbeat,
+        exit_code: 0,
+        ranks: fabric.size(),
+    };
+    let r = drive(&mut fabric, &mut logic, &out_rx, &stop::shared(), PACE);
+    // a task stuck in a long computation does not hold up shutdown: its thread simply ends
+    // with the process
+    let _ = done_rx.recv_timeout(stop::EXECUTOR_JOIN);
+    if let Ok(mut s) = stats_slot.lock() {
+        report.worker = s.take();
+    }
+    r.map(|()| logic.exit_code)
 }

@@ -196,7 +196,8 @@ where
     let pids: Vec<i32> = s.all.chunks(FIELDS).map(|c| c[5]).collect();
     let me = crate::protocol::Rank(s.rank);
     let watcher = super::liveness::Watcher::new(me, &s.lay, &pids, opts.stuck_after);
-    let heartbeat = super::liveness::Heartbeat::new(super::liveness::watcher_of(me, &s.lay));
+    let to = super::liveness::watcher_of(me, &s.lay);
+    let heartbeat = super::liveness::Heartbeat::new(to, opts.stuck_after);
     let mut report = RankReport::default();
     let mut fabric = world.fabric();
     let code = match &s.role {
@@ -224,15 +225,10 @@ where
             drop(fabric);
             client.join().unwrap_or(70)
         }
-        _ => run_member(
-            fabric,
-            &s.role,
-            registry,
-            opts.seed,
-            &mut report,
-            watcher,
-            heartbeat,
-        )?,
+        _ => {
+            let vigil = super::Vigil { watcher, heartbeat };
+            run_member(fabric, &s.role, registry, opts.seed, &mut report, vigil)?
+        }
     };
     if opts.stats {
         print_stats(&s, &report);

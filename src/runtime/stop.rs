@@ -12,7 +12,7 @@
 //!   saw the signal but got no shutdown within [`GRACE`] stops by itself; the server stops the
 //!   tree itself if its client side has not done so within [`SERVER_GRACE`]. So a signal always
 //!   ends every rank.
-//! * **A lost rank** (its process died, or it sent no sign of life, due every [`HEARTBEAT`],
+//! * **A lost rank** (its process died, or it sent no sign of life, due every [`heartbeat`],
 //!   for `--stuck-after`, default [`STUCK_AFTER`]; the watchers check every [`WATCH_EVERY`]): the
 //!   server tells its clients first, then stops every live rank directly (the tree may be
 //!   broken) with the error; it leaves its loop by itself after [`LOST_DEADLINE`] if its client
@@ -43,10 +43,14 @@ pub const FLUSH: Duration = Duration::from_millis(2000);
 pub const FINALIZE: Duration = Duration::from_millis(1500);
 /// How often the watchers check their ranks (and the loops run their periodic work).
 pub const WATCH_EVERY: Duration = Duration::from_millis(100);
-/// How often every rank sends its watcher a sign of life.
-pub const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// How often every rank sends its watcher a sign of life: a sixth of the stuck time, between
+/// half a second and five seconds (an idle runtime stays nearly silent; a short stuck time is
+/// still met).
+pub fn heartbeat(stuck_after: Duration) -> Duration {
+    (stuck_after / 6).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
 /// Default of `--stuck-after`: a rank silent this long is lost. Well above any pause of a live
-/// process (garbage collection, page-in, a loaded node), and 30 heartbeats.
+/// process (garbage collection, page-in, a loaded node), and 6 heartbeats.
 pub const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Without a launcher: how long the relaunching parent waits, after forwarding a stop signal,
 /// before it kills the ranks.

@@ -187,7 +187,7 @@ impl Boss {
         for (slot, task) in slots.into_iter().zip(tasks) {
             per[slot].push(task);
         }
-        self.send_batches(per, out);
+        self.send_batches(per, false, out);
         rest
     }
 
@@ -231,10 +231,10 @@ impl Boss {
             let b = self.employees[i].backlog + batch.len() as u64;
             self.set_backlog(i, b);
         }
-        self.send_batches(per, out);
+        self.send_batches(per, true, out);
     }
 
-    fn send_batches(&mut self, per: Vec<Vec<TaskMsg>>, out: &mut Outbox) {
+    fn send_batches(&mut self, per: Vec<Vec<TaskMsg>>, overflow: bool, out: &mut Outbox) {
         for (i, batch) in per.into_iter().enumerate() {
             if batch.is_empty() {
                 continue;
@@ -247,7 +247,12 @@ impl Boss {
             let seq = BatchSeq(emp.next_seq);
             emp.unreceipted.push_back((seq, k));
             emp.assigned += u64::from(k);
-            out.push((emp.rank, Msg::Down(Down::Assign { seq, tasks: batch })));
+            let assign = Down::Assign {
+                seq,
+                tasks: batch,
+                overflow,
+            };
+            out.push((emp.rank, Msg::Down(assign)));
         }
     }
 

@@ -53,9 +53,24 @@ impl ManagerCore {
 
     pub fn handle(&mut self, from: Rank, msg: Msg, out: &mut Outbox) {
         match msg {
-            Msg::Down(Down::Assign { seq, tasks }) => {
+            Msg::Down(Down::Assign {
+                seq,
+                tasks,
+                overflow,
+            }) => {
                 self.receipt = seq;
-                self.boss.place_all(tasks, out);
+                if overflow {
+                    self.boss.place_all(tasks, out);
+                } else {
+                    // meant for idle workers: what finds none here goes back up at once (the
+                    // boss's view was older than this group's local placements), after the
+                    // report that tells the boss so
+                    let rest = self.boss.place_idle(tasks, out);
+                    if !rest.is_empty() {
+                        self.report_idle(out);
+                        out.push((self.parent, Msg::Up(Up::Submit { tasks: rest })));
+                    }
+                }
             }
             Msg::Down(Down::Steal { max }) => {
                 self.upstream = Some(UpstreamSteal {
@@ -123,6 +138,11 @@ impl ManagerCore {
                 }),
             ));
         }
+        self.report_idle(out);
+    }
+
+    /// Tell the boss this group's idle workers, when their number changed.
+    fn report_idle(&mut self, out: &mut Outbox) {
         let idle = self.boss.idle_total();
         if idle != self.reported_idle {
             self.reported_idle = idle;

@@ -249,7 +249,7 @@ impl WorkerCore {
     /// A message from another rank.
     pub fn handle(&mut self, msg: Msg, out: &mut Outbox) {
         match msg {
-            Msg::Down(Down::Assign { seq, tasks }) => self.on_assign(seq, tasks, out),
+            Msg::Down(Down::Assign { seq, tasks, .. }) => self.on_assign(seq, tasks, out),
             Msg::Down(Down::Steal { max }) => {
                 let n = (max as usize).min(self.delayed.len());
                 let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
@@ -883,6 +883,7 @@ mod tests {
             Msg::Down(Down::Assign {
                 seq: BatchSeq(1),
                 tasks: vec![root_task(Rank(1))],
+                overflow: false,
             }),
             &mut out,
         );
@@ -1105,6 +1106,7 @@ mod tests {
             Msg::Down(Down::Assign {
                 seq: BatchSeq(1),
                 tasks,
+                overflow: false,
             }),
             &mut out,
         );

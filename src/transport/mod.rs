@@ -7,7 +7,7 @@
 //! turn) and sends it.
 //!
 //! # Idle policy
-//! A turn that moved nothing counts as idle. The loop spins (yielding the core) for
+//! A turn that moved nothing (or only signs of life, `Peer::Alive`) counts as idle. The loop spins (yielding the core) for
 //! [`SPIN`] after the last activity, so a busy rank answers in microseconds. Then it sleeps,
 //! each sleep a twentieth of the time since the last activity (at least 20 us, at most
 //! [`MAX_SLEEP`]): a packet that arrives after an idle gap waits at most ~5% of that gap, and a
@@ -134,7 +134,7 @@ pub fn drive<F: Fabric, L: Logic>(
             active = true;
             flow = worse(flow, logic.on_local(ev, &mut out));
         }
-        active |= !out.is_empty();
+        active |= out.iter().any(|(_, m)| !quiet(m));
         send_grouped(fabric, &mut out);
         let pending = fabric.progress();
         if flow == Flow::Stop {
@@ -154,6 +154,12 @@ pub fn drive<F: Fabric, L: Logic>(
     }
     flush(fabric, pace.flush);
     Ok(())
+}
+
+/// A sign of life (`Peer::Alive`) is not activity: it does not put an idle rank back into fast
+/// polling (a poll of Open MPI costs tens of microseconds, and every rank sends them).
+fn quiet(m: &Msg) -> bool {
+    matches!(m, Msg::Peer(crate::protocol::Peer::Alive))
 }
 
 fn worse(a: Flow, b: Flow) -> Flow {
@@ -177,12 +183,12 @@ fn receive<F: Fabric, L: Logic>(
         let Some((from, bytes)) = fabric.try_recv() else {
             break;
         };
-        active = true;
         let msgs = codec::decode(&bytes).map_err(|source| TransportError::Codec {
             rank: me,
             from,
             source,
         })?;
+        active |= !msgs.iter().all(quiet);
         for m in msgs {
             *flow = worse(*flow, logic.on_message(from, m, out));
         }
