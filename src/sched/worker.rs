@@ -172,6 +172,8 @@ pub struct WorkerCore {
     /// Inside one task for longer than the threshold (told by the driver): queued tasks are
     /// handed back to the boss, and so is whatever arrives meanwhile.
     occupied: bool,
+    /// The boss counts a backlog here (it sent overflow): tell it when the queue drains.
+    backlogged: bool,
     progress: IdMap<JobId, (u64, u64)>,
     reported_queued: u32,
     pub stats: WorkerStats,
@@ -194,6 +196,7 @@ impl WorkerCore {
             dropped: Vec::new(),
             cancelled: IdMap::default(),
             occupied: false,
+            backlogged: false,
             progress: IdMap::default(),
             reported_queued: 0,
             stats: WorkerStats::default(),
@@ -249,10 +252,18 @@ impl WorkerCore {
     /// A message from another rank.
     pub fn handle(&mut self, msg: Msg, out: &mut Outbox) {
         match msg {
-            Msg::Down(Down::Assign { seq, tasks, .. }) => self.on_assign(seq, tasks, out),
+            Msg::Down(Down::Assign {
+                seq,
+                tasks,
+                overflow,
+            }) => {
+                self.backlogged |= overflow;
+                self.on_assign(seq, tasks, out)
+            }
             Msg::Down(Down::Steal { max }) => {
                 let n = (max as usize).min(self.delayed.len());
                 let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
+                self.backlogged &= !self.delayed.is_empty();
                 self.stats.stolen_from += tasks.len() as u64;
                 out.push((self.boss, Msg::Up(Up::Stolen { tasks })));
             }
@@ -340,6 +351,7 @@ impl WorkerCore {
 
     fn hand_back(&mut self, out: &mut Outbox) {
         let tasks: Vec<TaskMsg> = self.delayed.drain(..).collect();
+        self.backlogged = false;
         self.stats.stolen_from += tasks.len() as u64;
         let msg = Up::Occupied { workers: 1, tasks };
         out.push((self.boss, Msg::Up(msg)));
@@ -413,9 +425,10 @@ impl WorkerCore {
             }
         }
         if let Some(mut msg) = self.delayed.pop_back() {
-            if self.delayed.is_empty() {
+            if self.delayed.is_empty() && self.backlogged {
                 // busy, and nothing queued any more: the boss's backlog estimate becomes exact,
                 // so its steals go where tasks wait
+                self.backlogged = false;
                 let drained = Up::Waiting {
                     idle: 0,
                     receipt: self.receipt,
