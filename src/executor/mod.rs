@@ -6,10 +6,12 @@
 //! away from a worker stuck in a long computation, a cancel removes queued tasks at once, and a
 //! result is recorded. It then wakes the executor, which runs what became ready. The executor
 //! holds the lock only for the core's own steps and a task's runtime calls (`submit`, `wait`,
-//! ...), never while a task computes. Whatever the core produces, on either thread, goes into
-//! the one shared outbox, so messages leave in the order the core made them; the transport
-//! thread drains it (the executor wakes it after every poll, so a child submitted before an
-//! `await` leaves at once). Tasks are plain futures polled with a no-op waker: a task only ever
+//! ...), never while a task computes. Whatever the core produces goes into the shared outbox;
+//! the transport thread drains it after handling messages, and the executor takes it after each
+//! of its steps and hands it over the channel (so a child submitted before an `await` leaves at
+//! once). The two paths keep each thread's messages in order; between them, only messages with
+//! no order to keep can overtake each other (a thread's own reports, placement notices made
+//! before any result of their tasks). Tasks are plain futures polled with a no-op waker: a task only ever
 //! waits on its own mailboxes, and the core queues it again when a result it waits for arrives.
 //!
 //! A cancel that reaches the running task (its own return mailbox, or any ancestor's) also sets
@@ -240,8 +242,8 @@ pub struct Executor {
     registry: Registry,
     futures: IdMap<TaskKey, Slot>,
     inbound: Receiver<Inbound>,
-    /// Wakes the transport thread to drain the shared outbox.
-    outbound: Sender<()>,
+    /// What the core wants sent, to the transport thread.
+    outbound: Sender<Outbox>,
     running: Arc<LiveTasks>,
     last_progress: Instant,
     progress_every: Duration,
@@ -253,7 +255,7 @@ impl Executor {
         state: SharedState,
         registry: Registry,
         inbound: Receiver<Inbound>,
-        outbound: Sender<()>,
+        outbound: Sender<Outbox>,
         running: Arc<LiveTasks>,
         stats: Arc<Mutex<Option<crate::sched::WorkerStats>>>,
         progress_every: Duration,
@@ -287,13 +289,20 @@ impl Executor {
                     Err(TryRecvError::Empty) => break,
                 }
             }
-            self.reap();
-            let next = {
+            // one lock for the core's step: cancelled futures, what runs next, its lineage
+            let (dropped, next, lineage, pending) = {
                 let mut s = self.shared.lock();
                 let s = &mut *s;
-                s.core.next_ready(&mut s.out)
+                let dropped = s.core.take_dropped();
+                let next = s.core.next_ready(&mut s.out);
+                let lineage = match &next {
+                    Some(Ready::Start { key, .. }) => lineage_of(&s.core, *key),
+                    _ => Lineage::default(),
+                };
+                (dropped, next, lineage, std::mem::take(&mut s.out))
             };
-            self.flush();
+            self.reap(dropped);
+            self.send(pending);
             match next {
                 Some(Ready::Start {
                     key,
@@ -301,7 +310,7 @@ impl Executor {
                     args,
                     format,
                 }) => {
-                    self.start(key, &function, args, format);
+                    self.start(key, &function, args, format, lineage);
                     self.poll(key);
                 }
                 Some(Ready::Resume(key)) => self.poll(key),
@@ -355,8 +364,7 @@ impl Executor {
     }
 
     /// Drop the futures of tasks the core cancelled.
-    fn reap(&mut self) {
-        let dropped = self.shared.lock().core.take_dropped();
+    fn reap(&mut self, dropped: Vec<TaskKey>) {
         for key in dropped {
             if let Some(slot) = self.futures.remove(&key) {
                 slot.flag.store(true, Ordering::Relaxed);
@@ -368,11 +376,16 @@ impl Executor {
         }
     }
 
-    /// Wake the transport thread if the shared outbox holds messages.
+    /// Hand what the core wants sent to the transport thread.
     fn flush(&mut self) {
-        if !self.shared.lock().out.is_empty() {
+        let out = std::mem::take(&mut self.shared.lock().out);
+        self.send(out);
+    }
+
+    fn send(&self, out: Outbox) {
+        if !out.is_empty() {
             // the transport only goes away at shutdown
-            let _ = self.outbound.send(());
+            let _ = self.outbound.send(out);
         }
     }
 
@@ -382,17 +395,8 @@ impl Executor {
         function: &str,
         args: Vec<u8>,
         format: crate::protocol::Format,
+        lineage: Lineage,
     ) {
-        let lineage = {
-            let s = self.shared.lock();
-            match s.core.task(key) {
-                Some(t) => Lineage {
-                    own: Some(t.addr.mailbox_addr()),
-                    ancestors: t.breadcrumbs.clone(),
-                },
-                None => Lineage::default(),
-            }
-        };
         let flag = Arc::new(AtomicBool::new(false));
         let inbox: Inbox = Arc::default();
         if let Some(ret) = lineage.own {
@@ -426,17 +430,11 @@ impl Executor {
         crate::logging::leave_task();
         self.running.set(None);
         let outcome = match polled {
-            Ok(Poll::Pending) => {
-                let mut s = self.shared.lock();
-                let s = &mut *s;
-                s.core.set_occupied(false, &mut s.out);
-                s.core.keep_one_for_self(&mut s.out);
-                None
-            }
+            Ok(Poll::Pending) => None,
             Ok(Poll::Ready(r)) => Some(r.map_err(|e| e.into_message())),
             Err(panic) => Some(Err(format!("panicked: {}", panic_message(&panic)))),
         };
-        if let Some(outcome) = outcome {
+        if outcome.is_some() {
             // drop the future first: un-awaited child futures cancel themselves on drop
             if let Some(slot) = self.futures.remove(&key) {
                 if let Some(ret) = slot.lineage.own {
@@ -444,19 +442,38 @@ impl Executor {
                 }
                 drop(slot);
             }
+        }
+        self.shared.current.set(None);
+        let report = self.last_progress.elapsed() >= self.progress_every;
+        if report {
+            self.last_progress = Instant::now();
+        }
+        // one lock for the core's side of the poll
+        let pending = {
             let mut s = self.shared.lock();
             let s = &mut *s;
             s.core.set_occupied(false, &mut s.out);
-            s.core.finish(key, outcome, &mut s.out);
-        }
-        self.shared.current.set(None);
-        if self.last_progress.elapsed() >= self.progress_every {
-            self.last_progress = Instant::now();
-            let mut s = self.shared.lock();
-            let s = &mut *s;
-            s.core.report_progress(&mut s.out);
-        }
-        self.flush();
+            match outcome {
+                None => s.core.keep_one_for_self(&mut s.out),
+                Some(outcome) => s.core.finish(key, outcome, &mut s.out),
+            }
+            if report {
+                s.core.report_progress(&mut s.out);
+            }
+            std::mem::take(&mut s.out)
+        };
+        self.send(pending);
+    }
+}
+
+/// The return mailboxes of a started task and of its ancestors.
+fn lineage_of(core: &WorkerCore, key: TaskKey) -> Lineage {
+    match core.task(key) {
+        Some(t) => Lineage {
+            own: Some(t.addr.mailbox_addr()),
+            ancestors: t.breadcrumbs.clone(),
+        },
+        None => Lineage::default(),
     }
 }
 

@@ -305,37 +305,52 @@ pub(crate) struct WorkerLogic {
 }
 
 impl Logic for WorkerLogic {
-    type Local = ();
+    type Local = Outbox;
 
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow {
-        if heard(&mut self.watcher, from, &msg) {
+        self.on_messages(from, vec![msg], out)
+    }
+
+    /// A packet's messages: those for the driver first, then the rest handed to the core under
+    /// one lock, and the executor woken once.
+    fn on_messages(&mut self, from: Rank, msgs: Vec<Msg>, out: &mut Outbox) -> Flow {
+        let mut for_core = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            if heard(&mut self.watcher, from, &msg) {
+                continue;
+            }
+            if let Msg::Peer(Peer::Cancel { mailbox }) = &msg {
+                self.running.on_cancel(*mailbox);
+            }
+            if let Msg::Peer(Peer::Communicate { mailbox, msg }) = &msg {
+                self.running.on_communicate(*mailbox, msg);
+                continue;
+            }
+            if let Msg::Down(Down::Shutdown { error }) = msg {
+                stopping_with(self.me, &error, &mut self.exit_code);
+                self.stop_executor();
+                return Flow::Stop;
+            }
+            for_core.push(msg);
+        }
+        if for_core.is_empty() {
             return Flow::Continue;
-        }
-        if let Msg::Peer(Peer::Cancel { mailbox }) = &msg {
-            self.running.on_cancel(*mailbox);
-        }
-        if let Msg::Peer(Peer::Communicate { mailbox, msg }) = &msg {
-            self.running.on_communicate(*mailbox, msg);
-            return Flow::Continue;
-        }
-        if let Msg::Down(Down::Shutdown { error }) = msg {
-            stopping_with(self.me, &error, &mut self.exit_code);
-            self.stop_executor();
-            return Flow::Stop;
         }
         {
             let mut s = lock_state(&self.state);
             let s = &mut *s;
-            s.core.handle(msg, &mut s.out);
+            for msg in for_core {
+                s.core.handle(msg, &mut s.out);
+            }
             out.append(&mut s.out);
         }
         let _ = self.inbound.send(Inbound::Wake);
         Flow::Continue
     }
 
-    /// The executor has messages to send.
-    fn on_local(&mut self, _: (), out: &mut Outbox) -> Flow {
-        out.append(&mut lock_state(&self.state).out);
+    /// The executor's messages.
+    fn on_local(&mut self, mut msgs: Outbox, out: &mut Outbox) -> Flow {
+        out.append(&mut msgs);
         Flow::Continue
     }
 
@@ -344,8 +359,12 @@ impl Logic for WorkerLogic {
         if self.running.busy_for().is_some_and(|d| d >= OCCUPIED_AFTER) {
             let mut s = lock_state(&self.state);
             let s = &mut *s;
-            s.core.set_occupied(true, &mut s.out);
-            out.append(&mut s.out);
+            if !s.core.is_occupied() {
+                // only the hand-back goes now; what the long step produces so far waits for it
+                let mut handed = Outbox::new();
+                s.core.set_occupied(true, &mut handed);
+                out.append(&mut handed);
+            }
         }
         let flow = report_lost(
             self.me,

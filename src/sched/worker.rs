@@ -336,11 +336,13 @@ impl WorkerCore {
         if occupied {
             self.hand_back(out);
         } else {
+            // ahead of what the long step itself produced (its children, say): by the time the
+            // boss places those, this worker is free again
             let free = Up::Occupied {
                 workers: 0,
                 tasks: Vec::new(),
             };
-            out.push((self.boss, Msg::Up(free)));
+            out.insert(0, (self.boss, Msg::Up(free)));
         }
     }
 

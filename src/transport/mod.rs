@@ -67,6 +67,15 @@ pub trait Logic {
     /// Events from threads of this process (executor, clients).
     type Local;
     fn on_message(&mut self, from: Rank, msg: Msg, out: &mut Outbox) -> Flow;
+    /// The messages of one packet, in order (a logic that can take them together overrides
+    /// this; the default hands them to [`Logic::on_message`] one by one, up to a stop).
+    fn on_messages(&mut self, from: Rank, msgs: Vec<Msg>, out: &mut Outbox) -> Flow {
+        let mut flow = Flow::Continue;
+        for m in msgs {
+            flow = worse(flow, self.on_message(from, m, out));
+        }
+        flow
+    }
     fn on_local(&mut self, event: Self::Local, out: &mut Outbox) -> Flow;
     /// Called about every [`Pace::tick`], and at once when the stop flag is first seen set.
     fn on_tick(&mut self, _out: &mut Outbox) -> Flow {
@@ -189,9 +198,7 @@ fn receive<F: Fabric, L: Logic>(
             source,
         })?;
         active |= !msgs.iter().all(quiet);
-        for m in msgs {
-            *flow = worse(*flow, logic.on_message(from, m, out));
-        }
+        *flow = worse(*flow, logic.on_messages(from, msgs, out));
     }
     Ok(active)
 }
