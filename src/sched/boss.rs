@@ -19,10 +19,9 @@
 //! # Stealing
 //! `backlog` estimates the tasks an employee holds beyond its idle capacity (overflow it was
 //! assigned since it last reported an idle worker). When this boss has idle workers and nothing to
-//! place, it asks the employees with the largest backlog to hand back half of it
-//! (`Steal { max }`), at most one outstanding request per employee and at most one victim per
-//! idle worker; what comes back is placed like new work (idle slots first, the rest spread by
-//! backlog), so an idle worker gets a share of a long queue at once. Handed-back tasks (`Stolen`) are placed like any other. A task is
+//! place, it asks the employees with the largest backlog to hand back delayed tasks
+//! (`Steal { max }`), at most one outstanding request per employee and never more tasks in total
+//! than there are idle workers. Handed-back tasks (`Stolen`) are placed like any other. A task is
 //! always in exactly one place (a queue or a message), so stealing never loses or duplicates one.
 
 use super::idmap::IdMap;
@@ -260,8 +259,6 @@ impl Boss {
     /// Ask loaded employees for up to `capacity` delayed tasks in total, counting requests
     /// already outstanding (`capacity` is this boss's idle workers, or an upstream request).
     pub(crate) fn plan_steals(&mut self, capacity: u32, out: &mut Outbox) {
-        // one victim per idle worker (`capacity`), each asked for half its backlog: an idle
-        // worker gets a share, not a single task per round trip
         let mut budget = capacity.saturating_sub(self.requested);
         if budget == 0 || self.backlogged == 0 {
             return;
@@ -278,10 +275,10 @@ impl Boss {
                 break;
             }
             let e = &mut self.employees[i];
-            let want = e.backlog.div_ceil(2).clamp(1, u64::from(u32::MAX)) as u32;
+            let want = e.backlog.div_ceil(2).min(u64::from(budget)).max(1) as u32;
             e.steal_pending = Some(want);
-            self.requested += 1;
-            budget -= 1;
+            self.requested += want;
+            budget -= want;
             out.push((e.rank, Msg::Down(Down::Steal { max: want })));
         }
     }
@@ -291,7 +288,7 @@ impl Boss {
         let Some(asked) = self.employees[e].steal_pending.take() else {
             return; // not asked (a late answer)
         };
-        self.requested -= 1;
+        self.requested -= asked;
         let backlog = if (got as u64) < u64::from(asked) {
             0 // it had no more
         } else {
@@ -381,15 +378,14 @@ mod tests {
         b.on_waiting(0, 1, BatchSeq(u64::MAX)); // employee 0 is done
         b.plan_steals(b.idle_total(), &mut out);
         assert_eq!(out.len(), 1);
-        // half of its backlog (4 overflow tasks), not one task per idle worker
         assert!(
-            matches!(out[0], (Rank(2), Msg::Down(Down::Steal { max: 2 }))),
+            matches!(out[0], (Rank(2), Msg::Down(Down::Steal { max: 1 }))),
             "{out:?}"
         );
         out.clear();
         b.plan_steals(b.idle_total(), &mut out);
         assert!(out.is_empty(), "one outstanding steal per employee");
-        b.on_stolen(1, 2);
+        b.on_stolen(1, 1);
         assert_eq!(b.steals_pending(), 0);
     }
 }
