@@ -4,20 +4,13 @@
 
 mod common;
 use bqrt::client::{Client, ClientError};
-use bqrt::protocol::native::{JobResult, JobState};
+use bqrt::protocol::native::JobState;
 use bqrt::protocol::{JobId, LogSpec};
-use common::{wait_for, Serve};
+use common::{done, wait_for, Serve};
 use std::time::{Duration, Instant};
 
 fn client(s: &Serve) -> Client {
-    Client::connect(&s.addr, Some(s.token())).expect("connect")
-}
-
-fn done(r: JobResult) -> serde_json::Value {
-    match r {
-        JobResult::Done { value, .. } => serde_json::from_slice(&value).unwrap(),
-        other => panic!("not done: {other:?}"),
-    }
+    s.client()
 }
 
 /// Wait until `n` workers are busy (a long task has started on each).

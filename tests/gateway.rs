@@ -4,20 +4,13 @@ mod common;
 use bqrt::client::{Client, ClientError};
 use bqrt::protocol::native::{JobResult, JobState, MAGIC};
 use bqrt::protocol::{JobId, LogSpec};
-use common::{bqrt, wait_for, Serve};
+use common::{bqrt, done, wait_for, Serve};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 fn client(s: &Serve) -> Client {
-    Client::connect(&s.addr, Some(s.token())).expect("connect")
-}
-
-fn done(r: JobResult) -> serde_json::Value {
-    match r {
-        JobResult::Done { value, .. } => serde_json::from_slice(&value).unwrap(),
-        other => panic!("not done: {other:?}"),
-    }
+    s.client()
 }
 
 /// The runtime is back to idle: every worker idle, nothing queued, no job.

@@ -228,6 +228,11 @@ impl Serve {
         })
     }
 
+    /// A native client of this server, authenticated.
+    pub fn client(&self) -> bqrt::client::Client {
+        bqrt::client::Client::connect(&self.addr, Some(self.token())).expect("connect")
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(&self.token_file)
             .unwrap()
@@ -468,5 +473,15 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
             "timed out after {limit:?} waiting for: {what}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A job's result as JSON; panics unless it is done.
+pub fn done(r: bqrt::protocol::native::JobResult) -> serde_json::Value {
+    match r {
+        bqrt::protocol::native::JobResult::Done { value, .. } => {
+            serde_json::from_slice(&value).unwrap()
+        }
+        other => panic!("not done: {other:?}"),
     }
 }
