@@ -60,7 +60,10 @@ pub(crate) struct Boss {
     idle_sum: u32,
     /// Employees with `backlog > 0`.
     backlogged: usize,
-    /// Outstanding steal requests (one victim each).
+    /// Sum of `occupied` over employees, and of `workers` (fixed), kept like `idle_sum`.
+    occupied_sum: u32,
+    workers_sum: u32,
+    /// Sum of outstanding steal requests.
     requested: u32,
 }
 
@@ -87,12 +90,15 @@ impl Boss {
             .map(|(i, e)| (e.rank, i))
             .collect();
         let idle_sum = employees.iter().map(|e| e.idle).sum();
+        let workers_sum = employees.iter().map(|e| e.workers).sum();
         Boss {
             employees,
             index,
             rng: Rng::new(seed),
             idle_sum,
             backlogged: 0,
+            occupied_sum: 0,
+            workers_sum,
             requested: 0,
         }
     }
@@ -130,7 +136,22 @@ impl Boss {
     }
 
     pub(crate) fn workers_total(&self) -> u32 {
-        self.employees.iter().map(|e| e.workers).sum()
+        self.workers_sum
+    }
+
+    /// Workers under this boss inside a long task.
+    pub(crate) fn occupied_total(&self) -> u32 {
+        debug_assert_eq!(
+            self.occupied_sum,
+            self.employees.iter().map(|e| e.occupied).sum::<u32>()
+        );
+        self.occupied_sum
+    }
+
+    fn set_occupied(&mut self, e: usize, occupied: u32) {
+        let occupied = occupied.min(self.employees[e].workers);
+        self.occupied_sum = self.occupied_sum - self.employees[e].occupied + occupied;
+        self.employees[e].occupied = occupied;
     }
 
     /// An employee's `Waiting` report.
@@ -145,12 +166,13 @@ impl Boss {
         }
         let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n)| u64::from(n)).sum();
         let new_idle = (u64::from(idle.min(emp.workers))).saturating_sub(unaccounted) as u32;
-        if emp.workers == 1 && idle > 0 {
-            emp.occupied = 0; // a worker that waits for work is not inside a task
+        let worker = emp.workers == 1;
+        if worker && idle > 0 {
+            self.set_occupied(e, 0); // a worker that waits for work is not inside a task
         }
         // a worker reports when it is idle and when its queue drains: either way, once it read
         // every batch, it holds no delayed task
-        let drained = idle > 0 || emp.workers == 1;
+        let drained = idle > 0 || worker;
         self.set_idle(e, new_idle);
         if drained && unaccounted == 0 {
             self.set_backlog(e, 0);
@@ -160,15 +182,14 @@ impl Boss {
     /// An employee's `Occupied` report: `workers` of its workers are inside a long task, and it
     /// handed back `returned` queued tasks.
     pub(crate) fn on_occupied(&mut self, e: usize, workers: u32, returned: usize) {
-        let emp = &mut self.employees[e];
-        emp.occupied = workers.min(emp.workers);
-        let backlog = emp.backlog.saturating_sub(returned as u64);
+        self.set_occupied(e, workers);
+        let backlog = self.employees[e].backlog.saturating_sub(returned as u64);
         self.set_backlog(e, backlog);
     }
 
     /// Whether some employee has a worker that is not occupied.
     pub(crate) fn any_available(&self) -> bool {
-        self.employees.iter().any(|e| e.occupied < e.workers)
+        self.occupied_total() < self.workers_sum
     }
 
     /// Place tasks on idle slots only; returns what did not fit.

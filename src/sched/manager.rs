@@ -127,7 +127,7 @@ impl ManagerCore {
         if self.upstream.is_none() {
             self.boss.plan_steals(self.boss.idle_total(), out);
         }
-        let occupied = self.boss.employees.iter().map(|e| e.occupied).sum();
+        let occupied = self.boss.occupied_total();
         if occupied != self.reported_occupied {
             self.reported_occupied = occupied;
             out.push((
