@@ -56,11 +56,8 @@ impl<'h> Hub<'h> {
             if stop.load(Ordering::SeqCst) && now >= *settle.get_or_insert(now + stop::SETTLE) {
                 return;
             }
-            let wait = self
-                .handle
-                .table()
-                .next_deadline()
-                .map_or(POLL, |d| d.saturating_duration_since(now).min(POLL));
+            let due = self.handle.table().next_deadline();
+            let wait = due.map_or(POLL, |d| d.saturating_duration_since(now).min(POLL));
             let mut replies = Vec::new();
             select! {
                 recv(hub_rx) -> m => match m {
@@ -73,7 +70,10 @@ impl<'h> Hub<'h> {
                 },
                 default(wait) => {}
             }
-            self.handle.tick(Instant::now(), &mut replies);
+            let now = Instant::now();
+            if due.is_some_and(|d| d <= now) {
+                self.handle.tick(now, &mut replies);
+            }
             self.send_all(replies);
         }
     }
