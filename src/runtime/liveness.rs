@@ -158,8 +158,15 @@ impl Heartbeat {
         }
     }
 
+    /// Send a sign of life if one is due.
+    pub fn beat(&mut self, out: &mut crate::protocol::Outbox) {
+        if let Some(to) = self.due() {
+            out.push((to, crate::protocol::Msg::Peer(crate::protocol::Peer::Alive)));
+        }
+    }
+
     /// Where a sign of life is due now, if one is.
-    pub fn due(&mut self) -> Option<Rank> {
+    fn due(&mut self) -> Option<Rank> {
         let to = self.to?;
         if self.last.elapsed() < self.every {
             return None;

@@ -146,9 +146,7 @@ impl Logic for ServerLogic {
         for l in found {
             self.on_lost(l, out);
         }
-        if let Some(to) = self.heartbeat.due() {
-            out.push((to, Msg::Peer(Peer::Alive)));
-        }
+        self.heartbeat.beat(out);
         self.core.report_progress();
         self.forward_events();
         if self
@@ -192,9 +190,7 @@ fn report_lost(
     exit_code: &mut i32,
     out: &mut Outbox,
 ) -> Flow {
-    if let Some(to) = heartbeat.due() {
-        out.push((to, Msg::Peer(Peer::Alive)));
-    }
+    heartbeat.beat(out);
     for l in watcher.as_mut().map(Watcher::check).unwrap_or_default() {
         crate::logging::eprint_line(&format!("bqrt: {l}"));
         if l.rank == Rank::SERVER {
@@ -291,8 +287,8 @@ pub(crate) const OCCUPIED_AFTER: Duration = Duration::from_millis(50);
 
 /// The transport side of a worker: it hands every message to the worker's core itself (under
 /// the lock it shares with the executor), so steals, cancels and results take effect even while
-/// a task computes, then wakes the executor. Whatever the core wants sent, from either thread,
-/// is drained from the shared outbox here.
+/// a task computes, then wakes the executor. What the core produces meanwhile leaves at once;
+/// the executor sends its own over the channel (`on_local`).
 pub(crate) struct WorkerLogic {
     pub(crate) me: Rank,
     pub(crate) state: SharedState,
@@ -315,6 +311,7 @@ impl Logic for WorkerLogic {
     /// one lock, and the executor woken once.
     fn on_messages(&mut self, from: Rank, msgs: Vec<Msg>, out: &mut Outbox) -> Flow {
         let mut for_core = Vec::with_capacity(msgs.len());
+        let mut shutdown = None;
         for msg in msgs {
             if heard(&mut self.watcher, from, &msg) {
                 continue;
@@ -327,25 +324,30 @@ impl Logic for WorkerLogic {
                 continue;
             }
             if let Msg::Down(Down::Shutdown { error }) = msg {
-                stopping_with(self.me, &error, &mut self.exit_code);
-                self.stop_executor();
-                return Flow::Stop;
+                shutdown = Some(error);
+                break;
             }
             for_core.push(msg);
         }
-        if for_core.is_empty() {
-            return Flow::Continue;
-        }
-        {
-            let mut s = lock_state(&self.state);
-            let s = &mut *s;
-            for msg in for_core {
-                s.core.handle(msg, &mut s.out);
+        if !for_core.is_empty() {
+            {
+                let mut s = lock_state(&self.state);
+                let s = &mut *s;
+                for msg in for_core {
+                    s.core.handle(msg, &mut s.out);
+                }
+                out.append(&mut s.out);
             }
-            out.append(&mut s.out);
+            let _ = self.inbound.send(Inbound::Wake);
         }
-        let _ = self.inbound.send(Inbound::Wake);
-        Flow::Continue
+        match shutdown {
+            Some(error) => {
+                stopping_with(self.me, &error, &mut self.exit_code);
+                self.stop_executor();
+                Flow::Stop
+            }
+            None => Flow::Continue,
+        }
     }
 
     /// The executor's messages.
