@@ -11,8 +11,9 @@
 //! of its steps and hands it over the channel (so a child submitted before an `await` leaves at
 //! once). The two paths keep each thread's messages in order; between them, only messages with
 //! no order to keep can overtake each other (a thread's own reports, placement notices made
-//! before any result of their tasks). Tasks are plain futures polled with a no-op waker: a task only ever
-//! waits on its own mailboxes, and the core queues it again when a result it waits for arrives.
+//! before any result of their tasks; see docs/decisions.md, 24). Tasks are plain futures polled
+//! with a no-op waker: a task only ever waits on its own mailboxes, and the core queues it again
+//! when a result it waits for arrives.
 //!
 //! A cancel that reaches the running task (its own return mailbox, or any ancestor's) also sets
 //! the task's cancel flag at once through [`LiveTasks`]; the future is dropped when the executor

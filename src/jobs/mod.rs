@@ -148,11 +148,6 @@ impl JobTable {
         self.jobs.len()
     }
 
-    /// The connections open now, in no particular order.
-    pub fn connections(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.conns.iter().copied()
-    }
-
     /// A connection opened.
     pub fn open(&mut self, conn: ConnId) {
         self.conns.insert(conn);
