@@ -22,7 +22,7 @@ use crate::sched::{
 use crate::topology::{layout, Role};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 /// A scripted task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,13 +196,14 @@ struct SimWorker {
     tasks: HashMap<TaskKey, SimTask>,
     busy_until: u64,
     wake_pending: bool,
-    /// Nothing to run and not computing.
+    /// Nothing to run and not computing, and since when.
     idle: bool,
-    /// Computing, with tasks queued behind it.
-    queued: bool,
+    idle_since: u64,
+    /// Tasks queued behind this worker's computation, with the time each began to wait.
+    waiting: HashMap<Address, u64>,
     /// The child the current step kept for this worker (work-first): it runs next, right after
-    /// the step, so it waits behind nothing.
-    kept: usize,
+    /// the step, so it does not wait behind a computation.
+    kept: Option<Address>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -236,8 +237,8 @@ pub struct SimStats {
     pub server_nanos: u128,
     /// Messages the server received, by kind.
     pub server_in_by_kind: std::collections::BTreeMap<&'static str, u64>,
-    /// The longest stretch of simulated time during which some worker was idle while tasks
-    /// waited in the queue of another worker that was computing.
+    /// The longest time one task waited in the queue of a worker that was computing while one
+    /// other worker was idle the whole time (over every such pair of task and idle worker).
     pub max_wait_beside_idle: u64,
 }
 
@@ -263,11 +264,12 @@ pub struct Sim {
     /// Jobs the server reported ended (each once).
     server_ended: HashSet<JobId>,
     finished_counts: HashMap<JobId, u64>,
-    /// Workers idle now, and workers computing with a queue now.
-    idle_workers: usize,
-    queued_workers: usize,
-    /// Since when some worker is idle while another has a queue behind a computation.
-    waiting_beside_idle: Option<u64>,
+    /// Links from the server to its deepest worker.
+    levels: u64,
+    /// When each idle worker became idle, and when each task queued behind a computation began
+    /// to wait (multisets: time -> how many).
+    idle_since: BTreeMap<u64, u32>,
+    waiting_since: BTreeMap<u64, u32>,
     pub stats: SimStats,
 }
 
@@ -287,7 +289,19 @@ impl Sim {
             Ok(l) => l,
             Err(e) => panic!("simulated layout: {e}"),
         };
-        let nodes = lay
+        let parents: Vec<Option<Rank>> = lay.roles.iter().map(|r| r.parent()).collect();
+        let levels = (0..parents.len())
+            .map(|mut r| {
+                let mut hops = 0;
+                while let Some(p) = parents[r] {
+                    hops += 1;
+                    r = p.0 as usize;
+                }
+                hops
+            })
+            .max()
+            .unwrap_or(0);
+        let nodes: Vec<Node> = lay
             .roles
             .iter()
             .enumerate()
@@ -308,13 +322,17 @@ impl Sim {
                     busy_until: 0,
                     wake_pending: false,
                     idle: true,
-                    queued: false,
-                    kept: 0,
+                    idle_since: 0,
+                    waiting: HashMap::new(),
+                    kept: None,
                 })),
             })
             .collect();
         let rng = SimRng::new(cfg.seed ^ 0x9E37_79B9_7F4A_7C15);
-        let workers = cfg.workers as usize;
+        let workers = nodes
+            .iter()
+            .filter(|n| matches!(n, Node::Worker(_)))
+            .count();
         Sim {
             cfg,
             nodes,
@@ -332,15 +350,20 @@ impl Sim {
             results: HashMap::new(),
             server_ended: HashSet::new(),
             finished_counts: HashMap::new(),
-            idle_workers: workers,
-            queued_workers: 0,
-            waiting_beside_idle: None,
+            levels,
+            idle_since: BTreeMap::from([(0, workers as u32)]),
+            waiting_since: BTreeMap::new(),
             stats: SimStats::default(),
         }
     }
 
     pub fn ranks(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Links from the server down to its deepest worker.
+    pub fn levels(&self) -> u64 {
+        self.levels
     }
 
     fn server(&mut self) -> &mut ServerCore {
@@ -517,7 +540,6 @@ impl Sim {
                 Event::Wake { rank } => self.wake(rank),
                 Event::Occupy { rank, until } => self.occupy(rank, until),
             }
-            self.observe();
         }
         self.stats.end_time = self.now;
         n
@@ -573,7 +595,11 @@ impl Sim {
         self.send_all(to, out);
     }
 
-    /// Recount worker `rank`'s state for the idle-beside-queue measure.
+    /// Recount worker `rank`'s state for the wait-beside-idle measure: which of its tasks wait
+    /// behind its computation, and whether it is idle. A pair of a waiting task and an idle
+    /// worker overlaps from the later of their starts until the first of them ends, so each
+    /// pair is measured when one of the two ends, against the earliest start still open on
+    /// the other side.
     fn note_worker(&mut self, rank: u32) {
         let now = self.now;
         let Node::Worker(w) = &mut self.nodes[rank as usize] else {
@@ -581,30 +607,55 @@ impl Sim {
         };
         let computing = w.busy_until > now;
         let idle = !computing && !w.core.has_ready();
-        let queued = computing && w.core.delayed_len() > w.kept;
-        if idle != w.idle {
-            w.idle = idle;
-            match idle {
-                true => self.idle_workers += 1,
-                false => self.idle_workers -= 1,
+        let kept = w.kept;
+        let queued: HashSet<Address> = match computing {
+            true => w
+                .core
+                .delayed_addrs()
+                .filter(|a| Some(*a) != kept)
+                .collect(),
+            false => HashSet::new(),
+        };
+        let mut ended = Vec::new();
+        w.waiting.retain(|a, since| {
+            let keep = queued.contains(a);
+            if !keep {
+                ended.push(*since);
+            }
+            keep
+        });
+        for a in queued {
+            if let std::collections::hash_map::Entry::Vacant(v) = w.waiting.entry(a) {
+                v.insert(now);
+                *self.waiting_since.entry(now).or_insert(0) += 1;
             }
         }
-        if queued != w.queued {
-            w.queued = queued;
-            match queued {
-                true => self.queued_workers += 1,
-                false => self.queued_workers -= 1,
+        let idle_ended = match (w.idle, idle) {
+            (false, true) => {
+                w.idle = true;
+                w.idle_since = now;
+                *self.idle_since.entry(now).or_insert(0) += 1;
+                None
+            }
+            (true, false) => {
+                w.idle = false;
+                Some(w.idle_since)
+            }
+            _ => None,
+        };
+        for since in ended {
+            take_one(&mut self.waiting_since, since);
+            if let Some((&idle_from, _)) = self.idle_since.first_key_value() {
+                let overlap = now - since.max(idle_from);
+                self.stats.max_wait_beside_idle = self.stats.max_wait_beside_idle.max(overlap);
             }
         }
-    }
-
-    /// After each event: how long tasks have waited behind computations while a worker idled.
-    fn observe(&mut self) {
-        if self.idle_workers > 0 && self.queued_workers > 0 {
-            let since = *self.waiting_beside_idle.get_or_insert(self.now);
-            self.stats.max_wait_beside_idle = self.stats.max_wait_beside_idle.max(self.now - since);
-        } else {
-            self.waiting_beside_idle = None;
+        if let Some(since) = idle_ended {
+            take_one(&mut self.idle_since, since);
+            if let Some((&waiting_from, _)) = self.waiting_since.first_key_value() {
+                let overlap = now - since.max(waiting_from);
+                self.stats.max_wait_beside_idle = self.stats.max_wait_beside_idle.max(overlap);
+            }
         }
     }
 
@@ -635,6 +686,8 @@ impl Sim {
             self.push(at, Event::Wake { rank });
             return;
         }
+        // the step is over: a child it kept waits from now on like any other
+        w.kept = None;
         let mut out = Outbox::new();
         // the computation is over: as the executor does after a poll
         w.core.set_occupied(false, &mut out);
@@ -686,7 +739,10 @@ impl Sim {
         if done.is_none() && self.cfg.keep_local {
             w.core.keep_one_for_self(&mut out);
         }
-        w.kept = w.core.delayed_len() - before;
+        w.kept = match w.core.delayed_len() > before {
+            true => w.core.delayed_addrs().last(),
+            false => None,
+        };
         if let (Some(done), Some(addr)) = (done, addr) {
             w.tasks.remove(&key);
             if done.is_ok() {
@@ -773,6 +829,17 @@ impl Sim {
     /// Virtual time now.
     pub fn now(&self) -> u64 {
         self.now
+    }
+}
+
+/// Remove one occurrence of `at` from a multiset.
+fn take_one(set: &mut BTreeMap<u64, u32>, at: u64) {
+    match set.get_mut(&at) {
+        Some(n) if *n > 1 => *n -= 1,
+        Some(_) => {
+            set.remove(&at);
+        }
+        None => panic!("simulation bug: {at} not in the multiset"),
     }
 }
 

@@ -9,7 +9,7 @@ use super::message::Msg;
 use thiserror::Error;
 
 /// Version of the rank-to-rank packet format. Bump on any change to [`Msg`].
-pub const WIRE_VERSION: u8 = 6;
+pub const WIRE_VERSION: u8 = 7;
 
 #[derive(Debug, Error)]
 pub enum CodecError {
@@ -100,7 +100,11 @@ mod tests {
                 idle: 3,
                 receipt: BatchSeq(8),
             }),
-            Msg::Up(Up::Submit { tasks: vec![task] }),
+            Msg::Up(Up::Submit {
+                tasks: vec![task],
+                queued: 4,
+                receipt: BatchSeq(7),
+            }),
             Msg::Peer(Peer::Result {
                 addr,
                 value: vec![0; 100],

@@ -126,13 +126,26 @@ pub enum Down {
 /// Employee -> boss.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Up {
-    /// New tasks from below (children submitted by tasks).
-    Submit { tasks: Vec<TaskMsg> },
+    /// New tasks from below (children submitted by tasks), with how many delayed tasks the
+    /// employee holds (a manager: its estimate for its group) after reading every batch up to
+    /// `receipt`: the boss's backlog estimate is exact again at every submission.
+    Submit {
+        tasks: Vec<TaskMsg>,
+        queued: u64,
+        receipt: BatchSeq,
+    },
     /// The employee's idle worker count changed. `receipt` is the last batch it has read, so the
     /// boss can discount batches still in flight.
     Waiting { idle: u32, receipt: BatchSeq },
-    /// Answer to [`Down::Steal`]: delayed tasks handed back for placement elsewhere.
-    Stolen { tasks: Vec<TaskMsg> },
+    /// Answer to [`Down::Steal`]: delayed tasks handed back for placement elsewhere, and how
+    /// many the employee still holds delayed (a manager: its estimate for its group) after
+    /// reading every batch up to `receipt`, so the boss's backlog estimate is exact after every
+    /// steal.
+    Stolen {
+        tasks: Vec<TaskMsg>,
+        left: u64,
+        receipt: BatchSeq,
+    },
     /// `workers` of the employee's workers are now occupied: inside one task for longer than
     /// the runtime's threshold, so they take no new work (0: none any more). `tasks` are queued
     /// tasks they hand back for placement elsewhere.

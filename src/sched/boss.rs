@@ -9,7 +9,8 @@
 //! idle counts when it assigns.
 //!
 //! # Placement
-//! Tasks fill idle worker slots first (employees shuffled by the seeded generator); the rest go
+//! Tasks fill idle worker slots first, the employee idle longest first (ties shuffled by the
+//! seeded generator), so no worker stays idle while newer idle ones get work; the rest go
 //! one at a time to the employee with the smallest backlog per available worker, where a worker
 //! inside a long task (**occupied**, reported with `Occupied`) is not available: work is queued
 //! behind a worker that is computing only when every worker is. An occupied worker hands back
@@ -19,9 +20,11 @@
 //! # Stealing
 //! `backlog` estimates the tasks an employee holds beyond its idle capacity (overflow it was
 //! assigned since it last reported an idle worker). When this boss has idle workers and nothing to
-//! place, it asks the employees with the largest backlog to hand back delayed tasks
-//! (`Steal { max }`), at most one outstanding request per employee and never more tasks in total
-//! than there are idle workers. Handed-back tasks (`Stolen`) are placed like any other. A task is
+//! place, it asks the employees with the largest backlog not yet asked for to hand back delayed
+//! tasks (`Steal { max }`), never more tasks in total than there are idle workers; an employee
+//! may be asked again before it answered, so one long queue feeds several idle workers at once.
+//! Each answer (`Stolen`) says how many delayed tasks the employee still holds, which makes the
+//! estimate exact again. Handed-back tasks (`Stolen`) are placed like any other. A task is
 //! always in exactly one place (a queue or a message), so stealing never loses or duplicates one.
 
 use super::idmap::IdMap;
@@ -36,13 +39,18 @@ pub(crate) struct Employee {
     pub(crate) workers: u32,
     /// Believed idle workers.
     pub(crate) idle: u32,
-    /// Batches sent and not yet covered by a receipt: `(seq, tasks)`.
-    unreceipted: VecDeque<(BatchSeq, u32)>,
+    /// When (in this boss's count of idle reports) this employee last went from no idle worker
+    /// to some: idle slots are filled longest-idle first.
+    idle_since: u64,
+    /// Batches sent and not yet covered by a receipt: `(seq, tasks, overflow)`.
+    unreceipted: VecDeque<(BatchSeq, u32, bool)>,
     next_seq: u64,
     /// Estimated delayed tasks held (overflow since the last idle report).
     pub(crate) backlog: u64,
-    /// Size of the outstanding steal request, if any.
-    steal_pending: Option<u32>,
+    /// Sizes of the outstanding steal requests, oldest first (answers come back in order), and
+    /// their sum.
+    steals: VecDeque<u32>,
+    asked: u64,
     /// Workers under this employee inside a long task (they take no new work).
     pub(crate) occupied: u32,
     /// Tasks ever assigned (statistics).
@@ -58,13 +66,17 @@ pub(crate) struct Boss {
     /// Sum of `idle` over employees, kept up to date (a boss answers every message, so nothing
     /// per message may scan all employees: a server can have thousands).
     idle_sum: u32,
-    /// Employees with `backlog > 0`.
+    /// Employees with `backlog > 0`, and the sum of their backlogs.
     backlogged: usize,
+    backlog_sum: u64,
     /// Sum of `occupied` over employees, and of `workers` (fixed), kept like `idle_sum`.
     occupied_sum: u32,
     workers_sum: u32,
-    /// Sum of outstanding steal requests.
+    /// Sum of outstanding steal requests, and how many there are.
     requested: u32,
+    requests: usize,
+    /// Idle reports that raised an employee from no idle worker to some (orders `idle_since`).
+    idle_reports: u64,
 }
 
 impl Boss {
@@ -76,10 +88,12 @@ impl Boss {
                 rank,
                 workers,
                 idle: workers,
+                idle_since: 0,
                 unreceipted: VecDeque::new(),
                 next_seq: 0,
                 backlog: 0,
-                steal_pending: None,
+                steals: VecDeque::new(),
+                asked: 0,
                 occupied: 0,
                 assigned: 0,
             })
@@ -97,9 +111,12 @@ impl Boss {
             rng: Rng::new(seed),
             idle_sum,
             backlogged: 0,
+            backlog_sum: 0,
             occupied_sum: 0,
             workers_sum,
             requested: 0,
+            requests: 0,
+            idle_reports: 0,
         }
     }
 
@@ -122,6 +139,7 @@ impl Boss {
 
     fn set_backlog(&mut self, e: usize, backlog: u64) {
         let was = self.employees[e].backlog > 0;
+        self.backlog_sum = self.backlog_sum - self.employees[e].backlog + backlog;
         self.employees[e].backlog = backlog;
         match (was, backlog > 0) {
             (false, true) => self.backlogged += 1,
@@ -160,11 +178,11 @@ impl Boss {
         while emp
             .unreceipted
             .front()
-            .is_some_and(|&(seq, _)| seq <= receipt)
+            .is_some_and(|&(seq, _, _)| seq <= receipt)
         {
             emp.unreceipted.pop_front();
         }
-        let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n)| u64::from(n)).sum();
+        let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n, _)| u64::from(n)).sum();
         let new_idle = (u64::from(idle.min(emp.workers))).saturating_sub(unaccounted) as u32;
         let worker = emp.workers == 1;
         if worker && idle > 0 {
@@ -173,17 +191,38 @@ impl Boss {
         // a worker reports when it is idle and when its queue drains: either way, once it read
         // every batch, it holds no delayed task
         let drained = idle > 0 || worker;
-        self.set_idle(e, new_idle);
-        if drained && unaccounted == 0 {
-            self.set_backlog(e, 0);
+        if self.employees[e].idle == 0 && new_idle > 0 {
+            self.idle_reports += 1;
+            self.employees[e].idle_since = self.idle_reports;
         }
+        self.set_idle(e, new_idle);
+        if drained {
+            let queued = self.overflow_after(e, receipt);
+            self.set_backlog(e, queued);
+        }
+    }
+
+    /// Overflow tasks sent to employee `e` in batches after `receipt` (not yet read when it
+    /// last spoke).
+    fn overflow_after(&self, e: usize, receipt: BatchSeq) -> u64 {
+        self.employees[e]
+            .unreceipted
+            .iter()
+            .filter(|&&(seq, _, overflow)| overflow && seq > receipt)
+            .map(|&(_, n, _)| u64::from(n))
+            .sum()
     }
 
     /// An employee's `Occupied` report: `workers` of its workers are inside a long task, and it
     /// handed back `returned` queued tasks.
     pub(crate) fn on_occupied(&mut self, e: usize, workers: u32, returned: usize) {
         self.set_occupied(e, workers);
-        let backlog = self.employees[e].backlog.saturating_sub(returned as u64);
+        let emp = &self.employees[e];
+        let backlog = match emp.workers == 1 && workers > 0 {
+            // an occupied worker hands back all it holds, and all that reaches it
+            true => 0,
+            false => emp.backlog.saturating_sub(returned as u64),
+        };
         self.set_backlog(e, backlog);
     }
 
@@ -201,7 +240,9 @@ impl Boss {
         for (i, e) in self.employees.iter().enumerate() {
             slots.extend(std::iter::repeat_n(i, e.idle as usize));
         }
+        // longest idle first; ties in random order
         self.rng.shuffle(&mut slots);
+        slots.sort_by_key(|&i| self.employees[i].idle_since);
         let n = slots.len().min(tasks.len());
         let rest = tasks.split_off(n);
         let mut per: Vec<Vec<TaskMsg>> = (0..self.employees.len()).map(|_| Vec::new()).collect();
@@ -266,7 +307,7 @@ impl Boss {
             let emp = &mut self.employees[i];
             emp.next_seq += 1;
             let seq = BatchSeq(emp.next_seq);
-            emp.unreceipted.push_back((seq, k));
+            emp.unreceipted.push_back((seq, k, overflow));
             emp.assigned += u64::from(k);
             let assign = Down::Assign {
                 seq,
@@ -279,51 +320,69 @@ impl Boss {
 
     /// Ask loaded employees for up to `capacity` delayed tasks in total, counting requests
     /// already outstanding (`capacity` is this boss's idle workers, or an upstream request).
+    /// The largest backlog not yet asked for goes first, and an employee already asked may be
+    /// asked again for more, so a long queue serves several idle workers in the same round.
     pub(crate) fn plan_steals(&mut self, capacity: u32, out: &mut Outbox) {
         let mut budget = capacity.saturating_sub(self.requested);
         if budget == 0 || self.backlogged == 0 {
             return;
         }
-        let mut victims: Vec<usize> = (0..self.employees.len())
-            .filter(|&i| {
-                let e = &self.employees[i];
-                e.backlog > 0 && e.steal_pending.is_none() && e.idle == 0
-            })
+        let mut victims: Vec<(u64, usize)> = self
+            .employees
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.backlog > e.asked && e.idle == 0)
+            .map(|(i, e)| (e.backlog - e.asked, i))
             .collect();
-        victims.sort_by_key(|&i| std::cmp::Reverse(self.employees[i].backlog));
-        for i in victims {
+        victims.sort_by_key(|&(left, i)| (std::cmp::Reverse(left), i));
+        for (left, i) in victims {
             if budget == 0 {
                 break;
             }
+            let want = left.div_ceil(2).min(u64::from(budget)).max(1) as u32;
             let e = &mut self.employees[i];
-            let want = e.backlog.div_ceil(2).min(u64::from(budget)).max(1) as u32;
-            e.steal_pending = Some(want);
+            e.steals.push_back(want);
+            e.asked += u64::from(want);
             self.requested += want;
+            self.requests += 1;
             budget -= want;
             out.push((e.rank, Msg::Down(Down::Steal { max: want })));
         }
     }
 
-    /// Answer to a steal request from employee `e`.
-    pub(crate) fn on_stolen(&mut self, e: usize, got: usize) {
-        let Some(asked) = self.employees[e].steal_pending.take() else {
+    /// Answer to a steal request from employee `e`, which had read every batch up to
+    /// `receipt` and still holds `left` delayed tasks: its backlog is `left` and the overflow
+    /// sent after that batch.
+    pub(crate) fn on_stolen(&mut self, e: usize, left: u64, receipt: BatchSeq) {
+        let Some(asked) = self.employees[e].steals.pop_front() else {
             return; // not asked (a late answer)
         };
+        self.employees[e].asked -= u64::from(asked);
         self.requested -= asked;
-        let backlog = if (got as u64) < u64::from(asked) {
-            0 // it had no more
-        } else {
-            self.employees[e].backlog.saturating_sub(got as u64)
-        };
-        self.set_backlog(e, backlog);
+        self.requests -= 1;
+        let queued = left + self.overflow_after(e, receipt);
+        self.set_backlog(e, queued);
+    }
+
+    /// Employee `e` holds `queued` delayed tasks after reading every batch up to `receipt` (said
+    /// with a submission).
+    pub(crate) fn on_queued(&mut self, e: usize, queued: u64, receipt: BatchSeq) {
+        let queued = queued + self.overflow_after(e, receipt);
+        self.set_backlog(e, queued);
+    }
+
+    /// Sum of the backlog estimates (a manager's answer to a steal from above).
+    pub(crate) fn backlog_total(&self) -> u64 {
+        debug_assert_eq!(
+            self.backlog_sum,
+            self.employees.iter().map(|e| e.backlog).sum::<u64>()
+        );
+        self.backlog_sum
     }
 
     /// Steal requests outstanding.
     pub(crate) fn steals_pending(&self) -> usize {
-        self.employees
-            .iter()
-            .filter(|e| e.steal_pending.is_some())
-            .count()
+        self.requests
     }
 }
 
@@ -388,6 +447,64 @@ mod tests {
         assert!(counts.values().all(|&c| c == 3), "{counts:?}");
     }
 
+    fn steals(out: &Outbox) -> Vec<(u32, u32)> {
+        out.iter()
+            .filter_map(|(to, m)| match m {
+                Msg::Down(Down::Steal { max }) => Some((to.0, *max)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_long_queue_feeds_several_idle_workers_in_one_round() {
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1), (Rank(3), 1)], 5);
+        let mut out = Outbox::new();
+        b.place_all(tasks(3), &mut out); // one each, batch 1 everywhere
+        b.on_queued(2, 10, BatchSeq(1)); // rank 3 says it holds 10 more
+        out.clear();
+        b.on_waiting(0, 1, BatchSeq(1));
+        b.plan_steals(b.idle_total(), &mut out);
+        b.on_waiting(1, 1, BatchSeq(1));
+        b.plan_steals(b.idle_total(), &mut out);
+        // asked again before its first answer: both idle workers are served by rank 3
+        assert_eq!(steals(&out), vec![(3, 1), (3, 1)]);
+        // each answer says what is left; an empty queue gets no more requests
+        b.on_stolen(2, 0, BatchSeq(1));
+        b.on_stolen(2, 0, BatchSeq(1));
+        out.clear();
+        b.plan_steals(b.idle_total(), &mut out);
+        assert!(steals(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn overflow_sent_after_an_answer_still_counts() {
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1)], 5);
+        let mut out = Outbox::new();
+        b.place_all(tasks(2), &mut out); // batch 1 each
+        b.place_all(tasks(2), &mut out); // batch 2 each: overflow
+        out.clear();
+        b.on_waiting(0, 1, BatchSeq(2)); // rank 1 is idle
+        b.plan_steals(b.idle_total(), &mut out);
+        assert_eq!(steals(&out), vec![(2, 1)]);
+        // rank 2 answered before reading batch 2: that overflow is still queued there
+        b.on_stolen(1, 0, BatchSeq(1));
+        assert_eq!(b.backlog_total(), 1);
+    }
+
+    #[test]
+    fn idle_slots_go_to_the_longest_idle_first() {
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1), (Rank(3), 1)], 9);
+        let mut out = Outbox::new();
+        b.place_all(tasks(3), &mut out);
+        b.on_waiting(2, 1, BatchSeq(1)); // rank 3 idles first
+        b.on_waiting(0, 1, BatchSeq(1));
+        out.clear();
+        let rest = b.place_idle(tasks(1), &mut out);
+        assert!(rest.is_empty());
+        assert!(matches!(out[..], [(Rank(3), _)]), "{out:?}");
+    }
+
     #[test]
     fn steals_go_to_loaded_employees_only_while_someone_idles() {
         let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1)], 3);
@@ -405,8 +522,11 @@ mod tests {
         );
         out.clear();
         b.plan_steals(b.idle_total(), &mut out);
-        assert!(out.is_empty(), "one outstanding steal per employee");
-        b.on_stolen(1, 1);
+        assert!(
+            out.is_empty(),
+            "no more asked for than there are idle workers"
+        );
+        b.on_stolen(1, 0, BatchSeq(1));
         assert_eq!(b.steals_pending(), 0);
     }
 }

@@ -6,7 +6,8 @@
 //!   from above as receipt.
 //! * A steal request from above is passed to the loaded employees; what they hand back goes to
 //!   this group's idle workers first and the rest up, answering the request once every
-//!   employee asked has answered.
+//!   employee asked has answered (requests that arrive meanwhile join it and are answered
+//!   together, one answer each).
 //! * Tasks an occupied worker hands back go to this group's idle workers, else to its workers
 //!   that are not occupied, else up; the group's count of occupied workers is reported upward
 //!   whenever it changes.
@@ -15,9 +16,14 @@ use super::boss::Boss;
 use crate::protocol::Outbox;
 use crate::protocol::{BatchSeq, Down, Msg, Rank, TaskMsg, Up};
 
+/// Steal requests from above being served: the boss may ask again before the first is answered;
+/// every request gets its own answer, in order, once no steal below is outstanding.
 #[derive(Debug)]
 struct UpstreamSteal {
     collected: Vec<TaskMsg>,
+    /// Tasks asked for, over the requests owed.
+    max: u32,
+    owed: u32,
 }
 
 #[derive(Debug)]
@@ -68,14 +74,19 @@ impl ManagerCore {
                     let rest = self.boss.place_idle(tasks, out);
                     if !rest.is_empty() {
                         self.report_idle(out);
-                        out.push((self.parent, Msg::Up(Up::Submit { tasks: rest })));
+                        out.push((self.parent, self.submit(rest)));
                     }
                 }
             }
             Msg::Down(Down::Steal { max }) => {
-                self.upstream = Some(UpstreamSteal {
+                let up = self.upstream.get_or_insert(UpstreamSteal {
                     collected: Vec::new(),
+                    max: 0,
+                    owed: 0,
                 });
+                up.max += max;
+                up.owed += 1;
+                let max = up.max;
                 self.boss.plan_steals(max, out);
                 self.answer_upstream(out);
             }
@@ -89,15 +100,24 @@ impl ManagerCore {
                     return;
                 };
                 match up {
-                    Up::Submit { tasks } => {
+                    Up::Submit {
+                        tasks,
+                        queued,
+                        receipt,
+                    } => {
+                        self.boss.on_queued(e, queued, receipt);
                         let rest = self.boss.place_idle(tasks, out);
                         if !rest.is_empty() {
-                            out.push((self.parent, Msg::Up(Up::Submit { tasks: rest })));
+                            out.push((self.parent, self.submit(rest)));
                         }
                     }
                     Up::Waiting { idle, receipt } => self.boss.on_waiting(e, idle, receipt),
-                    Up::Stolen { tasks } => {
-                        self.boss.on_stolen(e, tasks.len());
+                    Up::Stolen {
+                        tasks,
+                        left,
+                        receipt,
+                    } => {
+                        self.boss.on_stolen(e, left, receipt);
                         let rest = self.boss.place_idle(tasks, out);
                         match &mut self.upstream {
                             Some(up) => up.collected.extend(rest),
@@ -112,7 +132,7 @@ impl ManagerCore {
                             Some(up) => up.collected.extend(rest),
                             None if self.boss.any_available() => self.boss.place_all(rest, out),
                             None if rest.is_empty() => {}
-                            None => out.push((self.parent, Msg::Up(Up::Submit { tasks: rest }))),
+                            None => out.push((self.parent, self.submit(rest))),
                         }
                     }
                 }
@@ -141,6 +161,15 @@ impl ManagerCore {
         self.report_idle(out);
     }
 
+    /// Tasks for the boss to place, with this group's backlog.
+    fn submit(&self, tasks: Vec<TaskMsg>) -> Msg {
+        Msg::Up(Up::Submit {
+            tasks,
+            queued: self.boss.backlog_total(),
+            receipt: self.receipt,
+        })
+    }
+
     /// Tell the boss this group's idle workers, when their number changed.
     fn report_idle(&mut self, out: &mut Outbox) {
         let idle = self.boss.idle_total();
@@ -159,13 +188,91 @@ impl ManagerCore {
     fn answer_upstream(&mut self, out: &mut Outbox) {
         if self.boss.steals_pending() == 0 {
             if let Some(up) = self.upstream.take() {
-                out.push((
-                    self.parent,
-                    Msg::Up(Up::Stolen {
-                        tasks: up.collected,
-                    }),
-                ));
+                let left = self.boss.backlog_total();
+                let mut tasks = up.collected;
+                for _ in 0..up.owed {
+                    let stolen = Up::Stolen {
+                        tasks: std::mem::take(&mut tasks),
+                        left,
+                        receipt: self.receipt,
+                    };
+                    out.push((self.parent, Msg::Up(stolen)));
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Address, Breadcrumbs, Format, JobId, LogSpec, MailboxId};
+
+    fn tasks(n: usize) -> Vec<TaskMsg> {
+        (0..n)
+            .map(|i| TaskMsg {
+                addr: Address {
+                    rank: Rank(9),
+                    mailbox: MailboxId(1),
+                    slot: i as u32,
+                },
+                job: JobId(1),
+                function: "t".into(),
+                label: None,
+                args: vec![],
+                format: Format::Bincode,
+                breadcrumbs: Breadcrumbs::new(),
+                log: LogSpec::OFF,
+                context: vec![],
+            })
+            .collect()
+    }
+
+    fn stolen(out: &Outbox) -> Vec<usize> {
+        out.iter()
+            .filter_map(|(to, m)| match m {
+                Msg::Up(Up::Stolen { tasks, .. }) if *to == Rank::SERVER => Some(tasks.len()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_steal_from_above_gets_its_own_answer() {
+        let mut m = ManagerCore::new(Rank(1), Rank::SERVER, &[(Rank(2), 1), (Rank(3), 1)], 4);
+        let mut out = Outbox::new();
+        let assign = Down::Assign {
+            seq: BatchSeq(1),
+            tasks: tasks(6),
+            overflow: true,
+        };
+        m.handle(Rank::SERVER, Msg::Down(assign), &mut out); // 2 run, 4 queued below
+        out.clear();
+        // the server asks twice before the first answer
+        m.handle(Rank::SERVER, Msg::Down(Down::Steal { max: 1 }), &mut out);
+        m.handle(Rank::SERVER, Msg::Down(Down::Steal { max: 2 }), &mut out);
+        assert!(
+            stolen(&out).is_empty(),
+            "answered before its workers did: {out:?}"
+        );
+        let asked: Vec<(Rank, u32)> = out
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Msg::Down(Down::Steal { max }) => Some((*to, *max)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked.iter().map(|a| a.1).sum::<u32>(), 3, "{asked:?}");
+        out.clear();
+        for (worker, max) in asked {
+            let answer = Up::Stolen {
+                tasks: tasks(max as usize),
+                left: 0,
+                receipt: BatchSeq(1),
+            };
+            m.handle(worker, Msg::Up(answer), &mut out);
+        }
+        // one answer per request, in order: the tasks ride on the first
+        assert_eq!(stolen(&out), vec![3, 0], "{out:?}");
     }
 }

@@ -219,10 +219,21 @@ impl ServerCore {
                     return;
                 };
                 match up {
-                    Up::Submit { tasks } => self.boss.place_all(tasks, out),
+                    Up::Submit {
+                        tasks,
+                        queued,
+                        receipt,
+                    } => {
+                        self.boss.on_queued(e, queued, receipt);
+                        self.boss.place_all(tasks, out);
+                    }
                     Up::Waiting { idle, receipt } => self.boss.on_waiting(e, idle, receipt),
-                    Up::Stolen { tasks } => {
-                        self.boss.on_stolen(e, tasks.len());
+                    Up::Stolen {
+                        tasks,
+                        left,
+                        receipt,
+                    } => {
+                        self.boss.on_stolen(e, left, receipt);
                         self.boss.place_all(tasks, out);
                     }
                     Up::Occupied { workers, tasks } => {

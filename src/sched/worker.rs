@@ -241,6 +241,11 @@ impl WorkerCore {
         self.delayed.len()
     }
 
+    /// The addresses of the delayed tasks, oldest first.
+    pub fn delayed_addrs(&self) -> impl Iterator<Item = Address> + '_ {
+        self.delayed.iter().map(|t| t.addr)
+    }
+
     pub fn started_len(&self) -> usize {
         self.tasks.len()
     }
@@ -265,7 +270,12 @@ impl WorkerCore {
                 let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
                 self.backlogged &= !self.delayed.is_empty();
                 self.stats.stolen_from += tasks.len() as u64;
-                out.push((self.boss, Msg::Up(Up::Stolen { tasks })));
+                let stolen = Up::Stolen {
+                    tasks,
+                    left: self.delayed.len() as u64,
+                    receipt: self.receipt,
+                };
+                out.push((self.boss, Msg::Up(stolen)));
             }
             Msg::Down(Down::Shutdown { .. }) => {}
             Msg::Up(_) => {
@@ -495,10 +505,10 @@ impl WorkerCore {
             return;
         };
         let task = match &mut out[i].1 {
-            Msg::Up(Up::Submit { tasks }) => tasks.pop(),
+            Msg::Up(Up::Submit { tasks, .. }) => tasks.pop(),
             _ => None,
         };
-        if matches!(&out[i].1, Msg::Up(Up::Submit { tasks }) if tasks.is_empty()) {
+        if matches!(&out[i].1, Msg::Up(Up::Submit { tasks, .. }) if tasks.is_empty()) {
             out.remove(i);
         }
         if let Some(task) = task {
@@ -601,7 +611,12 @@ impl WorkerCore {
                 sent: Vec::new(),
             },
         );
-        out.push((self.boss, Msg::Up(Up::Submit { tasks })));
+        let submit = Up::Submit {
+            tasks,
+            queued: self.delayed.len() as u64,
+            receipt: self.receipt,
+        };
+        out.push((self.boss, Msg::Up(submit)));
         Ok(mailbox)
     }
 
@@ -706,6 +721,11 @@ impl WorkerCore {
                 rank: self.rank,
                 mailbox,
             };
+            if mb.locations.is_empty() {
+                // its tasks may not have left yet (submitted and cancelled in one step): they
+                // never go out, rather than travel to a boss and back to be dropped
+                self.unsubmit(target, out);
+            }
             for at in mb.locations {
                 if at == self.rank {
                     local.push(target);
@@ -714,6 +734,22 @@ impl WorkerCore {
                 }
             }
         }
+    }
+
+    /// Take the tasks of `mailbox` out of the submissions not yet sent.
+    fn unsubmit(&mut self, mailbox: MailboxAddr, out: &mut Outbox) {
+        let boss = self.boss;
+        let mut removed = 0;
+        out.retain_mut(|(to, m)| match m {
+            Msg::Up(Up::Submit { tasks, .. }) if *to == boss => {
+                let before = tasks.len();
+                tasks.retain(|t| t.addr.mailbox_addr() != mailbox);
+                removed += before - tasks.len();
+                !tasks.is_empty()
+            }
+            _ => true,
+        });
+        self.stats.cancelled_delayed += removed as u64;
     }
 
     /// Cancel, on this rank, every task whose return address is in one of `roots` and every
@@ -931,6 +967,18 @@ mod tests {
     }
 
     #[test]
+    fn children_cancelled_in_the_step_that_submitted_them_never_leave() {
+        let (mut w, root, m, mut out) = running_with_map(3);
+        w.cancel(root, m, &mut out).unwrap();
+        assert!(
+            !out.iter()
+                .any(|(_, m)| matches!(m, Msg::Up(Up::Submit { .. }))),
+            "{out:?}"
+        );
+        assert_eq!(w.stats().cancelled_delayed, 3);
+    }
+
+    #[test]
     fn next_returns_results_that_already_arrived_without_waiting() {
         let (mut w, root, m, mut out) = running_with_map(3);
         w.handle(result(m, 2, 20), &mut out);
@@ -1039,7 +1087,7 @@ mod tests {
         assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
         w.keep_one_for_self(&mut out);
         match &out[..] {
-            [(to, Msg::Up(Up::Submit { tasks }))] => {
+            [(to, Msg::Up(Up::Submit { tasks, .. }))] => {
                 assert_eq!(*to, Rank::SERVER);
                 assert_eq!(
                     tasks.iter().map(|t| t.addr.slot).collect::<Vec<_>>(),
@@ -1128,11 +1176,19 @@ mod tests {
         out.clear();
         w.handle(Msg::Down(Down::Steal { max: 2 }), &mut out);
         match &out[..] {
-            [(_, Msg::Up(Up::Stolen { tasks }))] => {
+            [(
+                _,
+                Msg::Up(Up::Stolen {
+                    tasks,
+                    left,
+                    receipt,
+                }),
+            )] => {
                 assert_eq!(
                     tasks.iter().map(|t| t.addr.mailbox.0).collect::<Vec<_>>(),
                     vec![10, 11]
-                )
+                );
+                assert_eq!((*left, *receipt), (2, BatchSeq(1)), "what it still holds");
             }
             o => panic!("{o:?}"),
         }
