@@ -70,12 +70,22 @@ struct ServeArgs {
     /// Where to write the client token (mode 0600); default ~/.bqrt/token-PORT.
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
-    /// Most client connections at once.
+    /// Most client connections at once, of any protocol (16 more are kept for clients with the
+    /// token).
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
     /// Seconds a client may take to finish a frame it started.
     #[arg(long, default_value_t = 30.0)]
     frame_timeout: f64,
+    /// MiB of partially received frames held at once, over all connections.
+    #[arg(long, default_value_t = gateway::BUDGET_MIB)]
+    receive_budget: usize,
+    /// Seconds after which a BQSKit connection with no job and nothing outstanding is closed.
+    #[arg(long, default_value_t = 900.0)]
+    idle_timeout: f64,
+    /// Serve native clients only from this machine's loopback and this user, besides the token.
+    #[arg(long)]
+    same_user: bool,
     #[command(flatten)]
     common: Common,
     #[cfg(feature = "python")]
@@ -308,10 +318,21 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
-    if !(args.frame_timeout > 0.0 && args.frame_timeout.is_finite()) {
+    for (flag, v) in [
+        ("--frame-timeout", args.frame_timeout),
+        ("--idle-timeout", args.idle_timeout),
+    ] {
+        if !(v > 0.0 && v.is_finite() && v < 1e9) {
+            return fail(&format!("{flag} {v}: must be a positive number of seconds"));
+        }
+    }
+    if args.max_connections == 0 {
+        return fail("--max-connections 0: must be at least 1");
+    }
+    if args.receive_budget == 0 || args.receive_budget > (1 << 20) {
         return fail(&format!(
-            "--frame-timeout {}: must be a positive number of seconds",
-            args.frame_timeout
+            "--receive-budget {}: must be between 1 and 1048576 MiB",
+            args.receive_budget
         ));
     }
     let stop = crate::runtime::stop::shared();
@@ -342,6 +363,9 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
     let mut cfg = gateway::GatewayConfig::new(token);
     cfg.max_connections = args.max_connections;
     cfg.frame_timeout = Duration::from_secs_f64(args.frame_timeout);
+    cfg.idle_timeout = Duration::from_secs_f64(args.idle_timeout);
+    cfg.budget = Arc::new(gateway::frame::Budget::new(args.receive_budget << 20));
+    cfg.same_user = args.same_user;
     #[cfg(feature = "python")]
     {
         let (foreign, notice) = crate::python::gateway_setup();

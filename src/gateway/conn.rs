@@ -4,10 +4,9 @@
 //! a stalled half frame, a wrong token or an unknown protocol ends this connection only, with a
 //! reply naming the problem where the protocol allows one.
 
-use super::{ConnId, GatewayConfig, HubIn};
-use crate::protocol::native::{
-    self, read_frame, write_frame, FrameError, Reply, Request, CLIENT_VERSION, MAGIC,
-};
+use super::frame::{self, Limits, Prefix, ReadError};
+use super::{over_cap, peer, Admission, ConnId, GatewayConfig, HubIn, RESERVE};
+use crate::protocol::native::{self, write_frame, Reply, Request, CLIENT_VERSION, MAGIC};
 use crossbeam::channel::{bounded, Receiver, Sender};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -24,7 +23,6 @@ pub(super) struct Conn {
     pub cfg: Arc<GatewayConfig>,
     pub hub: Sender<HubIn>,
     pub active: Arc<AtomicUsize>,
-    pub over_cap: bool,
     pub workers: u32,
 }
 
@@ -62,21 +60,31 @@ impl Conn {
     fn handshake(&self, peer: &str) -> Option<TcpStream> {
         let mut stream = self.stream.try_clone().ok()?;
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(self.cfg.handshake_timeout));
         let mut head = [0u8; 5];
-        if let Err(e) = stream.read_exact(&mut head) {
+        if let Err(e) = read_exact_within(&mut stream, &mut head, self.cfg.handshake_timeout) {
             log::debug!(target: "bqrt::gateway", "{peer}: no protocol header ({e}); closed");
             return None;
         }
         if &head[..4] != MAGIC {
             if let Some(foreign) = self.cfg.foreign.as_ref().filter(|f| f.accepts(&head)) {
-                let _ = stream.set_read_timeout(None);
+                let refuse = over_cap(&self.active, self.cfg.max_connections).then(|| {
+                    format!(
+                        "bqrt: too many connections (limit {}); retry later, or ask the runtime's owner to raise --max-connections",
+                        self.cfg.max_connections
+                    )
+                });
+                let admit = Admission {
+                    refuse,
+                    budget: Arc::clone(&self.cfg.budget),
+                    frame_timeout: self.cfg.frame_timeout,
+                    idle_timeout: self.cfg.idle_timeout,
+                };
                 let link = super::Link {
                     id: self.id,
                     hub: self.hub.clone(),
                     opened: false,
                 };
-                foreign.serve(stream, head, link);
+                foreign.serve(stream, head, link, &admit);
                 return None;
             }
             let msg = "bqrt: unrecognised protocol on this port (expected the bqrt client protocol); connection closed\n";
@@ -95,23 +103,38 @@ impl Conn {
         Some(stream)
     }
 
-    /// The connection cap, then the first frame: `Hello` with the token.
+    /// The connection cap (with the native reserve), the same-user check if on, then the first
+    /// frame within the handshake time: `Hello` with the token.
     fn authenticate(&self, stream: &mut TcpStream, peer: &str) -> bool {
-        if self.over_cap {
+        if over_cap(&self.active, self.cfg.max_connections + RESERVE) {
             let reason = format!(
-                "too many connections (limit {}); retry later or raise --max-connections",
+                "too many connections (limit {}, and {RESERVE} more for clients with the token); retry later or raise --max-connections",
                 self.cfg.max_connections
             );
             refuse(stream, peer, reason);
             return false;
         }
-        let _ = stream.set_read_timeout(Some(self.cfg.frame_timeout));
-        let reason = match read_request(stream, self.cfg.max_frame) {
+        if self.cfg.same_user {
+            if let Err(reason) = same_user(stream) {
+                refuse(stream, peer, reason);
+                return false;
+            }
+        }
+        let limits = Limits {
+            max: self.cfg.max_frame,
+            deadline: self.cfg.frame_timeout,
+            poll: Some(self.cfg.handshake_timeout),
+        };
+        let reason = match read_request(stream, limits, &self.cfg) {
             Ok(Some(Request::Hello { token, .. })) if constant_time_eq(token.as_bytes(), self.cfg.token.as_bytes()) => return true,
             Ok(Some(Request::Hello { .. })) => "wrong token: read it from the token file the server printed at start (or pass --token-file / BQRT_TOKEN)".to_string(),
             Ok(Some(_)) => "the first request must be Hello with the server's token".to_string(),
             Ok(None) => return false,
-            Err(e) => describe(&e, &self.cfg),
+            Err(Bad::Read(ReadError::Idle)) => format!(
+                "no Hello within {:?} of connecting; closing",
+                self.cfg.handshake_timeout
+            ),
+            Err(e) => describe(&e),
         };
         refuse(stream, peer, reason);
         false
@@ -135,8 +158,13 @@ impl Conn {
 
     /// Frames to hub requests until the client says goodbye, goes away or breaks the protocol.
     fn read_requests(&self, stream: &mut TcpStream) {
+        let limits = Limits {
+            max: self.cfg.max_frame,
+            deadline: self.cfg.frame_timeout,
+            poll: Some(self.cfg.frame_timeout),
+        };
         loop {
-            let req = match read_request(stream, self.cfg.max_frame) {
+            let req = match read_request(stream, limits, &self.cfg) {
                 Ok(Some(Request::Bye)) | Ok(None) => return,
                 // a second Hello is answered by the hub (without the token)
                 Ok(Some(Request::Hello { .. })) => Request::Hello {
@@ -144,16 +172,9 @@ impl Conn {
                     client: String::new(),
                 },
                 Ok(Some(req)) => req,
-                Err(FrameError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
+                Err(Bad::Read(ReadError::Idle)) => continue,
                 Err(e) => {
-                    let reason = describe(&e, &self.cfg);
+                    let reason = describe(&e);
                     let _ = self.hub.send(HubIn::Fatal {
                         conn: self.id,
                         reason,
@@ -179,23 +200,72 @@ fn refuse(stream: &mut TcpStream, peer: &str, reason: String) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-fn read_request(stream: &mut TcpStream, max: usize) -> Result<Option<Request>, FrameError> {
-    match read_frame(stream, max)? {
+/// Why a request could not be read.
+enum Bad {
+    Read(ReadError),
+    Decode(native::FrameError),
+}
+
+fn read_request(
+    stream: &mut TcpStream,
+    limits: Limits,
+    cfg: &GatewayConfig,
+) -> Result<Option<Request>, Bad> {
+    match frame::read(stream, Prefix::Little, limits, &cfg.budget, &[]).map_err(Bad::Read)? {
         None => Ok(None),
-        Some(bytes) => native::decode(&bytes).map(Some),
+        Some(bytes) => native::decode(&bytes).map(Some).map_err(Bad::Decode),
     }
 }
 
-fn describe(e: &FrameError, cfg: &GatewayConfig) -> String {
+fn describe(e: &Bad) -> String {
     match e {
-        FrameError::Stalled => format!(
-            "a frame stalled half-way for {:?}; closing",
-            cfg.frame_timeout
-        ),
-        FrameError::TooLarge { len, max } => {
-            format!("frame of {len} bytes is over the {max}-byte limit; closing")
+        Bad::Read(e) => format!("{e}; closing"),
+        Bad::Decode(e) => format!("{e}; closing"),
+    }
+}
+
+/// Read exactly `buf` within `within` of starting (a peer trickling bytes is cut off on time).
+pub(crate) fn read_exact_within(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    within: Duration,
+) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
         }
-        other => format!("{other}; closing"),
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The same-user check on a connection: loopback, and the peer socket owned by this user.
+pub fn same_user(stream: &TcpStream) -> Result<(), String> {
+    let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+        return Err("cannot read the connection's addresses".into());
+    };
+    if !remote.ip().to_canonical().is_loopback() {
+        return Err(format!(
+            "this server serves only its own user's processes on this machine, and {remote} is not on loopback"
+        ));
+    }
+    let me = peer::my_uid();
+    match peer::owner_uid(local, remote) {
+        Ok(Some(uid)) if uid == me => Ok(()),
+        Ok(Some(uid)) => Err(format!(
+            "this server serves only its own user (uid {me}); the connecting process runs as uid {uid}"
+        )),
+        Ok(None) => Err("the connecting socket's owner could not be found in /proc/net/tcp; refused".into()),
+        Err(e) => Err(format!("cannot read /proc/net/tcp to check the connecting user: {e}; refused")),
     }
 }
 

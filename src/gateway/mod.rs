@@ -1,13 +1,28 @@
 //! The gateway: rank 0's TCP front door for clients.
 //!
-//! An acceptor thread takes connections (at most `max_connections` at once; more are refused
-//! with a reason) and gives each a connection thread ([`conn`]). Connections send requests to
-//! the [`hub`], which runs on the rank's client thread: it feeds them to the job table
-//! (`crate::jobs`, owned by the server handle) and routes the table's replies and the server's
-//! events (results, logs, progress) to the connections that own or watch each job.
+//! An acceptor thread takes connections and gives each a connection thread ([`conn`]).
+//! Connections send requests to the [`hub`], which runs on the rank's client thread: it feeds
+//! them to the job table (`crate::jobs`, owned by the server handle) and routes the table's
+//! replies and the server's events (results, logs, progress) to the connections that own or
+//! watch each job.
+//!
+//! # Limits (a shared node's other users can reach a loopback port)
+//! * At most `max_connections` connections of any protocol are served; [`RESERVE`] more are
+//!   kept for native clients, which must prove the token before they get anything, so the
+//!   owner's `bqrt shutdown`/`top`/`status` get in when unauthenticated connections fill the
+//!   cap. Past both the acceptor closes a connection before building any state for it. Threads
+//!   are one or two per connection, so bounded by the cap (threads, not multiplexing: a
+//!   connection's work is a few blocking reads, and the cap is a few hundred).
+//! * Frames are read by [`frame`]: bounded size, memory committed as bytes arrive, one budget
+//!   for all partially received frames, and one deadline per started frame.
+//! * BQSKit's protocol is served on loopback only to the runtime's own user ([`peer`]); the
+//!   same check can guard the native protocol too, beside its token.
 
 mod conn;
+pub use conn::same_user;
+pub mod frame;
 mod hub;
+pub mod peer;
 
 pub use crate::jobs::ConnId;
 use crate::protocol::native::{Reply, Request};
@@ -26,9 +41,27 @@ pub trait ForeignProtocol: Send + Sync {
     /// Whether the connection's first five bytes look like this protocol.
     fn accepts(&self, head: &[u8; 5]) -> bool;
     /// Serve the connection until it ends (runs on the connection's own thread). `head` holds
-    /// the bytes already read.
-    fn serve(&self, stream: std::net::TcpStream, head: [u8; 5], link: Link);
+    /// the bytes already read; `admit` says what the gateway decided about the connection.
+    fn serve(&self, stream: std::net::TcpStream, head: [u8; 5], link: Link, admit: &Admission);
 }
+
+/// What the gateway tells a foreign protocol about a new connection.
+pub struct Admission {
+    /// Why it must be refused, if it must (the protocol says so in its own terms).
+    pub refuse: Option<String>,
+    /// The receive budget and the frame deadline, for its reads.
+    pub budget: Arc<frame::Budget>,
+    pub frame_timeout: Duration,
+    /// A connection with no job and no request outstanding is closed after this.
+    pub idle_timeout: Duration,
+}
+
+/// Connections beyond `max_connections` kept for native clients (which authenticate first).
+pub const RESERVE: usize = 16;
+/// Connections the acceptor lets through before any thread is started for one: the cap and
+/// the reserve, plus room for connections that have closed but whose threads have not yet
+/// counted themselves out.
+const HARD_SLACK: usize = 64;
 
 /// A foreign-protocol connection's handle on the hub.
 pub struct Link {
@@ -67,9 +100,19 @@ pub struct GatewayConfig {
     pub max_frame: usize,
     /// A frame started must complete within this.
     pub frame_timeout: Duration,
-    /// A new connection must send its protocol header within this.
+    /// A new connection must send its protocol header, and a native one its `Hello`, within
+    /// this.
     pub handshake_timeout: Duration,
+    /// Bytes of partially received frames, over all connections.
+    pub budget: Arc<frame::Budget>,
+    /// Native connections must come from loopback and the runtime's own user too.
+    pub same_user: bool,
+    /// A BQSKit connection with no job and no request outstanding is closed after this.
+    pub idle_timeout: Duration,
 }
+
+/// Default receive budget (`--receive-budget`, MiB).
+pub const BUDGET_MIB: usize = 512;
 
 impl GatewayConfig {
     pub fn new(token: String) -> GatewayConfig {
@@ -80,6 +123,9 @@ impl GatewayConfig {
             max_frame: crate::protocol::native::MAX_FRAME,
             frame_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            budget: Arc::new(frame::Budget::new(BUDGET_MIB << 20)),
+            same_user: false,
+            idle_timeout: Duration::from_secs(900),
         }
     }
 }
@@ -141,7 +187,8 @@ pub fn serve(
     hub::Hub::new(handle).run(&hub_rx, &stop, reason)
 }
 
-/// The acceptor thread: each connection gets its own thread; past the cap it is refused there.
+/// The acceptor thread: each connection gets its own thread, where the cap is applied with the
+/// protocol's own refusal; past the hard limit it is closed here, before any state exists.
 fn accept(
     listener: TcpListener,
     cfg: Arc<GatewayConfig>,
@@ -158,15 +205,19 @@ fn accept(
             }
             let Ok(stream) = stream else { continue };
             next += 1;
-            active.fetch_add(1, Ordering::SeqCst);
-            let over_cap = over_cap(&active, cfg.max_connections);
+            let n = active.fetch_add(1, Ordering::SeqCst) + 1;
+            if n > cfg.max_connections + RESERVE + HARD_SLACK {
+                active.fetch_sub(1, Ordering::SeqCst);
+                log::debug!(target: "bqrt::gateway", "connection closed at once: {n} open");
+                drop(stream);
+                continue;
+            }
             let c = conn::Conn {
                 id: ConnId(next),
                 stream,
                 cfg: Arc::clone(&cfg),
                 hub: hub.clone(),
                 active: Arc::clone(&active),
-                over_cap,
                 workers,
             };
             let spawned = std::thread::Builder::new()
@@ -189,7 +240,7 @@ const CAP_GRACE: Duration = Duration::from_millis(200);
 
 /// Whether the connections counted in `active` (this one included) are more than `cap`, once
 /// finished ones had [`CAP_GRACE`] to leave.
-fn over_cap(active: &AtomicUsize, cap: usize) -> bool {
+pub(crate) fn over_cap(active: &AtomicUsize, cap: usize) -> bool {
     let until = std::time::Instant::now() + CAP_GRACE;
     while active.load(Ordering::SeqCst) > cap && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(1));

@@ -28,6 +28,10 @@ pub struct ServeOptions {
     /// loopback clients are served.
     #[arg(long, default_value = "")]
     pub bqskit_allow: String,
+    /// Serve BQSKit clients of every local user on loopback, not only the runtime's own user
+    /// (each of them can then run any code as this user).
+    #[arg(long)]
+    pub bqskit_any_user: bool,
     /// Serve only the native protocol: no Python, no BQSKit clients.
     #[arg(long)]
     pub no_python: bool,
@@ -84,15 +88,23 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
         Err(e) => return Err(e.to_string()),
     };
     one_blas_thread();
-    let notice = bqskit_notice(&env, &opts.bqskit_allow, allow.is_empty(), listen);
+    let notice = bqskit_notice(&env, opts, allow.is_empty(), listen);
     interp::set_env(env);
-    let foreign: Arc<dyn crate::gateway::ForeignProtocol> =
-        Arc::new(session::BqskitProtocol { allow });
+    let foreign: Arc<dyn crate::gateway::ForeignProtocol> = Arc::new(session::BqskitProtocol {
+        allow,
+        any_user: opts.bqskit_any_user,
+    });
     let _ = GATEWAY.set((Some(foreign), notice));
     Ok(registry.task_raw(task::FUNCTION, |ctx, args, _format| task::run(ctx, args)))
 }
 
-fn bqskit_notice(env: &env::PythonEnv, allow: &str, loopback_only: bool, listen: &str) -> String {
+fn bqskit_notice(
+    env: &env::PythonEnv,
+    opts: &ServeOptions,
+    loopback_only: bool,
+    listen: &str,
+) -> String {
+    let allow = &opts.bqskit_allow;
     let mut s = format!(
         "bqrt: BQSKit {} clients accepted on the client port (Python {} at {})",
         env.bqskit,
@@ -106,8 +118,12 @@ fn bqskit_notice(env: &env::PythonEnv, allow: &str, loopback_only: bool, listen:
             env::BQSKIT_VERSION
         ));
     }
+    let who = match opts.bqskit_any_user {
+        false => "only this user's BQSKit clients on this machine (loopback) are served",
+        true => "WARNING: every local user's BQSKit clients on loopback are served (--bqskit-any-user), and each can run any code as this user",
+    };
     if loopback_only {
-        s.push_str("\nbqrt: BQSKit's protocol carries pickled code and has no authentication: only BQSKit clients on this machine (loopback) are served; --bqskit-allow ADDR admits others");
+        s.push_str(&format!("\nbqrt: BQSKit's protocol carries pickled code and has no authentication: {who}; --bqskit-allow ADDR admits other machines"));
     } else {
         s.push_str(&format!(
             "\nbqrt: WARNING: BQSKit clients from {allow} are served besides loopback. BQSKit's protocol carries pickled code and has no authentication: anyone who can reach {listen} from there can run any code on this cluster"

@@ -10,12 +10,18 @@
 //! messages are sent while a request is outstanding and held (bounded) otherwise; they are
 //! flushed before the reply. Frames are decoded by a restricted unpickler
 //! (python/bqrt_codec.py) that imports and runs nothing of the client's; the SUBMIT frame
-//! itself travels to a worker unopened. Only loopback peers (or those on `--bqskit-allow`)
-//! are served, because the protocol carries pickled code.
+//! itself travels to a worker unopened. Only loopback peers of the runtime's own user (or
+//! peers on `--bqskit-allow`) are served, because the protocol carries pickled code: see
+//! docs/operations.md, "Who can connect".
+//!
+//! The first frame (CONNECT: the client's `sys.path`) may be at most [`FIRST_FRAME`] bytes,
+//! later ones [`MAX_FRAME`]; frames are read through the gateway's bounded reader, and a
+//! connection with no job and nothing outstanding is closed after the idle timeout.
 
 use super::interp;
 use super::pickle::{self, msg, Status};
-use crate::gateway::{ForeignProtocol, Link};
+use crate::gateway::frame::{self, Budget, Limits, Prefix, ReadError};
+use crate::gateway::{Admission, ForeignProtocol, Link};
 use crate::protocol::native::{JobResult, JobState, Reply, Request};
 use crate::protocol::{Format, JobId, LogSpec};
 use crossbeam::channel::{select, unbounded, Receiver};
@@ -23,16 +29,17 @@ use ipnet::IpNet;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest BQSKit frame accepted (a CompilationTask carries the whole circuit).
 pub const MAX_FRAME: usize = 256 << 20;
+/// Largest first frame: BQSKit's CONNECT carries the client's `sys.path`, a few KiB.
+pub const FIRST_FRAME: usize = 1 << 20;
 /// Log records held for a client between its requests; older ones are dropped.
 const HELD_LOGS: usize = 10_000;
-/// A frame started must complete within this.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Peers allowed besides loopback: addresses or `ADDR/PREFIX` networks.
 #[derive(Clone, Debug, Default)]
@@ -79,27 +86,46 @@ impl AllowList {
 /// The [`ForeignProtocol`] for BQSKit clients.
 pub struct BqskitProtocol {
     pub allow: AllowList,
+    /// Serve loopback clients of any local user (`--bqskit-any-user`).
+    pub any_user: bool,
+}
+
+impl BqskitProtocol {
+    /// Why this connection may not speak BQSKit's protocol, if it may not.
+    fn refusal(&self, stream: &TcpStream) -> Option<String> {
+        let ip = stream.peer_addr().ok()?.ip().to_canonical();
+        if !ip.is_loopback() {
+            return match self.allow.admits(ip) {
+                true => None,
+                false => Some("bqrt refuses BQSKit clients from this address: BQSKit's protocol carries pickled code and has no authentication. Start the server with --bqskit-allow ADDR to admit it.".into()),
+            };
+        }
+        if self.any_user {
+            return None;
+        }
+        crate::gateway::same_user(stream).err().map(|why| {
+            format!("bqrt refuses this BQSKit client: {why}. BQSKit's protocol carries pickled code and has no authentication, so only the runtime's own user may use it (the runtime's owner can start it with --bqskit-any-user to admit every local user)")
+        })
+    }
 }
 
 impl ForeignProtocol for BqskitProtocol {
     fn accepts(&self, head: &[u8; 5]) -> bool {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        head[4] == 0x80 && (2..=MAX_FRAME).contains(&len)
+        head[4] == 0x80 && len >= 2
     }
 
-    fn serve(&self, stream: TcpStream, head: [u8; 5], link: Link) {
+    fn serve(&self, stream: TcpStream, head: [u8; 5], link: Link, admit: &Admission) {
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".into());
-        let allowed = stream.peer_addr().is_ok_and(|a| self.allow.admits(a.ip()));
-        let mut s = Session::new(stream, peer, link);
-        if !allowed {
-            log::warn!(target: "bqrt::gateway", "{}: BQSKit client refused (not loopback and not on --bqskit-allow)", s.peer);
+        let refusal = admit.refuse.clone().or_else(|| self.refusal(&stream));
+        let mut s = Session::new(stream, peer, link, admit);
+        if let Some(why) = refusal {
+            log::warn!(target: "bqrt::gateway", "{}: BQSKit client refused: {why}", s.peer);
             let _ = s.read_rest(head);
-            s.write(&pickle::error(
-                "bqrt refuses BQSKit clients from this address: BQSKit's protocol carries pickled code and has no authentication. Start the server with --bqskit-allow ADDR to admit it.",
-            ));
+            s.write(&pickle::error(&why));
             return;
         }
         s.run(head);
@@ -156,6 +182,9 @@ struct Session {
     stream: TcpStream,
     peer: String,
     link: Link,
+    budget: Arc<Budget>,
+    frame_timeout: Duration,
+    idle_timeout: Duration,
     paths: Vec<String>,
     jobs: HashMap<String, JobId>,
     held: VecDeque<Vec<u8>>,
@@ -165,13 +194,16 @@ struct Session {
 }
 
 impl Session {
-    fn new(stream: TcpStream, peer: String, link: Link) -> Session {
+    fn new(stream: TcpStream, peer: String, link: Link, admit: &Admission) -> Session {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
         Session {
             stream,
             peer,
             link,
+            budget: Arc::clone(&admit.budget),
+            frame_timeout: admit.frame_timeout,
+            idle_timeout: admit.idle_timeout,
             paths: Vec::new(),
             jobs: HashMap::new(),
             held: VecDeque::new(),
@@ -183,14 +215,15 @@ impl Session {
 
     /// The rest of the first frame, whose first five bytes were read by the gateway.
     fn read_rest(&mut self, head: [u8; 5]) -> Result<Vec<u8>, String> {
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let mut frame = vec![0u8; len];
-        frame[0] = head[4];
         quick_ack(&self.stream);
-        let _ = self.stream.set_read_timeout(Some(FRAME_TIMEOUT));
-        self.stream
-            .read_exact(&mut frame[1..])
-            .map_err(|e| format!("first frame incomplete: {e}"))?;
+        let limits = Limits {
+            max: FIRST_FRAME,
+            deadline: self.frame_timeout,
+            poll: None,
+        };
+        let frame = frame::read(&mut self.stream, Prefix::Big, limits, &self.budget, &head)
+            .map_err(|e| format!("first frame: {e}"))?
+            .ok_or_else(|| "first frame: connection closed".to_string())?;
         quick_ack(&self.stream);
         Ok(frame)
     }
@@ -233,6 +266,9 @@ impl Session {
             Ok(f) => f,
             Err(e) => {
                 log::info!(target: "bqrt::gateway", "{}: {e}; closed", self.peer);
+                self.write(&pickle::error(&format!(
+                    "bqrt: {e}; closing the connection"
+                )));
                 return;
             }
         };
@@ -242,6 +278,12 @@ impl Session {
         };
         let (tx, frames) = unbounded::<Result<(ClientMsg, Vec<u8>), String>>();
         let peer = self.peer.clone();
+        let budget = Arc::clone(&self.budget);
+        let limits = Limits {
+            max: MAX_FRAME,
+            deadline: self.frame_timeout,
+            poll: None,
+        };
         let reader = std::thread::Builder::new()
             .name("bqrt-gw-bqskit".into())
             .spawn(move || {
@@ -250,7 +292,7 @@ impl Session {
                 loop {
                     let frame = match next.take() {
                         Some(f) => f,
-                        None => match read_frame(&mut stream) {
+                        None => match read_frame(&mut stream, limits, &budget) {
                             Ok(Some(f)) => f,
                             Ok(None) => break,
                             Err(e) => {
@@ -271,10 +313,25 @@ impl Session {
             return;
         }
         log::info!(target: "bqrt::gateway", "{}: BQSKit client connected", self.peer);
+        let mut last = Instant::now();
         while !self.broken {
+            let idle = self.jobs.is_empty() && self.waiting.is_none();
+            if idle && last.elapsed() >= self.idle_timeout {
+                log::info!(target: "bqrt::gateway", "{}: idle for {:?} with no job; closing", self.peer, self.idle_timeout);
+                self.write(&pickle::error(&format!(
+                    "bqrt: this connection had no job and sent nothing for {:?}; closing it (the runtime's owner sets --idle-timeout)",
+                    self.idle_timeout
+                )));
+                break;
+            }
+            let tick = match idle {
+                true => self.idle_timeout.saturating_sub(last.elapsed()),
+                false => self.idle_timeout,
+            };
             select! {
                 recv(frames) -> m => match m {
                     Ok(Ok((m, frame))) => {
+                        last = Instant::now();
                         if !self.on_client(m, frame, &replies) {
                             break;
                         }
@@ -288,12 +345,14 @@ impl Session {
                 },
                 recv(replies) -> r => match r {
                     Ok(r) => {
+                        last = Instant::now();
                         if !self.on_reply(r) {
                             break;
                         }
                     }
                     Err(_) => break,
                 },
+                default(tick) => {}
             }
         }
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -462,41 +521,18 @@ impl Session {
 }
 
 /// One frame; `Ok(None)` on a clean close between frames.
-fn read_frame(stream: &mut TcpStream) -> Result<Option<Vec<u8>>, String> {
-    let _ = stream.set_read_timeout(Some(FRAME_TIMEOUT));
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match stream.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err("connection closed in the middle of a frame".into()),
-            Ok(n) => got += n,
-            Err(e)
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) && got == 0 => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err("a frame stalled half-way".into())
-            }
-            Err(_) => return Ok(None),
-        }
-    }
+fn read_frame(
+    stream: &mut TcpStream,
+    limits: Limits,
+    budget: &Budget,
+) -> Result<Option<Vec<u8>>, String> {
+    let f = frame::read(stream, Prefix::Big, limits, budget, &[]);
     quick_ack(stream);
-    let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_FRAME {
-        return Err(format!(
-            "frame of {n} bytes is over the {MAX_FRAME}-byte limit"
-        ));
+    match f {
+        Ok(f) => Ok(f),
+        Err(ReadError::Io(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
-    let mut frame = vec![0u8; n];
-    stream.read_exact(&mut frame).map_err(|e| {
-        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-            "a frame stalled half-way".to_string()
-        } else {
-            format!("frame incomplete: {e}")
-        }
-    })?;
-    quick_ack(stream);
-    Ok(Some(frame))
 }
 
 /// Acknowledge what was read at once. BQSKit's client never sets TCP_NODELAY, so a request
