@@ -171,6 +171,7 @@ pub fn serve(
     stop: Arc<AtomicBool>,
     reason: &str,
 ) -> Option<String> {
+    frame::return_large_buffers();
     let cfg = Arc::new(cfg);
     let (hub_tx, hub_rx) = unbounded::<HubIn>();
     let workers = handle.cluster().map(|c| c.workers).unwrap_or(0);

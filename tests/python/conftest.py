@@ -37,7 +37,7 @@ def mpi_env() -> dict[str, str]:
 class Runtime:
     """`bqrt serve` under a launcher, on a free loopback port."""
 
-    def __init__(self, topology: str) -> None:
+    def __init__(self, topology: str, extra: list[str] | None = None) -> None:
         if not BIN.exists():
             pytest.fail(f'{BIN} is missing: cargo build --release --features python')
         self.dir = Path(tempfile.mkdtemp(prefix=f'bqrt-pytest-{topology}-'))
@@ -45,7 +45,7 @@ class Runtime:
         serve = [
             str(BIN), 'serve', '--listen', '127.0.0.1:0', '--ready-file', str(ready),
             '--token-file', str(self.dir / 'token'), '--python', sys.executable,
-        ]
+        ] + (extra or [])
         if topology == 'flat':
             cmd = ['mpirun', '-n', '4'] + serve
         elif topology == 'cluster':
