@@ -219,3 +219,131 @@ fn with_same_user_another_local_user_is_refused_even_with_the_token() {
     still_works(&s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_second_server_on_the_same_token_file_is_refused_and_the_first_keeps_its_token() {
+    let s = Serve::start(3, &[]);
+    let before = s.token();
+    let token_file = s.token_file.to_str().unwrap().to_string();
+    let second = common::bqrt(
+        2,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            &token_file,
+        ],
+    );
+    assert_eq!(second.code, Some(2), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("in use by a live server") && second.stderr.contains("pid"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        s.token(),
+        before,
+        "the first server's token was overwritten"
+    );
+    still_works(&s);
+    let out = s.cli(&["shutdown"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn a_stale_ready_file_is_removed_at_start_and_at_stop() {
+    let dir = common::tempdir("ready");
+    let ready = dir.join("ready");
+    let token = dir.join("token");
+    // a start that fails (its port is taken) leaves no ready file from an earlier run
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    std::fs::write(&ready, "127.0.0.1:1\n").unwrap();
+    let failed = common::bqrt(
+        2,
+        &[
+            "serve",
+            "--listen",
+            &port,
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(failed.code, Some(2), "{}", failed.stderr);
+    assert!(
+        !ready.exists(),
+        "a stale ready file survived a failed start"
+    );
+    // a clean run: written when ready, removed at stop
+    let mut s = Serve::start(3, &[]);
+    let ready = s.dir.join("ready");
+    assert!(ready.exists());
+    let (code, _, err) = s.stop("INT", true);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!ready.exists(), "the ready file outlived the server");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_filesystem_gives_a_clear_error_and_leaves_no_temporary_file() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = common::tempdir("full");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    // fill it
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=64"])
+        .arg(format!("of={}", dir.join("fill").display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let token = dir.join("token");
+    let run = common::bqrt(
+        2,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp") || n.contains("tmp"))
+        .collect();
+    let _ = Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot write the token file") && run.stderr.contains("space"),
+        "{}",
+        run.stderr
+    );
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+#[test]
+fn a_token_file_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Serve::start(2, &[]);
+    std::fs::set_permissions(&s.token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = s.cli(&["top", "--once"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("readable by other users") && out.stderr.contains("chmod 600"),
+        "{}",
+        out.stderr
+    );
+}

@@ -349,6 +349,10 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
 
 /// Rank 0 of `bqrt serve`: bind, write the token, say ready, serve until signalled.
 fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBool>) -> i32 {
+    // a script polling for the ready file must never read a previous run's address
+    if let Some(p) = &args.ready_file {
+        let _ = std::fs::remove_file(p);
+    }
     let (listener, addr) = match gateway::bind(&args.listen) {
         Ok(x) => x,
         Err(e) => {
@@ -356,7 +360,7 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
             return 2;
         }
     };
-    let token = match publish(args, addr) {
+    let (token, _claim) = match publish(args, addr) {
         Ok(t) => t,
         Err(code) => return code,
     };
@@ -379,6 +383,9 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
         stop,
         "the server received a stop signal",
     );
+    if let Some(p) = &args.ready_file {
+        let _ = std::fs::remove_file(p);
+    }
     match fatal {
         Some(e) => {
             logging::eprint_line(&format!("bqrt: stopping: {e}"));
@@ -391,9 +398,12 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
     }
 }
 
-/// Make the token, write it and the ready file, and say `bqrt ready ADDR`; the exit status on
-/// failure.
-fn publish(args: &ServeArgs, addr: std::net::SocketAddr) -> Result<String, i32> {
+/// Claim the token path, make the token, write it and the ready file, and say `bqrt ready
+/// ADDR`; the exit status on failure.
+fn publish(
+    args: &ServeArgs,
+    addr: std::net::SocketAddr,
+) -> Result<(String, crate::token::Claim), i32> {
     let token = crate::token::generate().map_err(|e| {
         eprintln!("bqrt: cannot read /dev/urandom for the client token: {e}");
         70
@@ -406,6 +416,11 @@ fn publish(args: &ServeArgs, addr: std::net::SocketAddr) -> Result<String, i32> 
         eprintln!("bqrt: HOME is not set; pass --token-file PATH");
         return Err(2);
     };
+    let about = format!("pid {}, serving {addr}", std::process::id());
+    let claim = crate::token::claim(&token_path, &about).map_err(|e| {
+        eprintln!("bqrt: {e}");
+        2
+    })?;
     if let Err(e) = crate::token::write(&token_path, &token) {
         eprintln!(
             "bqrt: cannot write the token file {}: {e}; pass --token-file PATH",
@@ -426,7 +441,7 @@ fn publish(args: &ServeArgs, addr: std::net::SocketAddr) -> Result<String, i32> 
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "bqrt ready {addr}");
     let _ = out.flush();
-    Ok(token)
+    Ok((token, claim))
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -61,15 +61,21 @@ pub fn find_token(addr: &str, token_file: Option<&Path>) -> Result<String, Clien
         addr: addr.to_string(),
         detail,
     };
+    let read = |p: &Path| {
+        if let Some(w) = token::exposure(p) {
+            eprintln!("{w}");
+        }
+        token::read(p)
+    };
     if let Some(p) = token_file {
-        return token::read(p).map_err(|e| err(format!("{}: {e}", p.display())));
+        return read(p).map_err(|e| err(format!("{}: {e}", p.display())));
     }
     if let Ok(t) = std::env::var("BQRT_TOKEN") {
         return Ok(t.trim().to_string());
     }
     if let Some(p) = std::env::var_os("BQRT_TOKEN_FILE") {
         let p = PathBuf::from(p);
-        return token::read(&p).map_err(|e| err(format!("BQRT_TOKEN_FILE {}: {e}", p.display())));
+        return read(&p).map_err(|e| err(format!("BQRT_TOKEN_FILE {}: {e}", p.display())));
     }
     let port: u16 = addr
         .rsplit(':')
@@ -79,7 +85,7 @@ pub fn find_token(addr: &str, token_file: Option<&Path>) -> Result<String, Clien
             addr: addr.to_string(),
         })?;
     let p = token::default_path(port).ok_or_else(|| err("HOME is not set".into()))?;
-    token::read(&p).map_err(|e| err(format!("{}: {e}", p.display())))
+    read(&p).map_err(|e| err(format!("{}: {e}", p.display())))
 }
 
 pub struct Client {
