@@ -347,3 +347,38 @@ fn a_token_file_readable_by_others_is_warned_about() {
         out.stderr
     );
 }
+
+#[test]
+fn exit_statuses_and_messages_follow_the_documented_table() {
+    let s = Serve::start(2, &[]);
+    // an unknown job: 5 for status, result and watch alike
+    for cmd in ["status", "result", "watch"] {
+        let out = s.cli(&[cmd, "999"]);
+        assert_eq!(out.code, Some(5), "{cmd}: {}", out.stderr);
+    }
+    // ARGS that are not JSON: 2, as for `bqrt run`
+    let out = s.cli(&["submit", "fib", "{oops"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    // flags the server cannot use: 2 with the flag named
+    let zero = common::bqrt(
+        2,
+        &["serve", "--listen", "127.0.0.1:0", "--max-connections", "0"],
+    );
+    assert_eq!(zero.code, Some(2), "{}", zero.stderr);
+    assert!(
+        zero.stderr.contains("--max-connections 0"),
+        "{}",
+        zero.stderr
+    );
+    // an address that is not this machine's is not "in use"
+    let far = common::bqrt(2, &["serve", "--listen", "192.0.2.1:7472"]);
+    assert_eq!(far.code, Some(2), "{}", far.stderr);
+    assert!(
+        far.stderr.contains("not one of this machine's") && !far.stderr.contains("another bqrt"),
+        "{}",
+        far.stderr
+    );
+    // no line printed twice over by the ranks
+    assert!(!far.stderr.contains("bqrt: bqrt:"), "{}", far.stderr);
+}

@@ -41,15 +41,15 @@ fn find_launcher() -> Option<PathBuf> {
 /// Run this same command again under `mpiexec` with `workers` workers plus the server.
 pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
     let Some(mpiexec) = find_launcher() else {
-        eprintln!(
-            "bqrt: no MPI launcher (mpiexec) found on PATH. Install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev) or start bqrt under srun/mpirun."
-        );
+        crate::logging::eprint_line("bqrt: no MPI launcher (mpiexec) found on PATH. Install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev) or start bqrt under srun/mpirun.");
         return ExitCode::from(2);
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("bqrt: cannot find my own executable to start the ranks: {e}");
+            crate::logging::eprint_line(&format!(
+                "bqrt: cannot find my own executable to start the ranks: {e}"
+            ));
             return ExitCode::from(70);
         }
     };
@@ -59,7 +59,7 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
     let workers = workers.unwrap_or(cores).max(1);
     let mut cmd = launch_command(&mpiexec, &exe, workers);
     if let Err(e) = crate::runtime::stop::install() {
-        eprintln!("bqrt: cannot install the signal handler: {e}");
+        crate::logging::eprint_line(&format!("bqrt: cannot install the signal handler: {e}"));
         return ExitCode::from(70);
     }
     crate::logging::eprint_line(&format!(
@@ -70,7 +70,7 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
     match cmd.spawn() {
         Ok(child) => supervise(child),
         Err(e) => {
-            eprintln!("bqrt: cannot start {}: {e}", mpiexec.display());
+            crate::logging::eprint_line(&format!("bqrt: cannot start {}: {e}", mpiexec.display()));
             ExitCode::from(2)
         }
     }
@@ -120,7 +120,7 @@ fn supervise(mut child: std::process::Child) -> ExitCode {
             }
             Ok(None) => {}
             Err(e) => {
-                eprintln!("bqrt: waiting for the ranks: {e}");
+                crate::logging::eprint_line(&format!("bqrt: waiting for the ranks: {e}"));
                 return ExitCode::from(70);
             }
         }
@@ -134,7 +134,9 @@ fn supervise(mut child: std::process::Child) -> ExitCode {
                     forwarded = Some(Instant::now());
                 }
                 Some(t) if t.elapsed() > crate::runtime::stop::RELAUNCH_KILL => {
-                    eprintln!("bqrt: the ranks did not stop within 10 s; killing them");
+                    crate::logging::eprint_line(
+                        "bqrt: the ranks did not stop within 10 s; killing them",
+                    );
                     let _ = child.kill();
                 }
                 Some(_) => {}

@@ -356,7 +356,7 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
     let (listener, addr) = match gateway::bind(&args.listen) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("bqrt: {e}");
+            crate::logging::eprint_line(&format!("bqrt: {e}"));
             return 2;
         }
     };
@@ -405,7 +405,9 @@ fn publish(
     addr: std::net::SocketAddr,
 ) -> Result<(String, crate::token::Claim), i32> {
     let token = crate::token::generate().map_err(|e| {
-        eprintln!("bqrt: cannot read /dev/urandom for the client token: {e}");
+        crate::logging::eprint_line(&format!(
+            "bqrt: cannot read /dev/urandom for the client token: {e}"
+        ));
         70
     })?;
     let Some(token_path) = args
@@ -413,19 +415,19 @@ fn publish(
         .clone()
         .or_else(|| crate::token::default_path(addr.port()))
     else {
-        eprintln!("bqrt: HOME is not set; pass --token-file PATH");
+        crate::logging::eprint_line("bqrt: HOME is not set; pass --token-file PATH");
         return Err(2);
     };
     let about = format!("pid {}, serving {addr}", std::process::id());
     let claim = crate::token::claim(&token_path, &about).map_err(|e| {
-        eprintln!("bqrt: {e}");
+        crate::logging::eprint_line(&format!("bqrt: {e}"));
         2
     })?;
     if let Err(e) = crate::token::write(&token_path, &token) {
-        eprintln!(
+        crate::logging::eprint_line(&format!(
             "bqrt: cannot write the token file {}: {e}; pass --token-file PATH",
             token_path.display()
-        );
+        ));
         return Err(2);
     }
     logging::eprint_line(&format!(
@@ -434,7 +436,10 @@ fn publish(
     ));
     if let Some(p) = &args.ready_file {
         if let Err(e) = crate::token::write_atomic(p, &format!("{addr}\n")) {
-            eprintln!("bqrt: cannot write --ready-file {}: {e}", p.display());
+            crate::logging::eprint_line(&format!(
+                "bqrt: cannot write --ready-file {}: {e}",
+                p.display()
+            ));
             return Err(2);
         }
     }
@@ -445,7 +450,7 @@ fn publish(
 }
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("bqrt: {msg}");
+    crate::logging::eprint_line(&format!("bqrt: {msg}"));
     ExitCode::from(2)
 }
 
@@ -495,7 +500,7 @@ fn batch(
 ) -> i32 {
     let start = std::time::Instant::now();
     let Some(job) = handle.submit_json(task, json, log) else {
-        eprintln!("bqrt: the runtime stopped before the job could be submitted");
+        crate::logging::eprint_line("bqrt: the runtime stopped before the job could be submitted");
         return 70;
     };
     let deadline = std::time::Instant::now() + timeout;
@@ -510,10 +515,12 @@ fn batch(
             if let Some(Outcome::RuntimeFailed(m)) =
                 handle.wait(job, crate::runtime::stop::SETTLE, remote::print_log)
             {
-                eprintln!("bqrt: {job} lost: {m}");
+                crate::logging::eprint_line(&format!("bqrt: {job} lost: {m}"));
                 return 1;
             }
-            eprintln!("bqrt: interrupted; cancelling {job} and stopping");
+            crate::logging::eprint_line(&format!(
+                "bqrt: interrupted; cancelling {job} and stopping"
+            ));
             handle.cancel(job);
             return 130;
         }
@@ -522,10 +529,10 @@ fn batch(
         }
     };
     if stats {
-        eprintln!(
+        crate::logging::eprint_line(&format!(
             "bqrt-stats job_seconds={:.6}",
             start.elapsed().as_secs_f64()
-        );
+        ));
     }
     match outcome {
         Some(Outcome::Done(bytes)) => {
@@ -536,15 +543,17 @@ fn batch(
             0
         }
         Some(Outcome::Failed(f)) => {
-            eprintln!("bqrt: {job} failed: {f}");
+            crate::logging::eprint_line(&format!("bqrt: {job} failed: {f}"));
             1
         }
         Some(Outcome::RuntimeFailed(m)) => {
-            eprintln!("bqrt: {job} lost: {m}");
+            crate::logging::eprint_line(&format!("bqrt: {job} lost: {m}"));
             1
         }
         None => {
-            eprintln!("bqrt: {job} did not finish within the --timeout; stopping the runtime");
+            crate::logging::eprint_line(&format!(
+                "bqrt: {job} did not finish within the --timeout; stopping the runtime"
+            ));
             handle.cancel(job);
             124
         }

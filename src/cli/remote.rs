@@ -14,9 +14,14 @@ fn connect(c: &Conn) -> Result<Client, ClientError> {
     Client::connect(&c.server, Some(token))
 }
 
+/// A client error's exit status: 2 for what the user typed (bad JSON, a bad address), 3 for
+/// the connection or the server.
 fn failed(e: &ClientError) -> ExitCode {
-    eprintln!("bqrt: {e}");
-    ExitCode::from(3)
+    crate::logging::eprint_line(&format!("bqrt: {e}"));
+    match e {
+        ClientError::Json(_) | ClientError::Address { .. } => ExitCode::from(2),
+        _ => ExitCode::from(3),
+    }
 }
 
 /// Exit statuses of the client commands, by the job's end.
@@ -49,6 +54,9 @@ pub(crate) fn print_log(r: &LogRecord) {
 
 pub(super) fn submit(a: SubmitArgs) -> ExitCode {
     let json = a.args.clone().unwrap_or_else(|| "null".into());
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&json) {
+        return failed(&ClientError::Json(e.to_string()));
+    }
     let log = LogSpec {
         level: a.log_level.number(),
         max_depth: a.log_depth,
@@ -92,19 +100,19 @@ pub(super) fn print_result(job: JobId, r: &JobResult) -> ExitCode {
             ExitCode::SUCCESS
         }
         JobResult::Failed(f) => {
-            eprintln!("bqrt: {job} failed: {f}");
+            crate::logging::eprint_line(&format!("bqrt: {job} failed: {f}"));
             ExitCode::from(1)
         }
         JobResult::Cancelled => {
-            eprintln!("bqrt: {job} was cancelled");
+            crate::logging::eprint_line(&format!("bqrt: {job} was cancelled"));
             ExitCode::from(4)
         }
         JobResult::Unknown(note) => {
-            eprintln!("bqrt: {note}");
+            crate::logging::eprint_line(&format!("bqrt: {note}"));
             ExitCode::from(5)
         }
         JobResult::Pending => {
-            eprintln!("bqrt: {job} has not finished within the timeout; it goes on (ask again with `bqrt result {}`)", job.0);
+            crate::logging::eprint_line(&format!("bqrt: {job} has not finished within the timeout; it goes on (ask again with `bqrt result {}`)", job.0));
             ExitCode::from(124)
         }
     }
@@ -114,7 +122,9 @@ pub(super) fn result(a: ResultArgs) -> ExitCode {
     let job = JobId(a.job);
     if let Some(t) = a.timeout {
         if !(t >= 0.0 && t.is_finite()) {
-            eprintln!("bqrt: --timeout {t}: must be a number of seconds >= 0");
+            crate::logging::eprint_line(&format!(
+                "bqrt: --timeout {t}: must be a number of seconds >= 0"
+            ));
             return ExitCode::from(2);
         }
     }
@@ -230,10 +240,10 @@ fn render_top(server: &str, t: &TopView, rate: Option<f64>) -> String {
 
 pub(super) fn top(a: TopArgs) -> ExitCode {
     if !(a.interval > 0.0 && a.interval.is_finite()) {
-        eprintln!(
+        crate::logging::eprint_line(&format!(
             "bqrt: --interval {}: must be a positive number of seconds",
             a.interval
-        );
+        ));
         return ExitCode::from(2);
     }
     let mut c = match connect(&a.conn) {

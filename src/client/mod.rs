@@ -63,7 +63,7 @@ pub fn find_token(addr: &str, token_file: Option<&Path>) -> Result<String, Clien
     };
     let read = |p: &Path| {
         if let Some(w) = token::exposure(p) {
-            eprintln!("{w}");
+            crate::logging::eprint_line(&w);
         }
         token::read(p)
     };

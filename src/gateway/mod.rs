@@ -132,13 +132,22 @@ impl GatewayConfig {
 
 #[derive(Debug, Error)]
 pub enum GatewayError {
-    #[error("--listen {addr}: {source}; is another bqrt (or another program) using it? choose another port with --listen HOST:PORT (port 0 picks a free one)")]
+    #[error("--listen {addr}: {source}; {}", bind_hint(.source))]
     Bind {
         addr: String,
         source: std::io::Error,
     },
     #[error("--listen {0}: not a HOST:PORT address")]
     Address(String),
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "is another bqrt (or another program) using it? choose another port with --listen HOST:PORT (port 0 picks a free one)",
+        std::io::ErrorKind::AddrNotAvailable => "that address is not one of this machine's: use 127.0.0.1, 0.0.0.0 or an address of this node",
+        std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges: choose a port of 1024 or more",
+        _ => "choose another address with --listen HOST:PORT",
+    }
 }
 
 /// Bind the listener (before MPI start-up finishes, so a bad address fails fast).

@@ -284,8 +284,9 @@ impl JobTable {
 
     fn watch(&mut self, conn: ConnId, job: JobId, now: Instant, out: &mut Vec<Effect>) {
         let Some(e) = self.jobs.get_mut(&job) else {
-            let message = self.unknown_note(job);
-            return reply(out, conn, Reply::Error { message });
+            // the watch ends at once, in the job's terms (a client exits as for any unknown job)
+            let status = self.status(job);
+            return reply(out, conn, Reply::Progress { job, status });
         };
         if !e.watchers.contains(&conn) {
             e.watchers.push(conn);

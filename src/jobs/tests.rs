@@ -184,7 +184,7 @@ fn unknown_ids_are_told_apart_from_freed_ones() {
         );
         let fx = request(&mut t, A, Request::Watch { job }, now);
         assert!(
-            matches!(&fx[..], [Effect::Reply(A, Reply::Error { message })] if message.contains("never submitted")),
+            matches!(&fx[..], [Effect::Reply(A, Reply::Progress { status, .. })] if status.state == JobState::Unknown && status.note.contains("never submitted")),
             "{fx:?}"
         );
     }

@@ -41,7 +41,7 @@ pub struct CompileArgs {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("bqrt compile: {msg}");
+    crate::logging::eprint_line(&format!("bqrt compile: {msg}"));
     ExitCode::from(2)
 }
 
@@ -143,10 +143,10 @@ impl LocalRuntime {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        eprintln!(
+        crate::logging::eprint_line(&format!(
             "bqrt compile: starting a runtime with {ranks} ranks (server + {} workers)",
             ranks - 1
-        );
+        ));
         let child = cmd.spawn().map_err(|e| {
             format!("cannot start mpiexec ({e}): install Open MPI (launch/install-deps.sh) or pass --server HOST:PORT")
         })?;

@@ -805,9 +805,9 @@ mod tests {
                 plan(&cores, workers, w, &PinPolicy::Auto, &current).unwrap();
             }
         }
-        eprintln!(
+        crate::logging::eprint_line(&format!(
             "this machine: {cores:?}; current cpuset {}",
             format_cpus(&current)
-        );
+        ));
     }
 }
