@@ -2,7 +2,7 @@
 # setup-python.sh - create the Python environment bqrt's BQSKit support uses: .venv in the repo
 # with bqskit==1.2.1 and pytest from PyPI. Idempotent: a complete .venv is left alone.
 #
-#   bash launch/setup-python.sh            # then: . launch/python-env.sh
+#   bash launch/setup-python.sh            # then build with PYO3_PYTHON=$PWD/.venv/bin/python
 #
 # Needs a Python 3.9..3.12 with the venv module and a shared libpython (the runtime embeds it).
 # On Debian 12 without one, it installs python3-venv, python3-dev and libpython3.11-dev with

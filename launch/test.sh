@@ -23,4 +23,6 @@ echo "test: cargo build --features python"
 cargo build --release --features python --quiet
 echo "test: pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node and 2 fake nodes)"
 BQRT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
+echo "test: launch/demo.sh (the README's first command)"
+bash launch/demo.sh
 echo "test: all passed in $(( $(date +%s) - t0 )) s"

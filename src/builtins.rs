@@ -200,7 +200,7 @@ struct CancelDemo {
 }
 
 async fn cancel_demo(ctx: Ctx, c: CancelDemo) -> TaskResult<String> {
-    // 1. a map cancelled right away: its queued tasks must never start
+    // 1. a map cancelled in the step that submitted it: none of its tasks may ever start
     let doomed = ctx.map_with::<u64, bool>(
         "cancel_mark",
         0..u64::from(c.children),

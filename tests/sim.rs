@@ -109,17 +109,29 @@ fn small_clusters_many_seeds_with_failures() {
 fn client_cancel_removes_whole_tree() {
     for seed in 0..40u64 {
         let mut sim = Sim::new(SimConfig::new(64, 8, seed));
-        let big = Script::random(seed, 5000, false);
+        // random subtrees beside a few long tasks: still running at the cancel, for every seed
+        let mut parts: Vec<Script> = (0..10)
+            .map(|i| Script::random(seed * 100 + i, 500, false))
+            .collect();
+        parts.extend((0..3).map(|_| Script::leaf(10_000)));
+        let big = Script {
+            work: 0,
+            action: Action::MapAll(parts),
+        };
         let job = sim.submit(&big);
         let keep = Script::random(seed + 1000, 500, false);
         let kept = sim.submit(&keep);
         sim.run_until(20 + seed * 5, u64::MAX);
-        let cancelled = sim.cancel(job);
+        assert!(
+            sim.cancel(job),
+            "seed {seed}: the job had ended before its cancel"
+        );
         sim.run(u64::MAX);
-        if cancelled {
-            assert_eq!(sim.result(job), Some(&Err("cancelled".into())));
-            assert!(sim.stats.tasks_started < big.size() + keep.size());
-        }
+        assert_eq!(sim.result(job), Some(&Err("cancelled".into())));
+        assert!(
+            sim.stats.tasks_started < big.size() + keep.size(),
+            "seed {seed}: every task of the cancelled job ran"
+        );
         assert_eq!(sim.result(kept), Some(&Ok(keep.expected().unwrap())));
         sim.check_quiescent();
     }

@@ -293,7 +293,14 @@ pub fn main(registry: Registry) -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Run(args) if !embedded::under_launcher() => embedded::relaunch(args.common.workers),
-        Cmd::Serve(args) if !embedded::under_launcher() => embedded::relaunch(args.common.workers),
+        Cmd::Serve(args) if !embedded::under_launcher() => {
+            // a Python environment that cannot work is said once, before any rank starts
+            #[cfg(feature = "python")]
+            if let Err(e) = crate::python::setup(Registry::new(), &args.python, &args.listen) {
+                return fail(&e);
+            }
+            embedded::relaunch(args.common.workers)
+        }
         Cmd::Run(args) => run(registry, args),
         Cmd::Serve(args) => serve(registry, args),
         Cmd::Submit(a) => remote::submit(a),

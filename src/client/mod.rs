@@ -306,8 +306,16 @@ impl Client {
         self.logs.drain(..).collect()
     }
 
-    /// Say goodbye (also done by dropping the client).
-    pub fn close(mut self) {
+    /// Say goodbye (dropping the client does the same).
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Client {
+    /// Say goodbye, so the server frees the connection at once (its jobs that were not
+    /// detached are cancelled, as when the connection breaks).
+    fn drop(&mut self) {
         let _ = self.send(&Request::Bye);
     }
 }

@@ -124,10 +124,34 @@ class NextNeverLosesResults(BasePass):
 
 
 # cancel
+def touch(path: str) -> None:
+    """Leave a mark that this task ran."""
+    with open(path, 'w') as f:
+        f.write('ran')
+
+
 class CancelPass(BasePass):
+    """Cancels a map of marker tasks, then runs a round of work on every worker: a marker task
+    that was not cancelled would have run by then."""
+
+    def __init__(self, d: str) -> None:
+        self.d = d
+
     async def run(self, circuit: Circuit, data: PassData) -> None:
-        fut = get_runtime().submit(sleepy, 1.0)
+        fut = get_runtime().map(touch, [f'{self.d}/mark{i}' for i in range(20)])
         get_runtime().cancel(fut)
+        data['after'] = await get_runtime().map(sleepy, [0.05] * 16)
+
+
+class DisconnectPass(BasePass):
+    """Waits on a child, then leaves a mark: a job cancelled while it waits never marks."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        await get_runtime().submit(sleepy, 1.0)
+        await get_runtime().submit(touch, self.path)
 
 
 class AwaitCancelledPass(BasePass):

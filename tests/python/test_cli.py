@@ -41,3 +41,24 @@ def test_compile_missing_input(tmp_path: Path) -> None:
     p = subprocess.run([str(BIN), 'compile', str(tmp_path / 'nope.qasm'), '-o', 'x.qasm'],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and 'no such file' in p.stderr
+
+
+def test_a_missing_or_wrong_python_environment_is_named(tmp_path: Path) -> None:
+    env = mpi_env()
+    env.pop('VIRTUAL_ENV', None)
+    # an interpreter that does not exist
+    p = subprocess.run([str(BIN), 'serve', '--listen', '127.0.0.1:0', '--token-file',
+                        str(tmp_path / 'token'), '--python', str(tmp_path / 'nopython')],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert 'nopython' in p.stderr, p.stderr
+    # an interpreter without bqskit (a bare venv)
+    bare = tmp_path / 'bare'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True)
+    p = subprocess.run([str(BIN), 'serve', '--listen', '127.0.0.1:0',
+                        '--token-file', str(tmp_path / 'token'),
+                        '--python', str(bare / 'bin' / 'python')],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert 'bqskit' in p.stderr and str(bare) in p.stderr, p.stderr
+    assert p.stderr.count('bqskit is not installed') == 1, p.stderr

@@ -1,6 +1,7 @@
 """Failing passes, and status/cancel of unknown or finished jobs (BQSKit's defects, fixed)."""
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 
@@ -10,6 +11,7 @@ from bqskit.compiler.status import CompilationStatus
 from bqskit.ir.circuit import Circuit
 
 import bqrt_testpasses as tp
+from conftest import BIN
 from test_runtime import error_text
 
 
@@ -81,9 +83,36 @@ def test_failed_job_status_is_done_and_result_raises(runtime) -> None:  # type: 
             c.result(job)
 
 
-def test_disconnect_cancels_jobs(runtime) -> None:  # type: ignore[no-untyped-def]
+def top(runtime) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """`bqrt top --once`'s counts: workers, busy, idle, queued, jobs, clients."""
+    p = subprocess.run(
+        [str(BIN), 'top', '--once', '--server', f'{runtime.host}:{runtime.port}',
+         '--token-file', str(runtime.dir / 'token')],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.splitlines()[1].replace('(', ' ').replace(')', ' ').replace(',', ' ')
+    words = line.split()
+    return {k: int(words[words.index(k) + 1]) for k in
+            ('workers', 'busy', 'idle', 'queued', 'jobs', 'clients')}
+
+
+def test_disconnect_cancels_jobs(runtime, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mark = tmp_path / 'mark'
     c = Compiler(runtime.host, runtime.port)
-    c.submit(Circuit(1), [tp.SleepPass(1.0)])
+    c.submit(Circuit(1), [tp.DisconnectPass(str(mark))])
     c.close()
+    # the job's record is freed and the runtime is idle again: had the job not been cancelled,
+    # it would still be running (its pass resumes after its child only to leave the mark)
+    # (idle on three looks in a row: a result in flight between two workers is no idle runtime)
+    deadline = time.time() + 30
+    quiet = 0
+    while quiet < 3:
+        t = top(runtime)
+        idle = t['jobs'] == 0 and t['idle'] == t['workers'] and t['queued'] == 0
+        quiet = quiet + 1 if idle else 0
+        assert time.time() < deadline, f'not idle within 30 s: {t}'
+        time.sleep(0.05)
+    assert not mark.exists(), 'the disconnected client\'s job went on'
     with Compiler(runtime.host, runtime.port) as d:
         d.compile(Circuit(1), [tp.MapPass()])

@@ -60,8 +60,10 @@ def test_next(compiler, pass_) -> None:  # type: ignore[no-untyped-def]
     compiler.compile(Circuit(1), [pass_()])
 
 
-def test_simple_cancel(compiler) -> None:  # type: ignore[no-untyped-def]
-    compiler.compile(Circuit(1), [tp.CancelPass()])
+def test_simple_cancel(compiler, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out, data = compiler.compile(Circuit(1), [tp.CancelPass(str(tmp_path))], True)
+    assert data['after'] == [0.05] * 16, 'the work after the cancel ran'
+    assert list(tmp_path.iterdir()) == [], 'a cancelled task ran'
 
 
 def test_cant_await_cancel(runtime) -> None:  # type: ignore[no-untyped-def]
