@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import uuid
 from typing import Any
 
@@ -74,6 +75,22 @@ for _name, _value in _MESSAGES.items():
     setattr(_MessageType, _name, _value)
 
 _stubs: dict[tuple[str, str], type] = {}
+
+# A malformed frame can make CPython report an error it cannot raise (a bytearray freed while a
+# view of it lives prints "SystemError: deallocated bytearray object has exported buffers"
+# through sys.excepthook; others go to sys.unraisablehook); by default each is printed on rank
+# 0's stderr, so a client could flood the operator's log. Rank 0's interpreter runs only this
+# module, so count them instead; the frame itself is refused as usual.
+unraisable = 0
+
+
+def _quiet(*_: Any) -> None:
+    global unraisable
+    unraisable += 1
+
+
+sys.unraisablehook = _quiet
+sys.excepthook = _quiet
 
 
 def _safe_getattr(obj: Any, name: str, *default: Any) -> Any:

@@ -122,11 +122,28 @@ impl Drop for Taken<'_> {
     }
 }
 
+/// What frames are read from: a socket (or, for the fuzzer, bytes in memory).
+pub trait Source: Read {
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Source for TcpStream {
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+}
+
+impl<T: AsRef<[u8]>> Source for io::Cursor<T> {
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Read one frame: `Ok(None)` when the peer closed between frames, [`ReadError::Idle`] when no
 /// byte arrived within the socket's current read timeout (the caller decides whether to wait
 /// on). `head` holds bytes of the frame already read (a protocol's detection bytes).
 pub fn read(
-    stream: &mut TcpStream,
+    stream: &mut impl Source,
     prefix: Prefix,
     limits: Limits,
     budget: &Budget,
@@ -202,7 +219,7 @@ pub fn read(
 /// One read. With a deadline, the socket's timeout is the time left (a frame in progress);
 /// without, the socket's own timeout applies and its expiry is [`ReadError::Idle`].
 fn read_some(
-    stream: &mut TcpStream,
+    stream: &mut impl Source,
     buf: &mut [u8],
     deadline: Option<Instant>,
     whole: Duration,

@@ -171,6 +171,21 @@ fn decode(frame: &[u8]) -> Result<ClientMsg, String> {
     })
 }
 
+/// Decode one client frame as the session does (for the fuzzer): `Ok` with the message kind,
+/// or the error a client would be told.
+#[doc(hidden)]
+pub fn decode_for_fuzzing(frame: &[u8]) -> Result<i64, String> {
+    decode(frame).map(|m| match m {
+        ClientMsg::Connect(_) => msg::CONNECT,
+        ClientMsg::Disconnect => msg::DISCONNECT,
+        ClientMsg::Submit { .. } => msg::SUBMIT,
+        ClientMsg::Status(_) => msg::STATUS_REQ,
+        ClientMsg::Request(_) => msg::REQUEST,
+        ClientMsg::Cancel(_) => msg::CANCEL_REQ,
+        ClientMsg::Other(n) => n,
+    })
+}
+
 /// The reply a synchronous client request waits for.
 enum Waiting {
     Status,
