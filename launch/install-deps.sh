@@ -3,9 +3,10 @@
 #
 #   launch/install-deps.sh [--no-slurm]
 #
-# Installs: Open MPI (libopenmpi-dev openmpi-bin), hwloc (libhwloc-dev), libclang-dev (bindgen,
-# used by the MPI bindings), pkg-config, and for the multi-node tests a local SLURM (slurm-wlm,
-# munge). Packages already present are left alone and `apt-get update` is skipped when nothing is
+# Installs: Open MPI (libopenmpi-dev openmpi-bin) and MPICH (mpich libmpich-dev; Open MPI keeps
+# the generic mpicc/mpirun names, MPICH's are mpicc.mpich and mpiexec.hydra), hwloc
+# (libhwloc-dev), libclang-dev (bindgen, used by the MPI bindings), pkg-config, and for the
+# multi-node tests a local SLURM (slurm-wlm, munge). Packages already present are left alone and `apt-get update` is skipped when nothing is
 # missing. Needs root (or passwordless sudo) when something is missing.
 set -euo pipefail
 
@@ -18,7 +19,7 @@ for a in "$@"; do
   esac
 done
 
-pkgs=(pkg-config libhwloc-dev libclang-dev libopenmpi-dev openmpi-bin procps)
+pkgs=(pkg-config libhwloc-dev libclang-dev libopenmpi-dev openmpi-bin mpich libmpich-dev procps)
 [ "$slurm" = 1 ] && pkgs+=(slurm-wlm munge)
 
 missing=()

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # setup.sh - install what is missing (system packages) and build bqrt in release mode.
-# Idempotent; safe to run again. Usage: bash launch/setup.sh
+# Idempotent; safe to run again.
+#
+#   bash launch/setup.sh                  # against Open MPI: target/release/bqrt
+#   BQRT_MPI=mpich bash launch/setup.sh   # against MPICH: target/mpich/release/bqrt
+#
+# The MPI a build is linked against decides its launcher (Open MPI: mpirun; MPICH: mpiexec.hydra,
+# or srun --mpi=pmi2); `bqrt --version` names it. Each MPI gets its own target directory (the
+# MPI bindings do not notice a switch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 bash launch/install-deps.sh
-echo "setup: building bqrt (release)"
+case "${BQRT_MPI:-openmpi}" in
+  openmpi) ;;
+  mpich) export MPICC=mpicc.mpich CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/mpich} ;;
+  *) echo "setup: BQRT_MPI=$BQRT_MPI: must be openmpi or mpich" >&2; exit 2 ;;
+esac
+echo "setup: building bqrt (release, ${BQRT_MPI:-openmpi})"
 cargo build --release --quiet --bins --examples
-echo "setup: built target/release/bqrt"
+echo "setup: built ${CARGO_TARGET_DIR:-target}/release/bqrt ($("${CARGO_TARGET_DIR:-target}"/release/bqrt --version))"

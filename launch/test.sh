@@ -25,4 +25,15 @@ echo "test: pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node an
 BQRT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
 echo "test: launch/demo.sh (the README's first command)"
 bash launch/demo.sh
+echo "test: MPICH build (MPICC=mpicc.mpich, target/mpich): its own suite, mpirun and gateway suites under Hydra"
+(
+  export MPICC=mpicc.mpich CARGO_TARGET_DIR=$PWD/target/mpich BQRT_TEST_MPI=mpich
+  unset PYO3_PYTHON
+  cargo test --release --test mpich --test mpirun --test gateway -- --test-threads=2
+  export PYO3_PYTHON=$PWD/.venv/bin/python
+  cargo build --release --features python --quiet
+  echo "test: pytest tests/python on the MPICH build (one node, mpiexec.hydra)"
+  BQRT_BIN=$CARGO_TARGET_DIR/release/bqrt BQRT_PYTEST_TOPOLOGIES=flat BQRT_PYTEST_LAUNCHER=mpiexec.hydra \
+    .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
+)
 echo "test: all passed in $(( $(date +%s) - t0 )) s"

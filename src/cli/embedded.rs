@@ -5,6 +5,7 @@
 //! it to the ranks (not to `mpiexec`, which would terminate the job abruptly): the runtime stops
 //! in order and this process exits with the ranks' status.
 
+use crate::transport::mpi::Flavor;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -25,12 +26,19 @@ pub(super) fn under_launcher() -> bool {
     LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some())
 }
 
-fn find_launcher() -> Option<PathBuf> {
+/// The launcher of the MPI this binary is linked against: Open MPI's `mpirun`, or Hydra's
+/// `mpiexec` for MPICH (the generic names last: on a machine with both MPIs they belong to one).
+fn find_launcher(flavor: Flavor) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    for name in ["mpiexec", "mpirun"] {
+    let names: &[&str] = match flavor {
+        Flavor::OpenMpi => &["mpirun.openmpi", "mpiexec.openmpi", "mpirun", "mpiexec"],
+        Flavor::Mpich => &["mpiexec.hydra", "mpiexec.mpich", "mpiexec", "mpirun"],
+        Flavor::Other => &["mpiexec", "mpirun"],
+    };
+    for name in names {
         for dir in std::env::split_paths(&path) {
             let p = dir.join(name);
-            if p.is_file() {
+            if p.is_file() && matches_flavor(&p, flavor) {
                 return Some(p);
             }
         }
@@ -38,10 +46,32 @@ fn find_launcher() -> Option<PathBuf> {
     None
 }
 
+/// Whether a generic `mpiexec`/`mpirun` belongs to `flavor` (Debian points them at one MPI
+/// through alternatives): the resolved path names it.
+fn matches_flavor(p: &std::path::Path, flavor: Flavor) -> bool {
+    let real = std::fs::canonicalize(p)
+        .map(|r| r.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match flavor {
+        Flavor::OpenMpi => !real.contains("mpich") && !real.contains("hydra"),
+        Flavor::Mpich => !real.contains("openmpi") && !real.contains("orterun"),
+        Flavor::Other => true,
+    }
+}
+
 /// Run this same command again under `mpiexec` with `workers` workers plus the server.
 pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
-    let Some(mpiexec) = find_launcher() else {
-        crate::logging::eprint_line("bqrt: no MPI launcher (mpiexec) found on PATH. Install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev) or start bqrt under srun/mpirun.");
+    let flavor = Flavor::linked();
+    let Some(mpiexec) = find_launcher(flavor) else {
+        let hint = match flavor {
+            Flavor::OpenMpi => "Open MPI's mpirun (Debian/Ubuntu: apt-get install openmpi-bin)",
+            Flavor::Mpich => "MPICH's mpiexec.hydra (Debian/Ubuntu: apt-get install mpich)",
+            Flavor::Other => "the MPI's mpiexec",
+        };
+        crate::logging::eprint_line(&format!(
+            "bqrt: no launcher for {} found on PATH: install {hint}, or start bqrt under srun/mpiexec.",
+            crate::transport::mpi::library_version()
+        ));
         return ExitCode::from(2);
     };
     let exe = match std::env::current_exe() {
@@ -57,7 +87,7 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
         .map(|n| n.get() as u32)
         .unwrap_or(1);
     let workers = workers.unwrap_or(cores).max(1);
-    let mut cmd = launch_command(&mpiexec, &exe, workers);
+    let mut cmd = launch_command(&mpiexec, &exe, workers, flavor);
     if let Err(e) = crate::runtime::stop::install() {
         crate::logging::eprint_line(&format!("bqrt: cannot install the signal handler: {e}"));
         return ExitCode::from(70);
@@ -78,15 +108,24 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
 
 /// `mpiexec -n WORKERS+1 EXE ARGS...` with the settings a one-machine runtime needs, in its own
 /// process group.
-fn launch_command(mpiexec: &std::path::Path, exe: &std::path::Path, workers: u32) -> Command {
+fn launch_command(
+    mpiexec: &std::path::Path,
+    exe: &std::path::Path,
+    workers: u32,
+    flavor: Flavor,
+) -> Command {
     let mut cmd = Command::new(mpiexec);
     cmd.args(["-n", &(workers + 1).to_string()])
         .arg(exe)
         .args(std::env::args_os().skip(1))
-        .env("BQRT_EMBEDDED", "1")
-        // a server plus one worker per core is more ranks than cores
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        // bqrt pins its workers itself
+        .env("BQRT_EMBEDDED", "1");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if flavor != Flavor::OpenMpi {
+        // Hydra oversubscribes and binds nothing by default, and runs as root
+        return cmd;
+    }
+    // a server plus one worker per core is more ranks than cores; bqrt pins its workers itself
+    cmd.env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_hwloc_base_binding_policy", "none");
     // Open MPI's TCP transport takes listening ports in order from 1024, so a job starting just
     // after another one ended on this machine reuses its ports, and a connection attempt left
@@ -103,7 +142,6 @@ fn launch_command(mpiexec: &std::path::Path, exe: &std::path::Path, workers: u32
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     }
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd
 }
 

@@ -284,6 +284,17 @@ impl Level {
 pub fn main(registry: Registry) -> ExitCode {
     logging::init();
     crate::executor::install_panic_hook(true);
+    let mut argv = std::env::args().skip(1);
+    if let (Some(a), None) = (argv.next(), argv.next()) {
+        if a == "--version" || a == "-V" {
+            println!(
+                "bqrt {} (MPI: {})",
+                env!("CARGO_PKG_VERSION"),
+                crate::transport::mpi::library_version()
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Tasks => {
@@ -350,7 +361,7 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => fail(&e.to_string()),
+        Err(e) => start_failed(e),
     }
 }
 
@@ -456,6 +467,16 @@ fn publish(
     Ok((token, claim))
 }
 
+/// A start-up that failed: the reason, said once per job when every process hits it.
+fn start_failed(e: crate::runtime::StartError) -> ExitCode {
+    match e {
+        crate::runtime::StartError::WrongLauncher(_) if !crate::runtime::mpi::first_of_job() => {
+            ExitCode::from(2)
+        }
+        e => fail(&e.to_string()),
+    }
+}
+
 fn fail(msg: &str) -> ExitCode {
     crate::logging::eprint_line(&format!("bqrt: {msg}"));
     ExitCode::from(2)
@@ -492,7 +513,7 @@ fn run(registry: Registry, args: RunArgs) -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => fail(&e.to_string()),
+        Err(e) => start_failed(e),
     }
 }
 

@@ -11,7 +11,7 @@ mod fault;
 mod handle;
 pub mod liveness;
 mod local;
-mod mpi;
+pub(crate) mod mpi;
 mod roles;
 pub mod stop;
 

@@ -22,6 +22,57 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("{0}")]
     Setup(String),
+    /// The launcher started more processes than MPI sees (the wrong process-management
+    /// interface): each process is alone in a world of its own.
+    #[error("{0}")]
+    WrongLauncher(String),
+}
+
+/// A launcher that said it started `n` > 1 processes, when MPI sees a world of one: every
+/// process would run alone (N servers, or N relaunches). The error names the fix.
+pub fn check_world(size: u32) -> Result<(), StartError> {
+    if size != 1 {
+        return Ok(());
+    }
+    let said = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|&n| n > 1)
+    };
+    let flavor = crate::transport::mpi::Flavor::linked();
+    let lib = crate::transport::mpi::library_version();
+    if let Some(n) = said("SLURM_STEP_NUM_TASKS").or_else(|| said("SLURM_NTASKS")) {
+        let fix = match flavor {
+            crate::transport::mpi::Flavor::OpenMpi => "srun --mpi=pmix (this bqrt is built with Open MPI)",
+            _ => "srun --mpi=pmi2 (this bqrt is built with an MPICH-family MPI; on Cray systems the default cray_shasta)",
+        };
+        return Err(StartError::WrongLauncher(format!(
+            "srun started {n} tasks but MPI ({lib}) sees each one alone in a world of 1: the process-management interface does not match the MPI library. Use {fix}; `srun --mpi=list` shows the choices"
+        )));
+    }
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"] {
+        if let Some(n) = said(var) {
+            return Err(StartError::WrongLauncher(format!(
+                "the launcher started {n} processes ({var}={n}) but MPI ({lib}) sees each one alone in a world of 1: this bqrt was started by another MPI's launcher. Start it with the launcher of the MPI it is built with (Open MPI: mpirun; MPICH: mpiexec.hydra), or rebuild it (launch/setup.sh with BQRT_MPI=openmpi|mpich)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process should print a start-up error that every process of the job hits (the
+/// first one the launcher started, so N processes print one message).
+pub fn first_of_job() -> bool {
+    [
+        "SLURM_PROCID",
+        "PMI_RANK",
+        "OMPI_COMM_WORLD_RANK",
+        "PMIX_RANK",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok())
+    .is_none_or(|r| r.trim() == "0")
 }
 
 /// Default of [`MpiOptions::startup_timeout`]: generous, as the first ranks of a large job may
@@ -187,8 +238,13 @@ where
     stop::install().map_err(StartError::Thread)?;
     let startup = StartupWatchdog::arm(opts.startup_timeout).map_err(StartError::Thread)?;
     let world = MpiWorld::init().ok_or(StartError::MpiInit)?;
+    check_world(world.size())?;
     let s = start_up(&world, opts, startup)?;
     if opts.verbose && s.rank == 0 {
+        crate::logging::eprint_line(&format!(
+            "bqrt: MPI library: {}",
+            crate::transport::mpi::library_version()
+        ));
         print_role_map(&s.all);
     }
     log::debug!(target: "bqrt::runtime", "rank {}: {:?} on node {}", s.rank, s.role, s.lay.node_of[s.rank as usize]);

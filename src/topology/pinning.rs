@@ -805,9 +805,9 @@ mod tests {
                 plan(&cores, workers, w, &PinPolicy::Auto, &current).unwrap();
             }
         }
-        crate::logging::eprint_line(&format!(
+        eprintln!(
             "this machine: {cores:?}; current cpuset {}",
             format_cpus(&current)
-        ));
+        );
     }
 }

@@ -17,6 +17,46 @@ use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Threading;
 
+/// The MPI library this binary is linked against, from `MPI_Get_library_version` (callable
+/// before initialisation): its first line, e.g. "Open MPI v4.1.4, ..." or "MPICH Version: 4.0.2".
+pub fn library_version() -> String {
+    let v = mpi::environment::library_version().unwrap_or_else(|_| "unknown MPI".into());
+    let v = v.trim();
+    let first = v.lines().next().unwrap_or(v).trim();
+    match first.strip_prefix("MPICH Version:") {
+        // MPICH's first line is only the number
+        Some(n) => format!("MPICH {}", n.trim()),
+        // Open MPI's goes on with its package and build: "Open MPI v4.1.4, package: ..."
+        None => first.split(',').next().unwrap_or(first).trim().to_string(),
+    }
+}
+
+/// The family of that library: it decides the launcher and its settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    OpenMpi,
+    /// MPICH and its derivatives (Cray MPICH, Intel MPI, MVAPICH).
+    Mpich,
+    Other,
+}
+
+impl Flavor {
+    pub fn of(version: &str) -> Flavor {
+        let v = version.to_ascii_lowercase();
+        if v.contains("open mpi") {
+            Flavor::OpenMpi
+        } else if v.contains("mpich") || v.contains("intel(r) mpi") || v.contains("mvapich") {
+            Flavor::Mpich
+        } else {
+            Flavor::Other
+        }
+    }
+
+    pub fn linked() -> Flavor {
+        Flavor::of(&library_version())
+    }
+}
+
 /// MPI in this process, from initialisation to finalisation (when dropped). Every start-up step
 /// is a collective: every rank must call it, in the same order.
 pub struct MpiWorld {

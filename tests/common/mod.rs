@@ -64,8 +64,14 @@ pub fn bqrt_bin() -> PathBuf {
 }
 
 /// `mpirun` with the settings every test needs: root allowed, oversubscription, no binding by
-/// the launcher (ranks outnumber the 2 cores of CI).
+/// the launcher (ranks outnumber the 2 cores of CI). In the MPICH pass (`BQRT_TEST_MPI=mpich`)
+/// Hydra's `mpiexec`, which needs none of them.
 pub fn mpirun(n: u32) -> Command {
+    if std::env::var("BQRT_TEST_MPI").is_ok_and(|v| v == "mpich") {
+        let mut c = Command::new("mpiexec.hydra");
+        c.args(["-n", &n.to_string()]);
+        return c;
+    }
     let mut c = Command::new("mpirun");
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

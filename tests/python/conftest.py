@@ -3,7 +3,8 @@ BQSKit's own Compiler connects to.
 
 Settings: BQRT_BIN (default target/release/bqrt, built with --features python),
 BQRT_PYTEST_TOPOLOGIES (default "flat,cluster"; "flat" = mpirun -n 4 bqrt serve,
-"cluster" = launch/cluster.sh 2 3 -- bqrt serve).
+"cluster" = launch/cluster.sh 2 3 -- bqrt serve), BQRT_PYTEST_LAUNCHER (default "mpirun": the
+launcher of "flat", e.g. "mpiexec.hydra" for a build against MPICH).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class Runtime:
             '--token-file', str(self.dir / 'token'), '--python', sys.executable,
         ] + (extra or [])
         if topology == 'flat':
-            cmd = ['mpirun', '-n', '4'] + serve
+            cmd = os.environ.get('BQRT_PYTEST_LAUNCHER', 'mpirun').split() + ['-n', '4'] + serve
         elif topology == 'cluster':
             cmd = ['bash', str(REPO / 'launch' / 'cluster.sh'), '2', '3', '--'] + serve
         else:

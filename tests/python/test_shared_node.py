@@ -66,7 +66,7 @@ def native(rt: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def rank0(rt: Runtime) -> int:
-    """Rank 0's pid: the launcher's descendant with OMPI_COMM_WORLD_RANK=0."""
+    """Rank 0's pid: the launcher's descendant with rank 0 (Open MPI's or Hydra's variable)."""
     todo, seen = [rt.proc.pid], []
     while todo:
         p = todo.pop()
@@ -81,7 +81,7 @@ def rank0(rt: Runtime) -> int:
             env = Path(f'/proc/{p}/environ').read_bytes().split(b'\0')
         except OSError:
             continue
-        if b'OMPI_COMM_WORLD_RANK=0' in env:
+        if b'OMPI_COMM_WORLD_RANK=0' in env or b'PMI_RANK=0' in env:
             return p
     pytest.fail('rank 0 not found')
 
