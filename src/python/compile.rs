@@ -125,14 +125,16 @@ impl LocalRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cannot use {}: {e}", log_path.display()))?;
-        let mut cmd = Command::new("mpiexec");
-        if is_root() {
-            cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-                .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-        }
-        cmd.env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-            .env("OMPI_MCA_hwloc_base_binding_policy", "none")
-            .args(["-n", &ranks.to_string()])
+        let flavor = crate::transport::mpi::Flavor::linked();
+        let launcher = crate::runtime::launcher::find(flavor).ok_or_else(|| {
+            format!(
+                "{}, or pass --server HOST:PORT",
+                crate::runtime::launcher::missing(flavor)
+            )
+        })?;
+        let mut cmd = Command::new(&launcher);
+        crate::runtime::launcher::one_machine(&mut cmd, flavor);
+        cmd.args(["-n", &ranks.to_string()])
             .arg(&me)
             .args(["serve", "--listen", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
@@ -148,7 +150,10 @@ impl LocalRuntime {
             ranks - 1
         ));
         let child = cmd.spawn().map_err(|e| {
-            format!("cannot start mpiexec ({e}): install Open MPI (launch/install-deps.sh) or pass --server HOST:PORT")
+            format!(
+                "cannot start {} ({e}): pass --server HOST:PORT",
+                launcher.display()
+            )
         })?;
         let mut rt = LocalRuntime {
             child,
@@ -199,9 +204,4 @@ impl LocalRuntime {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

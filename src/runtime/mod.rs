@@ -9,6 +9,7 @@
 
 mod fault;
 mod handle;
+pub mod launcher;
 pub mod liveness;
 mod local;
 pub(crate) mod mpi;
