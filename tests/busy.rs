@@ -62,6 +62,48 @@ fn short_jobs_finish_while_a_long_task_holds_a_worker() {
 }
 
 #[test]
+fn tasks_provably_queued_when_their_cancel_arrives_never_start() {
+    let s = Serve::start(4, &[]);
+    let mut c = client(&s);
+    // every worker held by a sleeper that ends on its own
+    let holders: Vec<JobId> = (0..3)
+        .map(|_| c.submit("sleep", "1500", LogSpec::OFF, false).unwrap())
+        .collect();
+    wait_busy(&mut c, 3);
+    let before = c.top().unwrap().finished_tasks;
+    // queued: no worker is free for them; cancelled while they wait
+    let doomed: Vec<JobId> = (0..20)
+        .map(|i| {
+            c.submit("cancel_mark", &i.to_string(), LogSpec::OFF, false)
+                .unwrap()
+        })
+        .collect();
+    for j in &doomed {
+        let (cancelled, note) = c.cancel(*j).unwrap();
+        assert!(cancelled, "{j}: {note}");
+    }
+    for j in &holders {
+        assert_eq!(done(c.result(*j, None).unwrap()), 1500);
+    }
+    wait_for("every worker idle again", Duration::from_secs(10), || {
+        let t = c.top().unwrap();
+        t.idle == t.workers && t.queued == 0
+    });
+    // a round of work on every worker after the holders: a surviving queued task would have
+    // run by now
+    let (v, _) = timed(&mut c, "fanout", "30");
+    assert_eq!(v, 30);
+    // the 3 holders, the fanout's root and its 30 children (workers report their counts on a
+    // timer, and any cancelled task that ran did so before these, on the same workers)
+    let mut ran = 0;
+    wait_for("the task counts to arrive", Duration::from_secs(10), || {
+        ran = c.top().unwrap().finished_tasks - before;
+        ran >= 3 + 31
+    });
+    assert_eq!(ran, 3 + 31, "{} cancelled tasks ran", ran - 34);
+}
+
+#[test]
 fn jobs_after_a_cancelled_never_ending_task_complete() {
     let s = Serve::start(4, &[]);
     let mut c = client(&s);

@@ -31,6 +31,17 @@ pub fn library_version() -> String {
     }
 }
 
+/// Keep UCX (the network layer of MPICH's `ch4:ucx`, and of some Open MPI builds) from writing
+/// its warnings on stdout, where they would mix with a job's result: at exit it warns about
+/// packets that arrived for a rank after it stopped receiving ("unexpected tag-receive
+/// descriptor ... was not matched"), which is harmless when the rank is exiting. A setting the
+/// user made wins. Call before any thread starts (it sets an environment variable).
+pub fn quiet_network_layer() {
+    if std::env::var_os("UCX_LOG_LEVEL").is_none() {
+        std::env::set_var("UCX_LOG_LEVEL", "error");
+    }
+}
+
 /// The family of that library: it decides the launcher and its settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {

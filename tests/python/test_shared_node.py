@@ -143,6 +143,24 @@ def test_past_the_cap_bqskit_clients_are_refused_and_the_owner_still_gets_in(str
         c.close()
 
 
+def test_with_the_cap_full_of_bqskit_clients_the_owner_can_still_shut_down() -> None:
+    rt = Runtime('flat', ['--max-connections', '2'])
+    try:
+        held = [connect(rt) for _ in range(2)]
+        extra = MpClient((rt.host, rt.port))
+        extra.send((RuntimeMessage.CONNECT, sys.path))
+        msg, payload = extra.recv()
+        assert msg == RuntimeMessage.ERROR and 'too many connections' in payload, (msg, payload)
+        down = native(rt, 'shutdown')
+        assert down.returncode == 0, down.stderr
+        rt.proc.wait(timeout=30)
+        assert rt.proc.returncode == 0, rt.output()
+        for c in held:
+            c.close()
+    finally:
+        rt.stop()
+
+
 def test_an_idle_bqskit_connection_is_closed_after_the_idle_timeout(strict) -> None:  # type: ignore[no-untyped-def]
     conn = connect(strict)
     start = time.time()
