@@ -1,7 +1,7 @@
 //! Launching: without a launcher, the SLURM and PBS templates end to end.
 
 mod common;
-use common::{run, wait_for, Run};
+use common::{bare, run, wait_for, Run};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,22 +21,6 @@ fn path_with_bqrt() -> String {
         bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     )
-}
-
-/// A command with no launcher variables in its environment.
-fn bare(args: &[&str]) -> Command {
-    let mut c = Command::new(common::bqrt_bin());
-    c.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OMPI_")
-            || k.starts_with("PMI")
-            || k.starts_with("SLURM_")
-            || k == "BQRT_EMBEDDED"
-        {
-            c.env_remove(k);
-        }
-    }
-    c
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 use bqrt::protocol::LogSpec;
-use common::{descendants, done, has_env, run, Serve};
+use common::{bare, descendants, done, has_env, run, Serve};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,31 +20,13 @@ fn mpich() -> bool {
 }
 
 fn hydra(n: u32) -> Command {
-    let mut c = Command::new("mpiexec.hydra");
-    c.args(["-n", &n.to_string()]);
-    c
+    common::mpirun(n)
 }
 
 fn hydra_run(n: u32, args: &[&str]) -> common::Run {
     let mut c = hydra(n);
     c.arg(common::bqrt_bin()).args(args);
     run(c, Duration::from_secs(120))
-}
-
-/// A command with no launcher variables in its environment.
-fn bare(args: &[&str]) -> Command {
-    let mut c = Command::new(common::bqrt_bin());
-    c.args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OMPI_")
-            || k.starts_with("PMI")
-            || k.starts_with("SLURM_")
-            || k == "BQRT_EMBEDDED"
-        {
-            c.env_remove(k);
-        }
-    }
-    c
 }
 
 #[test]
@@ -160,6 +142,7 @@ fn three_fake_hosts_through_hydra_get_three_managers() {
         .iter()
         .collect();
     let mut c = Command::new("mpiexec.hydra");
+    c.env("UCX_LOG_LEVEL", "error");
     c.args(["-launcher", "ssh", "-launcher-exec"])
         .arg(&fakessh)
         .args(["-hosts", "n1:3,n2:3,n3:3", "-n", "9"])

@@ -282,7 +282,6 @@ impl Level {
 /// Entry point of the `bqrt` binary, and of any binary a library user builds with their own
 /// tasks.
 pub fn main(registry: Registry) -> ExitCode {
-    crate::transport::mpi::quiet_network_layer();
     logging::init();
     crate::executor::install_panic_hook(true);
     let mut argv = std::env::args().skip(1);

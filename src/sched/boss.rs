@@ -387,11 +387,12 @@ impl Boss {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::{Address, Format, JobId, LogSpec, MailboxId};
 
-    fn tasks(n: usize) -> Vec<TaskMsg> {
+    /// `n` tasks of one mailbox (for the schedulers' tests).
+    pub(crate) fn tasks(n: usize) -> Vec<TaskMsg> {
         (0..n)
             .map(|i| TaskMsg {
                 addr: Address {

@@ -206,27 +206,7 @@ impl ManagerCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Address, Breadcrumbs, Format, JobId, LogSpec, MailboxId};
-
-    fn tasks(n: usize) -> Vec<TaskMsg> {
-        (0..n)
-            .map(|i| TaskMsg {
-                addr: Address {
-                    rank: Rank(9),
-                    mailbox: MailboxId(1),
-                    slot: i as u32,
-                },
-                job: JobId(1),
-                function: "t".into(),
-                label: None,
-                args: vec![],
-                format: Format::Bincode,
-                breadcrumbs: Breadcrumbs::new(),
-                log: LogSpec::OFF,
-                context: vec![],
-            })
-            .collect()
-    }
+    use crate::sched::boss::tests::tasks;
 
     fn stolen(out: &Outbox) -> Vec<usize> {
         out.iter()

@@ -31,17 +31,6 @@ pub fn library_version() -> String {
     }
 }
 
-/// Keep UCX (the network layer of MPICH's `ch4:ucx`, and of some Open MPI builds) from writing
-/// its warnings on stdout, where they would mix with a job's result: at exit it warns about
-/// packets that arrived for a rank after it stopped receiving ("unexpected tag-receive
-/// descriptor ... was not matched"), which is harmless when the rank is exiting. A setting the
-/// user made wins. Call before any thread starts (it sets an environment variable).
-pub fn quiet_network_layer() {
-    if std::env::var_os("UCX_LOG_LEVEL").is_none() {
-        std::env::set_var("UCX_LOG_LEVEL", "error");
-    }
-}
-
 /// The family of that library: it decides the launcher and its settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
@@ -118,13 +107,32 @@ impl MpiWorld {
     }
 
     /// Finalise MPI (it may block while a launcher aborts the job; the caller bounds it).
+    /// Packets that still arrive (signs of life from ranks that are stopping too) are taken
+    /// first, until none came for [`DRAIN_QUIET`]: MPICH over UCX prints a warning on stdout
+    /// for every packet left unreceived at finalisation, into a job's output.
     pub fn finalize(self) {
+        let world = self.universe.world();
+        let start = std::time::Instant::now();
+        let mut last = start;
+        while last.elapsed() < DRAIN_QUIET && start.elapsed() < DRAIN_MAX {
+            match world.any_process().immediate_matched_probe_with_tag(TAG) {
+                Some(p) => {
+                    let _ = p.matched_receive_vec::<u8>();
+                    last = std::time::Instant::now();
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
         drop(self.universe);
     }
 }
 
 /// Tag of every bqrt packet.
 const TAG: i32 = 7;
+
+/// At finalisation, packets are taken until none came for this long (at most [`DRAIN_MAX`]).
+const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(30);
+const DRAIN_MAX: std::time::Duration = std::time::Duration::from_millis(300);
 
 struct InFlight {
     request: Option<Request<'static, [u8], StaticScope>>,

@@ -69,7 +69,8 @@ pub fn bqrt_bin() -> PathBuf {
 pub fn mpirun(n: u32) -> Command {
     if std::env::var("BQRT_TEST_MPI").is_ok_and(|v| v == "mpich") {
         let mut c = Command::new("mpiexec.hydra");
-        c.args(["-n", &n.to_string()]);
+        // as docs/operations.md recommends: UCX's warnings go to stdout
+        c.env("UCX_LOG_LEVEL", "error").args(["-n", &n.to_string()]);
         return c;
     }
     let mut c = Command::new("mpirun");
@@ -490,4 +491,20 @@ pub fn done(r: bqrt::protocol::native::JobResult) -> serde_json::Value {
         }
         other => panic!("not done: {other:?}"),
     }
+}
+
+/// The bqrt under test with no launcher variables in its environment (as a user's shell).
+pub fn bare(args: &[&str]) -> Command {
+    let mut c = Command::new(bqrt_bin());
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OMPI_")
+            || k.starts_with("PMI")
+            || k.starts_with("SLURM_")
+            || k == "BQRT_EMBEDDED"
+        {
+            c.env_remove(k);
+        }
+    }
+    c
 }
