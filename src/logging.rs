@@ -82,6 +82,15 @@ pub fn init() {
     }
 }
 
+/// `eprintln!` as one whole line: [`eprint_line`] of the formatted text (Rust's `eprintln!`
+/// writes its pieces one by one, so lines from ranks sharing a launcher's stderr interleave).
+#[macro_export]
+macro_rules! eline {
+    ($($arg:tt)*) => {
+        $crate::logging::eprint_line(&::std::format!($($arg)*))
+    };
+}
+
 /// Write one whole line to stderr in a single write, so lines from ranks sharing the launcher's
 /// stderr do not interleave mid-line.
 pub fn eprint_line(line: &str) {

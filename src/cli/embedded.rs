@@ -30,18 +30,16 @@ pub(super) fn under_launcher() -> bool {
 pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
     let flavor = Flavor::linked();
     let Some(mpiexec) = launcher::find(flavor) else {
-        crate::logging::eprint_line(&format!(
+        crate::eline!(
             "bqrt: {}, or start bqrt under srun/mpiexec.",
             launcher::missing(flavor)
-        ));
+        );
         return ExitCode::from(2);
     };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
-            crate::logging::eprint_line(&format!(
-                "bqrt: cannot find my own executable to start the ranks: {e}"
-            ));
+            crate::eline!("bqrt: cannot find my own executable to start the ranks: {e}");
             return ExitCode::from(70);
         }
     };
@@ -51,18 +49,18 @@ pub(super) fn relaunch(workers: Option<u32>) -> ExitCode {
     let workers = workers.unwrap_or(cores).max(1);
     let mut cmd = launch_command(&mpiexec, &exe, workers, flavor);
     if let Err(e) = crate::runtime::stop::install() {
-        crate::logging::eprint_line(&format!("bqrt: cannot install the signal handler: {e}"));
+        crate::eline!("bqrt: cannot install the signal handler: {e}");
         return ExitCode::from(70);
     }
-    crate::logging::eprint_line(&format!(
+    crate::eline!(
         "bqrt: no launcher: starting {} ranks (a server and {workers} workers) with {}",
         workers + 1,
         mpiexec.display()
-    ));
+    );
     match cmd.spawn() {
         Ok(child) => supervise(child),
         Err(e) => {
-            crate::logging::eprint_line(&format!("bqrt: cannot start {}: {e}", mpiexec.display()));
+            crate::eline!("bqrt: cannot start {}: {e}", mpiexec.display());
             ExitCode::from(2)
         }
     }
@@ -99,7 +97,7 @@ fn supervise(mut child: std::process::Child) -> ExitCode {
             }
             Ok(None) => {}
             Err(e) => {
-                crate::logging::eprint_line(&format!("bqrt: waiting for the ranks: {e}"));
+                crate::eline!("bqrt: waiting for the ranks: {e}");
                 return ExitCode::from(70);
             }
         }

@@ -374,7 +374,7 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
     let (listener, addr) = match gateway::bind(&args.listen) {
         Ok(x) => x,
         Err(e) => {
-            crate::logging::eprint_line(&format!("bqrt: {e}"));
+            crate::eline!("bqrt: {e}");
             return 2;
         }
     };
@@ -406,7 +406,7 @@ fn gateway_main(handle: &mut ServerHandle, args: &ServeArgs, stop: Arc<AtomicBoo
     }
     match fatal {
         Some(e) => {
-            logging::eprint_line(&format!("bqrt: stopping: {e}"));
+            crate::eline!("bqrt: stopping: {e}");
             1
         }
         None => {
@@ -423,9 +423,7 @@ fn publish(
     addr: std::net::SocketAddr,
 ) -> Result<(String, crate::token::Claim), i32> {
     let token = crate::token::generate().map_err(|e| {
-        crate::logging::eprint_line(&format!(
-            "bqrt: cannot read /dev/urandom for the client token: {e}"
-        ));
+        crate::eline!("bqrt: cannot read /dev/urandom for the client token: {e}");
         70
     })?;
     let Some(token_path) = args
@@ -438,26 +436,20 @@ fn publish(
     };
     let about = format!("pid {}, serving {addr}", std::process::id());
     let claim = crate::token::claim(&token_path, &about).map_err(|e| {
-        crate::logging::eprint_line(&format!("bqrt: {e}"));
+        crate::eline!("bqrt: {e}");
         2
     })?;
     if let Err(e) = crate::token::write(&token_path, &token) {
-        crate::logging::eprint_line(&format!(
+        crate::eline!(
             "bqrt: cannot write the token file {}: {e}; pass --token-file PATH",
             token_path.display()
-        ));
+        );
         return Err(2);
     }
-    logging::eprint_line(&format!(
-        "bqrt: client token in {} (mode 0600)",
-        token_path.display()
-    ));
+    crate::eline!("bqrt: client token in {} (mode 0600)", token_path.display());
     if let Some(p) = &args.ready_file {
         if let Err(e) = crate::token::write_atomic(p, &format!("{addr}\n")) {
-            crate::logging::eprint_line(&format!(
-                "bqrt: cannot write --ready-file {}: {e}",
-                p.display()
-            ));
+            crate::eline!("bqrt: cannot write --ready-file {}: {e}", p.display());
             return Err(2);
         }
     }
@@ -478,7 +470,7 @@ fn start_failed(e: crate::runtime::StartError) -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    crate::logging::eprint_line(&format!("bqrt: {msg}"));
+    crate::eline!("bqrt: {msg}");
     ExitCode::from(2)
 }
 
@@ -543,12 +535,10 @@ fn batch(
             if let Some(Outcome::RuntimeFailed(m)) =
                 handle.wait(job, crate::runtime::stop::SETTLE, remote::print_log)
             {
-                crate::logging::eprint_line(&format!("bqrt: {job} lost: {m}"));
+                crate::eline!("bqrt: {job} lost: {m}");
                 return 1;
             }
-            crate::logging::eprint_line(&format!(
-                "bqrt: interrupted; cancelling {job} and stopping"
-            ));
+            crate::eline!("bqrt: interrupted; cancelling {job} and stopping");
             handle.cancel(job);
             return 130;
         }
@@ -557,10 +547,10 @@ fn batch(
         }
     };
     if stats {
-        crate::logging::eprint_line(&format!(
+        crate::eline!(
             "bqrt-stats job_seconds={:.6}",
             start.elapsed().as_secs_f64()
-        ));
+        );
     }
     match outcome {
         Some(Outcome::Done(bytes)) => {
@@ -571,17 +561,15 @@ fn batch(
             0
         }
         Some(Outcome::Failed(f)) => {
-            crate::logging::eprint_line(&format!("bqrt: {job} failed: {f}"));
+            crate::eline!("bqrt: {job} failed: {f}");
             1
         }
         Some(Outcome::RuntimeFailed(m)) => {
-            crate::logging::eprint_line(&format!("bqrt: {job} lost: {m}"));
+            crate::eline!("bqrt: {job} lost: {m}");
             1
         }
         None => {
-            crate::logging::eprint_line(&format!(
-                "bqrt: {job} did not finish within the --timeout; stopping the runtime"
-            ));
+            crate::eline!("bqrt: {job} did not finish within the --timeout; stopping the runtime");
             handle.cancel(job);
             124
         }

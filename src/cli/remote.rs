@@ -17,7 +17,7 @@ fn connect(c: &Conn) -> Result<Client, ClientError> {
 /// A client error's exit status: 2 for what the user typed (bad JSON, a bad address), 3 for
 /// the connection or the server.
 fn failed(e: &ClientError) -> ExitCode {
-    crate::logging::eprint_line(&format!("bqrt: {e}"));
+    crate::eline!("bqrt: {e}");
     match e {
         ClientError::Json(_) | ClientError::Address { .. } => ExitCode::from(2),
         _ => ExitCode::from(3),
@@ -36,7 +36,7 @@ fn state_code(s: JobState) -> ExitCode {
 
 pub(crate) fn print_log(r: &LogRecord) {
     let ctx: Vec<String> = r.context.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    logging::eprint_line(&format!(
+    crate::eline!(
         "[{} {} depth={} rank={}{}] {}: {}",
         logging::level_from_number(r.level),
         r.task,
@@ -49,7 +49,7 @@ pub(crate) fn print_log(r: &LogRecord) {
         },
         r.target,
         r.message
-    ));
+    );
 }
 
 pub(super) fn submit(a: SubmitArgs) -> ExitCode {
@@ -100,19 +100,19 @@ pub(super) fn print_result(job: JobId, r: &JobResult) -> ExitCode {
             ExitCode::SUCCESS
         }
         JobResult::Failed(f) => {
-            crate::logging::eprint_line(&format!("bqrt: {job} failed: {f}"));
+            crate::eline!("bqrt: {job} failed: {f}");
             ExitCode::from(1)
         }
         JobResult::Cancelled => {
-            crate::logging::eprint_line(&format!("bqrt: {job} was cancelled"));
+            crate::eline!("bqrt: {job} was cancelled");
             ExitCode::from(4)
         }
         JobResult::Unknown(note) => {
-            crate::logging::eprint_line(&format!("bqrt: {note}"));
+            crate::eline!("bqrt: {note}");
             ExitCode::from(5)
         }
         JobResult::Pending => {
-            crate::logging::eprint_line(&format!("bqrt: {job} has not finished within the timeout; it goes on (ask again with `bqrt result {}`)", job.0));
+            crate::eline!("bqrt: {job} has not finished within the timeout; it goes on (ask again with `bqrt result {}`)", job.0);
             ExitCode::from(124)
         }
     }
@@ -122,9 +122,7 @@ pub(super) fn result(a: ResultArgs) -> ExitCode {
     let job = JobId(a.job);
     if let Some(t) = a.timeout {
         if !(t >= 0.0 && t.is_finite()) {
-            crate::logging::eprint_line(&format!(
-                "bqrt: --timeout {t}: must be a number of seconds >= 0"
-            ));
+            crate::eline!("bqrt: --timeout {t}: must be a number of seconds >= 0");
             return ExitCode::from(2);
         }
     }
@@ -240,10 +238,10 @@ fn render_top(server: &str, t: &TopView, rate: Option<f64>) -> String {
 
 pub(super) fn top(a: TopArgs) -> ExitCode {
     if !(a.interval > 0.0 && a.interval.is_finite()) {
-        crate::logging::eprint_line(&format!(
+        crate::eline!(
             "bqrt: --interval {}: must be a positive number of seconds",
             a.interval
-        ));
+        );
         return ExitCode::from(2);
     }
     let mut c = match connect(&a.conn) {

@@ -41,7 +41,7 @@ pub struct CompileArgs {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    crate::logging::eprint_line(&format!("bqrt compile: {msg}"));
+    crate::eline!("bqrt compile: {msg}");
     ExitCode::from(2)
 }
 
@@ -145,10 +145,10 @@ impl LocalRuntime {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        crate::logging::eprint_line(&format!(
+        crate::eline!(
             "bqrt compile: starting a runtime with {ranks} ranks (server + {} workers)",
             ranks - 1
-        ));
+        );
         let child = cmd.spawn().map_err(|e| {
             format!(
                 "cannot start {} ({e}): pass --server HOST:PORT",

@@ -47,9 +47,9 @@ mod on {
             }
             Some(_) => {}
             None if spec.starts_with("stall@") => {}
-            None => crate::logging::eprint_line(&format!(
+            None => crate::eline!(
                 "bqrt: BQRT_FAULT={spec} ignored: expected panic@RANK+MS or stall@RANK"
-            )),
+            ),
         }
     }
 }

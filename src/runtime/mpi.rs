@@ -192,7 +192,7 @@ fn start_up(
     let all = world.all_gather(&mine);
     startup.disarm();
     if let Some(e) = &failure {
-        crate::logging::eprint_line(&format!("bqrt: rank {rank}: cannot set up the worker: {e}"));
+        crate::eline!("bqrt: rank {rank}: cannot set up the worker: {e}");
     }
     if all.chunks(FIELDS).any(|c| c[4] != 0) {
         return Err(StartError::Setup(
@@ -218,13 +218,13 @@ fn print_role_map(all: &[i32]) {
         }
     };
     for (r, c) in all.chunks(FIELDS).enumerate() {
-        crate::logging::eprint_line(&format!(
+        crate::eline!(
             "bqrt: rank {r} role {} node {} core {} parent {}",
             names.get(c[0] as usize).unwrap_or(&"?"),
             c[1],
             dash(c[2]),
             dash(c[3])
-        ));
+        );
     }
 }
 
@@ -241,10 +241,10 @@ where
     check_world(world.size())?;
     let s = start_up(&world, opts, startup)?;
     if opts.verbose && s.rank == 0 {
-        crate::logging::eprint_line(&format!(
+        crate::eline!(
             "bqrt: MPI library: {}",
             crate::transport::mpi::library_version()
-        ));
+        );
         print_role_map(&s.all);
     }
     log::debug!(target: "bqrt::runtime", "rank {}: {:?} on node {}", s.rank, s.role, s.lay.node_of[s.rank as usize]);
@@ -296,7 +296,7 @@ where
 /// `--stats`: one line per rank at exit.
 fn print_stats(s: &Started, report: &RankReport) {
     let w = report.worker.clone().unwrap_or_default();
-    crate::logging::eprint_line(&format!(
+    crate::eline!(
         "bqrt-stats rank={} role={} node={} started={} finished={} kept={} stolen_from={} max_delayed={} submitted={} placed={} peak_rss_kib={}",
         s.rank,
         s.role.name(),
@@ -309,7 +309,7 @@ fn print_stats(s: &Started, report: &RankReport) {
         w.submitted,
         report.placed,
         super::peak_rss_kib().unwrap_or(0)
-    ));
+    );
 }
 
 /// Finalise MPI, bounded by [`stop::FINALIZE`]: `MPI_Finalize` waits for the launcher, which
@@ -379,13 +379,13 @@ impl StartupWatchdog {
                     -1 => format!("process {}", std::process::id()),
                     n => format!("rank {n}"),
                 };
-                crate::logging::eprint_line(&format!(
+                crate::eline!(
                     "bqrt: {who}: start-up did not finish within {} s while {}: a rank of this \
                      job died or never started (see the launcher's messages); giving up. Set \
                      --startup-timeout or BQRT_STARTUP_TIMEOUT (seconds) to wait longer.",
                     limit.as_secs_f64(),
                     Phase::describe(p.load(Ordering::SeqCst)),
-                ));
+                );
                 // SAFETY: _exit ends the process at once; the main thread is blocked inside MPI
                 // and must not run exit handlers that could wait on it.
                 unsafe { libc::_exit(EXIT_STARTUP) };

@@ -74,7 +74,7 @@ impl ServerLogic {
         if self.lost.iter().any(|l| l.rank == lost.rank) {
             return;
         }
-        crate::logging::eprint_line(&format!("bqrt: {lost}; stopping the runtime"));
+        crate::eline!("bqrt: {lost}; stopping the runtime");
         let _ = self.events.send(ServerEvent::Lost {
             message: format!("{lost}; the runtime is stopping"),
         });
@@ -192,7 +192,7 @@ fn report_lost(
 ) -> Flow {
     heartbeat.beat(out);
     for l in watcher.as_mut().map(Watcher::check).unwrap_or_default() {
-        crate::logging::eprint_line(&format!("bqrt: {l}"));
+        crate::eline!("bqrt: {l}");
         if l.rank == Rank::SERVER {
             let error = Some(format!("{l}; the runtime is stopping"));
             for r in (1..ranks).filter(|&r| r != me.0) {
@@ -222,7 +222,7 @@ fn report_lost(
 /// Note an error shutdown on this rank.
 fn stopping_with(me: Rank, error: &Option<String>, exit_code: &mut i32) {
     if let (Some(e), 0) = (error, *exit_code) {
-        crate::logging::eprint_line(&format!("bqrt: rank {} stopping: {e}", me.0));
+        crate::eline!("bqrt: rank {} stopping: {e}", me.0);
         *exit_code = 1;
     }
 }
