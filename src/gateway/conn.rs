@@ -8,7 +8,7 @@ use super::frame::{self, Limits, Prefix, ReadError};
 use super::{over_cap, peer, Admission, ConnId, GatewayConfig, HubIn, RESERVE};
 use crate::protocol::native::{self, write_frame, Reply, Request, CLIENT_VERSION, MAGIC};
 use crossbeam::channel::{bounded, Receiver, Sender};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,7 +61,7 @@ impl Conn {
         let mut stream = self.stream.try_clone().ok()?;
         let _ = stream.set_nodelay(true);
         let mut head = [0u8; 5];
-        if let Err(e) = read_exact_within(&mut stream, &mut head, self.cfg.handshake_timeout) {
+        if let Err(e) = frame::read_exact(&mut stream, &mut head, self.cfg.handshake_timeout) {
             log::debug!(target: "bqrt::gateway", "{peer}: no protocol header ({e}); closed");
             return None;
         }
@@ -222,30 +222,6 @@ fn describe(e: &Bad) -> String {
         Bad::Read(e) => format!("{e}; closing"),
         Bad::Decode(e) => format!("{e}; closing"),
     }
-}
-
-/// Read exactly `buf` within `within` of starting (a peer trickling bytes is cut off on time).
-pub(crate) fn read_exact_within(
-    stream: &mut TcpStream,
-    buf: &mut [u8],
-    within: Duration,
-) -> std::io::Result<()> {
-    let deadline = std::time::Instant::now() + within;
-    let mut got = 0;
-    while got < buf.len() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut buf[got..]) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// The same-user check on a connection: loopback, and the peer socket owned by this user.

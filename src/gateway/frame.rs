@@ -216,6 +216,24 @@ pub fn read(
     Ok(Some(buf))
 }
 
+/// Read exactly `buf` (a protocol's header) within `within` of starting: a peer trickling bytes
+/// is cut off on time, as in a frame.
+pub fn read_exact(
+    stream: &mut impl Source,
+    buf: &mut [u8],
+    within: Duration,
+) -> Result<(), ReadError> {
+    let deadline = Instant::now() + within;
+    let mut got = 0;
+    while got < buf.len() {
+        match read_some(stream, &mut buf[got..], Some(deadline), within)? {
+            0 => return Err(ReadError::Closed),
+            n => got += n,
+        }
+    }
+    Ok(())
+}
+
 /// One read. With a deadline, the socket's timeout is the time left (a frame in progress);
 /// without, the socket's own timeout applies and its expiry is [`ReadError::Idle`].
 fn read_some(

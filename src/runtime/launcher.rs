@@ -51,8 +51,9 @@ pub fn missing(flavor: Flavor) -> String {
     )
 }
 
-/// The settings a runtime of more ranks than cores on one machine needs from its launcher.
-/// Hydra oversubscribes and binds nothing by default, and runs as root: none for MPICH.
+/// The settings a runtime of more ranks than cores on one machine needs from its launcher:
+/// UCX's log level for either MPI, the rest for Open MPI only (Hydra oversubscribes and binds
+/// nothing by default, and runs as root).
 pub fn one_machine(cmd: &mut Command, flavor: Flavor) {
     // UCX (MPICH's network layer) logs warnings on stdout, read when the library loads
     if std::env::var_os("UCX_LOG_LEVEL").is_none() {

@@ -197,8 +197,7 @@ impl Boss {
         }
         self.set_idle(e, new_idle);
         if drained {
-            let queued = self.overflow_after(e, receipt);
-            self.set_backlog(e, queued);
+            self.on_queued(e, 0, receipt);
         }
     }
 
@@ -360,8 +359,7 @@ impl Boss {
         self.employees[e].asked -= u64::from(asked);
         self.requested -= asked;
         self.requests -= 1;
-        let queued = left + self.overflow_after(e, receipt);
-        self.set_backlog(e, queued);
+        self.on_queued(e, left, receipt);
     }
 
     /// Employee `e` holds `queued` delayed tasks after reading every batch up to `receipt` (said
