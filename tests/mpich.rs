@@ -2,7 +2,8 @@
 //! own launchers: Hydra's `mpiexec`, fake hosts through Hydra's ssh launcher, `srun --mpi=pmi2`.
 //!
 //! Run by `launch/test.sh` in its MPICH pass (`BQRT_TEST_MPI=mpich`, the binary built with
-//! `MPICC=mpicc.mpich`); in the Open MPI pass every test here returns at once.
+//! `MPICC=mpicc.mpich`); in the Open MPI pass every test here returns at once. The same pass
+//! runs tests/mpirun.rs and tests/gateway.rs under Hydra (`common::mpirun`).
 
 mod common;
 use bqrt::protocol::LogSpec;
@@ -41,27 +42,8 @@ fn the_build_names_mpich_and_runs_jobs_under_hydra() {
     r.ok();
     assert_eq!(r.last_line(), "6765");
     assert!(r.stderr.contains("MPI library: MPICH"), "{}", r.stderr);
-    let r = hydra_run(4, &["run", "tree", "12"]);
-    r.ok();
-    assert_eq!(r.last_line(), "8191");
-    // nested cancel: none of the cancelled map's tasks start, the running spinner sees its flag
-    let r = hydra_run(
-        4,
-        &[
-            "run",
-            "cancel_demo",
-            r#"{"children":300,"spin_ms":20000}"#,
-            "--log-level",
-            "warn",
-        ],
-    );
-    r.ok();
-    assert!(!r.stderr.contains("cancel_mark 1 started"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("spin saw its cancel flag"),
-        "{}",
-        r.stderr
-    );
+    // tree 12, nested cancel and the rest: tests/mpirun.rs, which the MPICH pass runs under
+    // Hydra too
 }
 
 #[test]

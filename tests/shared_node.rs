@@ -3,7 +3,6 @@
 //! (BQSKit's protocol gets the same in tests/python/test_shared_node.py.)
 
 mod common;
-use bqrt::client::{Client, ClientError};
 use bqrt::protocol::native::MAGIC;
 use bqrt::protocol::LogSpec;
 use common::{bqrt_bin, descendants, done, has_env, Serve};
@@ -156,14 +155,7 @@ fn the_owner_gets_in_when_unauthenticated_connections_fill_the_cap() {
     let out = s.cli(&["top", "--once"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     // past the reserve too: refused with the reason
-    let held: Vec<Client> = (0..bqrt::gateway::RESERVE)
-        .filter_map(|_| Client::connect(&s.addr, Some(s.token())).ok())
-        .collect();
-    match Client::connect(&s.addr, Some(s.token())) {
-        Err(ClientError::Refused(r)) => assert!(r.contains("too many connections"), "{r}"),
-        Ok(_) => panic!("cap not enforced ({} held)", held.len()),
-        Err(e) => panic!("{e}"),
-    }
+    let held = common::fill_cap_and_expect_refusal(&s, bqrt::gateway::RESERVE);
     drop(held);
     drop(squatters);
     still_works(&s);

@@ -508,3 +508,18 @@ pub fn bare(args: &[&str]) -> Command {
     }
     c
 }
+
+/// Fill the server's cap with token holders (`held`, on top of whatever is open already), then
+/// check that one more is refused with the reason; returns the held clients.
+pub fn fill_cap_and_expect_refusal(s: &Serve, held: usize) -> Vec<bqrt::client::Client> {
+    use bqrt::client::{Client, ClientError};
+    let clients: Vec<Client> = (0..held)
+        .filter_map(|_| Client::connect(&s.addr, Some(s.token())).ok())
+        .collect();
+    match Client::connect(&s.addr, Some(s.token())) {
+        Err(ClientError::Refused(r)) => assert!(r.contains("too many connections"), "{r}"),
+        Ok(_) => panic!("cap not enforced ({} held)", clients.len()),
+        Err(e) => panic!("{e}"),
+    }
+    clients
+}
