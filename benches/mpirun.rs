@@ -2,7 +2,7 @@
 //! timed by rank 0 from job submission to result (`--stats` job_seconds; start-up excluded).
 //!
 //! `cargo bench --bench mpirun` (env `BQRT_BENCH_RUNS`, default 5; `BQRT_BENCH_RANKS`, default 3
-//! = a server and 2 workers). Prints a table and writes `target/bench-mpirun.json`. With the
+//! = a server and 2 workers; `BQRT_BIN` to time another build). Prints a table and writes `target/bench-mpirun.json`. With the
 //! default 3 ranks it checks the native targets (fanout 1M >= 500,000 tasks/s, chain <= 20
 //! us/level, medians) and `mpirun -n 8 bqrt serve` ready within 1 s; it exits 1 when one is
 //! missed.
@@ -115,7 +115,8 @@ fn job_seconds(bin: &str, ranks: u32, w: &Workload) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing we need
-    let bin = env!("CARGO_BIN_EXE_bqrt");
+    let bin = std::env::var("BQRT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bqrt").into());
+    let bin = bin.as_str();
     let runs: usize = std::env::var("BQRT_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -177,18 +177,10 @@ fn one_round(cfg: &SimConfig, levels: u64) -> u64 {
     4 * levels * (1 + cfg.max_delay)
 }
 
-/// A steal that crosses its victim's own drain (the victim starts its last queued task as the
-/// request leaves its boss) comes back empty, and the boss asks the next victim: half a round
-/// more. Measured over 256 seeds: 243 within one round, the rest within one round and a half.
-fn retry(cfg: &SimConfig, levels: u64) -> u64 {
-    2 * levels * (1 + cfg.max_delay)
-}
-
-const SEEDS: u64 = 64;
+const SEEDS: u64 = 256;
 
 #[test]
 fn no_task_waits_behind_a_busy_worker_while_another_is_idle() {
-    let mut within_one_round = 0;
     for seed in 0..SEEDS {
         // 1,024 workers on 32 nodes (server -> 4 managers of managers -> 32 node managers ->
         // workers: 3 levels) and a few small single-node clusters (1 level)
@@ -226,20 +218,12 @@ fn no_task_waits_behind_a_busy_worker_while_another_is_idle() {
         sim.check_quiescent();
         let round = one_round(&cfg, sim.levels());
         let waited = sim.stats.max_wait_beside_idle;
-        assert!(
-            waited <= round + retry(&cfg, sim.levels()),
-            "seed {seed}: a task waited {waited} ticks behind a busy worker while another was idle (one round: {round})"
-        );
-        if waited <= round {
-            within_one_round += 1;
-        }
         eprintln!(
             "seed {seed}: {workers} workers, longest wait beside an idle worker {waited} ticks (round {round})"
         );
+        assert!(
+            waited <= round,
+            "seed {seed}: a task waited {waited} ticks behind a busy worker while another was idle (one round: {round})"
+        );
     }
-    // a retry is the exception (61 of these 64 seeds stay within one round)
-    assert!(
-        within_one_round * 100 >= SEEDS * 90,
-        "only {within_one_round} of {SEEDS} seeds kept every wait within one round"
-    );
 }

@@ -32,6 +32,10 @@ use super::rng::Rng;
 use crate::protocol::{BatchSeq, Down, Msg, Outbox, Rank, TaskMsg};
 use std::collections::VecDeque;
 
+/// Victims asked for one task each beyond the idle workers' requests, when the estimates
+/// name more loaded employees than that (measured: decision 36).
+const SPARE_VICTIMS: usize = 5;
+
 #[derive(Debug)]
 pub(crate) struct Employee {
     pub(crate) rank: Rank,
@@ -47,9 +51,9 @@ pub(crate) struct Employee {
     next_seq: u64,
     /// Estimated delayed tasks held (overflow since the last idle report).
     pub(crate) backlog: u64,
-    /// Sizes of the outstanding steal requests, oldest first (answers come back in order), and
-    /// their sum.
-    steals: VecDeque<u32>,
+    /// Outstanding steal requests, oldest first (answers come back in order): their size and
+    /// whether it was a spare request; and the sum of their sizes.
+    steals: VecDeque<(u32, bool)>,
     asked: u64,
     /// Workers under this employee inside a long task (they take no new work).
     pub(crate) occupied: u32,
@@ -72,9 +76,11 @@ pub(crate) struct Boss {
     /// Sum of `occupied` over employees, and of `workers` (fixed), kept like `idle_sum`.
     occupied_sum: u32,
     workers_sum: u32,
-    /// Sum of outstanding steal requests, and how many there are.
+    /// Sum of outstanding steal requests for idle workers, how many requests there are in all,
+    /// and how many of them are spare.
     requested: u32,
     requests: usize,
+    spares: usize,
     /// Idle reports that raised an employee from no idle worker to some (orders `idle_since`).
     idle_reports: u64,
 }
@@ -116,6 +122,7 @@ impl Boss {
             workers_sum,
             requested: 0,
             requests: 0,
+            spares: 0,
             idle_reports: 0,
         }
     }
@@ -334,30 +341,53 @@ impl Boss {
             .map(|(i, e)| (e.backlog - e.asked, i))
             .collect();
         victims.sort_by_key(|&(left, i)| (std::cmp::Reverse(left), i));
-        for (left, i) in victims {
+        let mut victims = victims.into_iter();
+        for (left, i) in victims.by_ref() {
+            let want = left.div_ceil(2).min(u64::from(budget)).max(1) as u32;
+            self.ask(i, want, false, out);
+            budget -= want;
             if budget == 0 {
                 break;
             }
-            let want = left.div_ceil(2).min(u64::from(budget)).max(1) as u32;
-            let e = &mut self.employees[i];
-            e.steals.push_back(want);
-            e.asked += u64::from(want);
-            self.requested += want;
-            self.requests += 1;
-            budget -= want;
-            out.push((e.rank, Msg::Down(Down::Steal { max: want })));
         }
+        // estimates are upper bounds (a victim starts queued tasks between its reports), so
+        // some victims asked come back empty: a few more, not yet asked, for one task each,
+        // cover that in the same round; what they send beyond the idle workers is placed like
+        // any other task (decision 36)
+        let spare: Vec<usize> = victims
+            .filter(|&(_, i)| self.employees[i].asked == 0)
+            .map(|(_, i)| i)
+            .take(SPARE_VICTIMS - self.spares)
+            .collect();
+        for i in spare {
+            self.ask(i, 1, true, out);
+        }
+    }
+
+    fn ask(&mut self, i: usize, want: u32, spare: bool, out: &mut Outbox) {
+        let e = &mut self.employees[i];
+        e.steals.push_back((want, spare));
+        e.asked += u64::from(want);
+        match spare {
+            true => self.spares += 1,
+            false => self.requested += want,
+        }
+        self.requests += 1;
+        out.push((e.rank, Msg::Down(Down::Steal { max: want })));
     }
 
     /// Answer to a steal request from employee `e`, which had read every batch up to
     /// `receipt` and still holds `left` delayed tasks: its backlog is `left` and the overflow
     /// sent after that batch.
     pub(crate) fn on_stolen(&mut self, e: usize, left: u64, receipt: BatchSeq) {
-        let Some(asked) = self.employees[e].steals.pop_front() else {
+        let Some((asked, spare)) = self.employees[e].steals.pop_front() else {
             return; // not asked (a late answer)
         };
         self.employees[e].asked -= u64::from(asked);
-        self.requested -= asked;
+        match spare {
+            true => self.spares -= 1,
+            false => self.requested -= asked,
+        }
         self.requests -= 1;
         self.on_queued(e, left, receipt);
     }
@@ -527,5 +557,50 @@ pub(crate) mod tests {
         );
         b.on_stolen(1, 0, BatchSeq(1));
         assert_eq!(b.steals_pending(), 0);
+    }
+    #[test]
+    fn spare_requests_cover_victims_that_drained_unseen() {
+        // one idle worker, eight busy ones each believed to hold one queued task
+        let ranks: Vec<(Rank, u32)> = (1..=9).map(|r| (Rank(r), 1)).collect();
+        let mut b = Boss::new(&ranks, 4);
+        let mut out = Outbox::new();
+        b.place_all(tasks(9), &mut out); // batch 1 each
+        b.place_all(tasks(8), &mut out); // overflow to the 8 busy ones... and one more
+        for e in 0..9 {
+            b.on_queued(e, 1, BatchSeq(2));
+        }
+        b.on_waiting(0, 1, BatchSeq(2)); // rank 1 is idle and holds nothing
+        out.clear();
+        b.plan_steals(b.idle_total(), &mut out);
+        let asked = steals(&out);
+        // one request for the idle worker and SPARE_VICTIMS more, each to a different victim
+        assert_eq!(asked.len(), 1 + SPARE_VICTIMS, "{asked:?}");
+        let victims: std::collections::HashSet<u32> = asked.iter().map(|a| a.0).collect();
+        assert_eq!(victims.len(), asked.len(), "{asked:?}");
+        assert!(
+            asked.iter().all(|&(r, max)| r != 1 && max == 1),
+            "{asked:?}"
+        );
+        // spares do not use up the budget of a worker that goes idle next...
+        b.on_waiting(8, 1, BatchSeq(2));
+        out.clear();
+        b.plan_steals(b.idle_total(), &mut out);
+        assert_eq!(steals(&out).len(), 1, "{out:?}");
+        // ...and every answer, spare or not, makes the estimate exact
+        let all: Vec<u32> = asked
+            .iter()
+            .chain(steals(&out).iter())
+            .map(|a| a.0)
+            .collect();
+        for r in &all {
+            b.on_stolen((*r - 1) as usize, 0, BatchSeq(2));
+        }
+        assert_eq!(b.steals_pending(), 0);
+        let never = (2..=8).filter(|r| !all.contains(r)).count() as u64;
+        assert_eq!(
+            b.backlog_total(),
+            never,
+            "only the victims never asked: {all:?}"
+        );
     }
 }

@@ -242,7 +242,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(asked.iter().map(|a| a.1).sum::<u32>(), 3, "{asked:?}");
+        // 3 for the server, and a spare request to the other worker (its estimate may be stale)
+        let total: u32 = asked.iter().map(|a| a.1).sum();
+        assert_eq!(total, 4, "{asked:?}");
         out.clear();
         for (worker, max) in asked {
             let answer = Up::Stolen {
@@ -253,6 +255,6 @@ mod tests {
             m.handle(worker, Msg::Up(answer), &mut out);
         }
         // one answer per request, in order: the tasks ride on the first
-        assert_eq!(stolen(&out), vec![3, 0], "{out:?}");
+        assert_eq!(stolen(&out), vec![total as usize, 0], "{out:?}");
     }
 }

@@ -26,6 +26,10 @@ use crate::protocol::{
 use std::collections::VecDeque;
 use thiserror::Error;
 
+/// A queue the boss counts at this many tasks or more is reported again each time it halves;
+/// smaller ones only when they drain (measured: decision 36).
+const REPORT_HALVING_FROM: u64 = 4;
+
 /// A started task on this worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskKey(pub u64);
@@ -172,8 +176,11 @@ pub struct WorkerCore {
     /// Inside one task for longer than the threshold (told by the driver): queued tasks are
     /// handed back to the boss, and so is whatever arrives meanwhile.
     occupied: bool,
-    /// The boss counts a backlog here (it sent overflow): tell it when the queue drains.
-    backlogged: bool,
+    /// The delayed tasks the boss counts here: the last count this worker reported, plus the
+    /// overflow assigned since. The worker reports again when its queue drains or holds half of
+    /// that or less (from [`REPORT_HALVING_FROM`]), so the boss's steals go where tasks wait, and
+    /// when it holds more than that (a child kept here waits).
+    told: u64,
     progress: IdMap<JobId, (u64, u64)>,
     reported_queued: u32,
     pub stats: WorkerStats,
@@ -196,7 +203,7 @@ impl WorkerCore {
             dropped: Vec::new(),
             cancelled: IdMap::default(),
             occupied: false,
-            backlogged: false,
+            told: 0,
             progress: IdMap::default(),
             reported_queued: 0,
             stats: WorkerStats::default(),
@@ -262,13 +269,15 @@ impl WorkerCore {
                 tasks,
                 overflow,
             }) => {
-                self.backlogged |= overflow;
+                if overflow {
+                    self.told += tasks.len() as u64;
+                }
                 self.on_assign(seq, tasks, out)
             }
             Msg::Down(Down::Steal { max }) => {
                 let n = (max as usize).min(self.delayed.len());
                 let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
-                self.backlogged &= !self.delayed.is_empty();
+                self.told = self.delayed.len() as u64;
                 self.stats.stolen_from += tasks.len() as u64;
                 let stolen = Up::Stolen {
                     tasks,
@@ -363,7 +372,7 @@ impl WorkerCore {
 
     fn hand_back(&mut self, out: &mut Outbox) {
         let tasks: Vec<TaskMsg> = self.delayed.drain(..).collect();
-        self.backlogged = false;
+        self.told = 0;
         self.stats.stolen_from += tasks.len() as u64;
         let msg = Up::Occupied { workers: 1, tasks };
         out.push((self.boss, Msg::Up(msg)));
@@ -428,24 +437,44 @@ impl WorkerCore {
         }
     }
 
+    /// Tell the boss how many tasks are delayed here: `Waiting { idle: 0 }` when none (busy, and
+    /// drained), otherwise a submission of no task, which carries the count.
+    fn report_queued(&mut self, out: &mut Outbox) {
+        self.told = self.delayed.len() as u64;
+        let msg = match self.told {
+            0 => Up::Waiting {
+                idle: 0,
+                receipt: self.receipt,
+            },
+            queued => Up::Submit {
+                tasks: Vec::new(),
+                queued,
+                receipt: self.receipt,
+            },
+        };
+        out.push((self.boss, Msg::Up(msg)));
+    }
+
     /// What to run next. When there is nothing, tells the boss this worker is idle (once per
     /// batch read) and returns `None`.
     pub fn next_ready(&mut self, out: &mut Outbox) -> Option<Ready> {
         while let Some(key) = self.ready.pop_front() {
             if self.tasks.contains_key(&key) {
+                if self.delayed.len() as u64 > self.told {
+                    // a child kept here (work-first) now waits behind this resumption, and the
+                    // boss does not count it: say so, so that an idle worker can take it
+                    self.report_queued(out);
+                }
                 return Some(Ready::Resume(key));
             }
         }
         if let Some(mut msg) = self.delayed.pop_back() {
-            if self.delayed.is_empty() && self.backlogged {
-                // busy, and nothing queued any more: the boss's backlog estimate becomes exact,
-                // so its steals go where tasks wait
-                self.backlogged = false;
-                let drained = Up::Waiting {
-                    idle: 0,
-                    receipt: self.receipt,
-                };
-                out.push((self.boss, Msg::Up(drained)));
+            let left = self.delayed.len() as u64;
+            let halved = self.told >= REPORT_HALVING_FROM && left <= self.told / 2;
+            if self.told > 0 && (left == 0 || halved) {
+                // busy, and the queue drained, or went down by half or more since the boss last
+                // heard: its estimate becomes exact again, so its steals go where tasks wait
+                self.report_queued(out);
             }
             self.next_key += 1;
             let key = TaskKey(self.next_key);
@@ -611,9 +640,10 @@ impl WorkerCore {
                 sent: Vec::new(),
             },
         );
+        self.told = self.delayed.len() as u64;
         let submit = Up::Submit {
             tasks,
-            queued: self.delayed.len() as u64,
+            queued: self.told,
             receipt: self.receipt,
         };
         out.push((self.boss, Msg::Up(submit)));
@@ -1193,5 +1223,62 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert_eq!(w.delayed_len(), 2);
+    }
+    /// What the worker told its boss about its queue, in order (`Waiting { idle: 0 }` is 0).
+    fn queue_reports(out: &Outbox) -> Vec<u64> {
+        out.iter()
+            .filter_map(|(_, m)| match m {
+                Msg::Up(Up::Submit { tasks, queued, .. }) if tasks.is_empty() => Some(*queued),
+                Msg::Up(Up::Waiting { idle: 0, .. }) => Some(0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_queue_that_halves_is_reported() {
+        let (mut w, _root) = running();
+        let mut out = Outbox::new();
+        let tasks: Vec<TaskMsg> = (0..8)
+            .map(|i| {
+                let mut t = root_task(Rank(1));
+                t.addr.mailbox = MailboxId(10 + i);
+                t
+            })
+            .collect();
+        w.handle(
+            Msg::Down(Down::Assign {
+                seq: BatchSeq(2),
+                tasks,
+                overflow: true,
+            }),
+            &mut out,
+        );
+        out.clear();
+        for _ in 0..8 {
+            assert!(matches!(w.next_ready(&mut out), Some(Ready::Start { .. })));
+        }
+        // the boss counted 8: told at 4 and 2 (halvings from REPORT_HALVING_FROM) and when
+        // drained, not at every start
+        assert_eq!(queue_reports(&out), vec![4, 2, 0], "{out:?}");
+    }
+
+    #[test]
+    fn a_kept_child_waiting_behind_a_resumption_is_reported() {
+        let (mut w, root, m, mut out) = running_with_map(2);
+        assert_eq!(w.wait(root, m, WaitKind::Next), Ok(WaitPoll::Pending));
+        w.keep_one_for_self(&mut out);
+        // a result arrives before the kept child starts: the root resumes first
+        w.handle(result(m, 0, 7), &mut out);
+        out.clear();
+        assert!(matches!(w.next_ready(&mut out), Some(Ready::Resume(k)) if k == root));
+        assert_eq!(
+            queue_reports(&out),
+            vec![1],
+            "the boss learns of the kept child"
+        );
+        out.clear();
+        assert!(matches!(w.next_ready(&mut out), Some(Ready::Start { .. })));
+        assert_eq!(queue_reports(&out), vec![0], "and that it started");
     }
 }
