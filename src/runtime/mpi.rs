@@ -238,6 +238,7 @@ where
     stop::install().map_err(StartError::Thread)?;
     let startup = StartupWatchdog::arm(opts.startup_timeout).map_err(StartError::Thread)?;
     let world = MpiWorld::init().ok_or(StartError::MpiInit)?;
+    stop::install_continue().map_err(StartError::Thread)?;
     check_world(world.size())?;
     let s = start_up(&world, opts, startup)?;
     if opts.verbose && s.rank == 0 {
@@ -312,14 +313,14 @@ fn print_stats(s: &Started, report: &RankReport) {
     );
 }
 
-/// Finalise MPI, bounded by [`stop::FINALIZE`]: `MPI_Finalize` waits for the launcher, which
-/// never answers while it aborts the job after a signal, and a rank that is done must still
-/// exit promptly with its own status.
+/// Finalise MPI, bounded by [`stop::finalize_bound`]: `MPI_Finalize` waits for the launcher,
+/// which never answers while it aborts the job after a signal, and a rank that is done must
+/// still exit promptly with its own status.
 fn finalize(world: MpiWorld, code: i32) {
     let _ = std::thread::Builder::new()
         .name("bqrt-finalize".into())
         .spawn(move || {
-            std::thread::sleep(stop::FINALIZE);
+            std::thread::sleep(stop::finalize_bound());
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();

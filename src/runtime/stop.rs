@@ -11,7 +11,8 @@
 //!   about the death, not the signal), then stops in order. A rank other than the server that
 //!   saw the signal but got no shutdown within [`GRACE`] stops by itself; the server stops the
 //!   tree itself if its client side has not done so within [`SERVER_GRACE`]. So a signal always
-//!   ends every rank.
+//!   ends every rank. A SIGCONT that reaches a running rank counts as a stop signal: it is how
+//!   launchers announce a teardown (see [`install_continue`]).
 //! * **A lost rank** (its process died, or it sent no sign of life, due every [`heartbeat`],
 //!   for `--stuck-after`, default [`STUCK_AFTER`]; the watchers check every [`WATCH_EVERY`]): the
 //!   server tells its clients first, then stops every live rank directly (the tree may be
@@ -41,6 +42,8 @@ pub const FLUSH: Duration = Duration::from_millis(2000);
 /// Longest wait for `MPI_Finalize` (it blocks while a launcher aborts the job) before the rank
 /// exits anyway with its own status.
 pub const FINALIZE: Duration = Duration::from_millis(1500);
+/// The same when the launcher announced a teardown (see [`install_continue`]).
+pub const FINALIZE_TEARDOWN: Duration = Duration::from_millis(300);
 /// How often the watchers check their ranks (and the loops run their periodic work).
 pub const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// How often every rank sends its watcher a sign of life: a sixth of the stuck time, between
@@ -74,6 +77,60 @@ pub fn install() -> std::io::Result<()> {
     }
     let _ = DONE.set(());
     Ok(())
+}
+
+/// Take a SIGCONT that reaches a running rank as a stop signal (idempotent). Called after
+/// `MPI_Init`, which may install handlers of its own.
+pub fn install_continue() -> std::io::Result<()> {
+    static DONE: OnceLock<()> = OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
+    let continued = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGCONT, Arc::clone(&continued))?;
+    std::thread::Builder::new()
+        .name("bqrt-sigcont".into())
+        .spawn(move || watch_continue(&continued))?;
+    let _ = DONE.set(());
+    Ok(())
+}
+
+/// Set when the stop came from a launcher's teardown (a SIGCONT to a running rank).
+static TEARDOWN: AtomicBool = AtomicBool::new(false);
+
+/// The bound on `MPI_Finalize` for this stop: [`FINALIZE`], or [`FINALIZE_TEARDOWN`] when the
+/// launcher is tearing the job down (Open MPI's `mpirun` then never completes it, and kills
+/// what is left a second after its SIGTERM).
+pub fn finalize_bound() -> Duration {
+    match TEARDOWN.load(Ordering::Relaxed) {
+        true => FINALIZE_TEARDOWN,
+        false => FINALIZE,
+    }
+}
+
+/// How often the SIGCONT watch wakes, and the longest gap between two of its wakes that still
+/// means the process was running (not stopped) when a SIGCONT came.
+const CONTINUE_TICK: Duration = Duration::from_millis(100);
+const CONTINUE_RUNNING: Duration = Duration::from_millis(400);
+
+/// Launchers announce a teardown with SIGCONT before SIGTERM (Open MPI's `mpirun`, signalled
+/// itself, sends SIGCONT at once and SIGTERM only a second later; SLURM sends both together), so
+/// that stopped processes can handle the SIGTERM. A SIGCONT that reaches a rank that was
+/// running is such an announcement, and stops the runtime as a stop signal does; one that ends
+/// a stop (job control, a debugger, `scontrol suspend`) is not: this thread, stopped with the
+/// process, then sees a gap since its last wake far longer than its tick.
+fn watch_continue(continued: &AtomicBool) {
+    let mut last = std::time::Instant::now();
+    loop {
+        std::thread::sleep(CONTINUE_TICK);
+        let now = std::time::Instant::now();
+        let running = now.duration_since(last) < CONTINUE_RUNNING;
+        last = now;
+        if continued.swap(false, Ordering::Relaxed) && running {
+            TEARDOWN.store(true, Ordering::Relaxed);
+            request();
+        }
+    }
 }
 
 /// True once SIGINT or SIGTERM arrived.

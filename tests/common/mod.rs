@@ -380,8 +380,19 @@ pub fn send_signal(signal: &str, pids: &[u32]) {
 
 /// Whether none of `pids` exists any more.
 pub fn all_gone(pids: &[u32]) -> bool {
-    pids.iter()
-        .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+    pids.iter().all(|p| exited(*p))
+}
+
+/// Whether process `pid` has exited: no longer in `/proc`, or a zombie not yet reaped.
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // the state follows the command name, which is in parentheses
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
 }
 
 /// Wait (30 s at most) until none of `pids` exists; the time since `since`.
