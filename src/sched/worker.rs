@@ -1184,25 +1184,28 @@ mod tests {
         assert!(!log_enabled(&LogSpec::OFF, 0, 1));
     }
 
-    #[test]
-    fn steal_hands_back_the_oldest_delayed_tasks() {
-        let mut w = WorkerCore::new(Rank(1), Rank::SERVER);
-        let mut out = Outbox::new();
-        let tasks: Vec<TaskMsg> = (0..4)
+    /// Batch `seq` to `w`: `n` root tasks of mailboxes 10, 11, ...
+    fn assign_roots(w: &mut WorkerCore, seq: u64, n: u64, overflow: bool, out: &mut Outbox) {
+        let tasks: Vec<TaskMsg> = (0..n)
             .map(|i| {
                 let mut t = root_task(Rank(1));
                 t.addr.mailbox = MailboxId(10 + i);
                 t
             })
             .collect();
-        w.handle(
-            Msg::Down(Down::Assign {
-                seq: BatchSeq(1),
-                tasks,
-                overflow: false,
-            }),
-            &mut out,
-        );
+        let assign = Down::Assign {
+            seq: BatchSeq(seq),
+            tasks,
+            overflow,
+        };
+        w.handle(Msg::Down(assign), out);
+    }
+
+    #[test]
+    fn steal_hands_back_the_oldest_delayed_tasks() {
+        let mut w = WorkerCore::new(Rank(1), Rank::SERVER);
+        let mut out = Outbox::new();
+        assign_roots(&mut w, 1, 4, false, &mut out);
         out.clear();
         w.handle(Msg::Down(Down::Steal { max: 2 }), &mut out);
         match &out[..] {
@@ -1239,21 +1242,7 @@ mod tests {
     fn a_queue_that_halves_is_reported() {
         let (mut w, _root) = running();
         let mut out = Outbox::new();
-        let tasks: Vec<TaskMsg> = (0..8)
-            .map(|i| {
-                let mut t = root_task(Rank(1));
-                t.addr.mailbox = MailboxId(10 + i);
-                t
-            })
-            .collect();
-        w.handle(
-            Msg::Down(Down::Assign {
-                seq: BatchSeq(2),
-                tasks,
-                overflow: true,
-            }),
-            &mut out,
-        );
+        assign_roots(&mut w, 2, 8, true, &mut out);
         out.clear();
         for _ in 0..8 {
             assert!(matches!(w.next_ready(&mut out), Some(Ready::Start { .. })));
