@@ -25,11 +25,11 @@ echo "test: pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node an
 BQRT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
 echo "test: launch/demo.sh (the README's first command)"
 bash launch/demo.sh
-echo "test: MPICH build (MPICC=mpicc.mpich, target/mpich): its own suite, mpirun and gateway suites under Hydra"
+echo "test: MPICH build (MPICC=mpicc.mpich, target/mpich): its own suite (Hydra, fake hosts, srun --mpi=pmi2), mpirun, gateway and launch suites"
 (
   export MPICC=mpicc.mpich CARGO_TARGET_DIR=$PWD/target/mpich BQRT_TEST_MPI=mpich
   unset PYO3_PYTHON
-  cargo test --release --test mpich --test mpirun --test gateway -- --test-threads=2
+  cargo test --release --test mpich --test mpirun --test gateway --test launch -- --test-threads=2
   export PYO3_PYTHON=$PWD/.venv/bin/python
   cargo build --release --features python --quiet
   echo "test: pytest tests/python on the MPICH build (one node, mpiexec.hydra)"

@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether this is the MPICH pass of launch/test.sh (the binary is built against MPICH).
+fn mpich() -> bool {
+    std::env::var("BQRT_TEST_MPI").is_ok_and(|v| v == "mpich")
+}
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -45,11 +50,11 @@ fn a_missing_mpi_is_named() {
     c.env("PATH", "/nonexistent");
     let r = run(c, Duration::from_secs(30));
     assert_eq!(r.code, Some(2));
-    assert!(
-        r.stderr.contains("apt-get install openmpi-bin"),
-        "{}",
-        r.stderr
-    );
+    let hint = match mpich() {
+        true => "apt-get install mpich",
+        false => "apt-get install openmpi-bin",
+    };
+    assert!(r.stderr.contains(hint), "{}", r.stderr);
 }
 
 #[test]
@@ -214,14 +219,23 @@ fn pbs_template_end_to_end_with_a_faked_pbs_environment() {
         .env("PBS_JOBID", "1.fake")
         .env("BQRT_ARGS", "-v")
         .env("CLIENT", client_script(3))
-        .env(
+        .env("UCX_LOG_LEVEL", "error");
+    let fakessh = repo().join("launch/fakessh");
+    match mpich() {
+        // Hydra's mpiexec, its ssh launcher pointed at the fake hosts
+        true => c.env("MPIEXEC", "mpiexec.hydra").env(
+            "MPIEXEC_ARGS",
+            format!("-launcher ssh -launcher-exec {}", fakessh.display()),
+        ),
+        false => c.env(
             "MPIEXEC_ARGS",
             format!(
                 "--mca plm_rsh_agent {} --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo",
-                repo().join("launch/fakessh").display()
+                fakessh.display()
             ),
-        )
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        ),
+    };
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_hwloc_base_binding_policy", "none");
@@ -242,15 +256,21 @@ fn pbs_template_end_to_end_with_a_faked_pbs_environment() {
 fn salloc_recipe_from_the_docs() {
     let _slurm = common::local_slurm();
     let dir = common::tempdir("salloc");
+    // the recipe's srun line, with the PMI an MPICH build needs (getting-started, "Which MPI")
+    let srun = match mpich() {
+        true => "srun --mpi=pmi2",
+        false => "srun",
+    };
     let script = r#"
 set -e
-srun bqrt serve --ready-file ready --listen 127.0.0.1:0 --token-file token &
+SRUN bqrt serve --ready-file ready --listen 127.0.0.1:0 --token-file token &
 until [ -s ready ]; do kill -0 $! || { wait $!; exit 1; }; sleep 0.2; done
 export BQRT_SERVER=$(cat ready) BQRT_TOKEN_FILE=token
 bqrt submit fib 16 | xargs bqrt result
 bqrt shutdown
 wait
-"#;
+"#
+    .replace("SRUN", srun);
     let r = common::run_srun(
         || {
             let _ = std::fs::remove_file(dir.join("ready"));
@@ -262,7 +282,7 @@ wait
                 "--overcommit",
                 "bash",
                 "-c",
-                script,
+                &script,
             ]);
             c
         },

@@ -198,3 +198,52 @@ fn kill_9_of_a_worker_ends_the_job_and_leaves_no_client_waiting() {
     let gone = common::wait_gone(&ranks, start);
     assert!(gone < Duration::from_secs(10), "ranks left after {gone:?}");
 }
+
+/// Under `srun --mpi=pmi2` (the Cray MPICH way) SLURM leaves the other tasks running when one
+/// dies, so the runtime finds the lost rank itself and names it to its clients, as under Open
+/// MPI.
+#[test]
+fn kill_9_of_a_worker_under_srun_names_the_lost_rank() {
+    if !mpich() {
+        return;
+    }
+    let _slurm = common::local_slurm();
+    let name = format!("bqrt-mpich-lost-{}", std::process::id());
+    let srun = || {
+        let mut c = Command::new("srun");
+        c.args([
+            "--mpi=pmi2",
+            "-J",
+            &name,
+            "-N",
+            "2",
+            "--ntasks-per-node=2",
+            "--overcommit",
+        ]);
+        c
+    };
+    let mut s = Serve::start_srun(srun, &[]);
+    let mut c = s.client();
+    let j = c.submit("sleep", "20000", LogSpec::OFF, false).unwrap();
+    let ranks = common::bqrt_processes_of_slurm_job(&name);
+    assert_eq!(ranks.len(), 4, "the step's ranks: {ranks:?}");
+    // rank 1: a worker of node 0 (the server leads node 0, rank 2 leads node 1)
+    let victim = ranks
+        .iter()
+        .copied()
+        .find(|&p| has_env(p, "SLURM_PROCID=1"))
+        .expect("rank 1");
+    let start = Instant::now();
+    common::send_signal("KILL", &[victim]);
+    match c.result(j, Some(Duration::from_secs(15))) {
+        Err(bqrt::client::ClientError::Shutdown(reason)) => {
+            assert!(reason.contains("rank 1 (worker on node 0)"), "{reason}")
+        }
+        other => panic!("the client should be told which rank was lost: {other:?}"),
+    }
+    let (code, _elapsed, stderr) = s.stop_by(|_| {});
+    assert_ne!(code, Some(0), "{stderr}");
+    let gone = common::wait_gone(&ranks, start);
+    eprintln!("MPICH under srun: rank 1 killed, every rank gone after {gone:?}");
+    assert!(gone < Duration::from_secs(10), "ranks left after {gone:?}");
+}
