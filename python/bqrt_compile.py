@@ -59,6 +59,22 @@ class Progress(logging.Handler):
             sys.stderr.flush()
 
 
+def wait_for_server(path: str, limit: float = 130.0) -> str:
+    """HOST:PORT, once the runtime has written its ready file."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            with open(path) as f:
+                line = f.readline().strip()
+            if line:
+                return line
+        except OSError:
+            pass
+        time.sleep(0.01)
+    fail(f'the runtime did not write {path} within {limit:.0f} s')
+    return ''
+
+
 def counts(circuit) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return {str(g): n for g, n in circuit.gate_counts.items()}
 
@@ -67,15 +83,15 @@ def main() -> None:
     p = argparse.ArgumentParser(prog='bqrt compile')
     p.add_argument('input')
     p.add_argument('output')
-    p.add_argument('--server', required=True)
+    p.add_argument('--server', help='HOST:PORT of the runtime')
+    p.add_argument('--server-file', help='wait for the runtime to write HOST:PORT here')
     p.add_argument('--level', type=int, default=1)
     p.add_argument('--seed', type=int, default=None)
     p.add_argument('--verbose', action='store_true')
     p.add_argument('--local-runtime', action='store_true')
     a = p.parse_args()
-    host, _, port = a.server.rpartition(':')
-    if not host or not port.isdigit():
-        fail(f'--server {a.server}: expected HOST:PORT')
+    if not a.server and not a.server_file:
+        fail('--server HOST:PORT or --server-file PATH is required')
     try:
         import bqskit
         from bqskit import Circuit
@@ -87,6 +103,12 @@ def main() -> None:
         circuit = Circuit.from_file(a.input)
     except Exception as e:
         fail(f'{a.input}: cannot read the circuit: {type(e).__name__}: {e}')
+    if a.server_file:
+        # the runtime starts beside this import and read; bqrt stops this process if it fails
+        a.server = wait_for_server(a.server_file)
+    host, _, port = a.server.rpartition(':')
+    if not host or not port.isdigit():
+        fail(f'--server {a.server}: expected HOST:PORT')
 
     start = time.time()
     progress = Progress(start, a.verbose)

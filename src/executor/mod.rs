@@ -282,6 +282,7 @@ impl Executor {
 
     /// Run until told to stop or the transport goes away.
     pub fn run(mut self) {
+        self.registry.start_warm_ups();
         loop {
             loop {
                 match self.inbound.try_recv() {

@@ -49,12 +49,37 @@ pub struct Registry {
     tasks: BTreeMap<String, Arc<Erased>>,
     /// Argument checks of typed tasks (raw tasks check their own bytes when they run).
     checks: BTreeMap<String, Arc<Check>>,
+    /// Work a worker does once, beside its first tasks, as it starts (imports of a task's
+    /// libraries): see [`Registry::warm_up`].
+    warm_ups: Vec<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// Run `f` once on every worker as it starts, on a thread of its own, so that what the
+    /// tasks will need (an interpreter, its imports) is ready by the time they arrive; a task
+    /// that arrives earlier waits for nothing it would not have waited for anyway.
+    pub fn warm_up(mut self, f: impl Fn() + Send + Sync + 'static) -> Registry {
+        self.warm_ups.push(Arc::new(f));
+        self
+    }
+
+    /// Start the warm-ups on a background thread (a worker's executor, as it starts).
+    pub(crate) fn start_warm_ups(&self) {
+        if self.warm_ups.is_empty() {
+            return;
+        }
+        let work = self.warm_ups.clone();
+        let spawned = std::thread::Builder::new()
+            .name("bqrt-warm-up".into())
+            .spawn(move || work.iter().for_each(|f| f()));
+        if let Err(e) = spawned {
+            log::warn!("cannot start the warm-up thread ({e}); tasks will warm up as they run");
+        }
     }
 
     /// Register `f` under `name` (replacing any task of that name).

@@ -54,43 +54,51 @@ pub fn main(args: CompileArgs) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(&e.to_string()),
     };
-    let mut runtime = None;
-    let server = match &args.server {
-        Some(s) => s.clone(),
-        None => match LocalRuntime::start(&pyenv.executable, args.ranks) {
-            Ok(r) => {
-                let addr = r.addr.clone();
-                runtime = Some(r);
-                addr
-            }
-            Err(e) => return fail(&e),
-        },
-    };
     let mut cmd = Command::new(&pyenv.executable);
-    cmd.arg("-c")
-        .arg(DRIVER)
-        .arg(&args.input)
-        .arg(&args.output)
-        .arg("--server")
-        .arg(&server)
-        .arg("--level")
-        .arg(args.level.to_string());
+    cmd.arg("-c").arg(DRIVER).arg(&args.input).arg(&args.output);
+    // the runtime started here comes up while the driver imports BQSKit and reads the circuit
+    let dir = LocalRuntime::dir();
+    match &args.server {
+        Some(s) => cmd.arg("--server").arg(s),
+        None => cmd
+            .arg("--server-file")
+            .arg(dir.join("ready"))
+            .arg("--local-runtime"),
+    };
+    cmd.arg("--level").arg(args.level.to_string());
     if let Some(seed) = args.seed {
         cmd.arg("--seed").arg(seed.to_string());
     }
     if args.verbose {
         cmd.arg("--verbose");
     }
-    if runtime.is_some() {
-        cmd.arg("--local-runtime");
+    if args.server.is_none() {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return fail(&format!("cannot create {}: {e}", dir.display()));
+        }
     }
-    let status = cmd.status();
+    let mut driver = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("cannot run {}: {e}", pyenv.executable.display())),
+    };
+    let runtime = match &args.server {
+        Some(_) => None,
+        None => match LocalRuntime::start(dir, &pyenv.executable, args.ranks) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                return fail(&e);
+            }
+        },
+    };
+    let status = driver.wait();
     if let Some(r) = runtime {
         r.stop();
     }
     match status {
         Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(0, 255) as u8),
-        Err(e) => fail(&format!("cannot run {}: {e}", pyenv.executable.display())),
+        Err(e) => fail(&format!("waiting for {}: {e}", pyenv.executable.display())),
     }
 }
 
@@ -102,7 +110,12 @@ struct LocalRuntime {
 }
 
 impl LocalRuntime {
-    fn start(python: &Path, ranks: Option<u32>) -> Result<LocalRuntime, String> {
+    /// This command's directory for the runtime's ready file, token and log.
+    fn dir() -> PathBuf {
+        std::env::temp_dir().join(format!("bqrt-compile-{}", std::process::id()))
+    }
+
+    fn start(dir: PathBuf, python: &Path, ranks: Option<u32>) -> Result<LocalRuntime, String> {
         let me = std::env::current_exe()
             .map_err(|e| format!("cannot find this program's path ({e}); pass --server"))?;
         let ranks = ranks.unwrap_or_else(|| {
@@ -115,7 +128,6 @@ impl LocalRuntime {
                 "--ranks {ranks}: a runtime needs at least 2 ranks (a server and a worker)"
             ));
         }
-        let dir = std::env::temp_dir().join(format!("bqrt-compile-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let ready = dir.join("ready");

@@ -95,7 +95,9 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
         any_user: opts.bqskit_any_user,
     });
     let _ = GATEWAY.set((Some(foreign), notice));
-    Ok(registry.task_raw(task::FUNCTION, |ctx, args, _format| task::run(ctx, args)))
+    Ok(registry
+        .task_raw(task::FUNCTION, |ctx, args, _format| task::run(ctx, args))
+        .warm_up(task::warm_up))
 }
 
 fn bqskit_notice(

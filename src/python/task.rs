@@ -250,6 +250,26 @@ fn parse(py: Python<'_>, r: &Bound<'_, PyAny>) -> Step {
     parsed.unwrap_or_else(|e| Step::Failed(interp::describe(py, &e)))
 }
 
+/// What a worker's first BQSKit task would otherwise wait for: the interpreter, bqrt's worker
+/// module and BQSKit's compiler and passes (about a second of imports). Run on a thread of its
+/// own as the worker starts; a failure here is left for the first task to report.
+pub fn warm_up() {
+    if interp::start().is_err() {
+        return;
+    }
+    Python::with_gil(|py| {
+        let _ = worker(py);
+        for m in WARM_IMPORTS {
+            if let Err(e) = py.import_bound(*m) {
+                log::debug!("warm-up: import {m}: {}", interp::describe(py, &e));
+            }
+        }
+    });
+}
+
+/// The modules [`warm_up`] imports: what `bqskit.compile`'s passes need on a worker.
+const WARM_IMPORTS: &[&str] = &["bqskit.compiler.compile", "bqskit.passes"];
+
 /// Run one BQSKit task to its end.
 pub async fn run(ctx: Ctx, envelope: Vec<u8>) -> TaskResult<Vec<u8>> {
     interp::start()
