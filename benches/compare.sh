@@ -8,14 +8,5 @@
 #   bash benches/compare.sh --quick    # about 3 minutes
 #   bash benches/compare.sh --only W0,W1 --reps 3    # see: .venv/bin/python benches/compare.py -h
 #
-# BQRT_COMPARE_NO_BUILD=1 skips the build (uses target/py/release/bqrt as it is).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash launch/setup-python.sh >&2
-. launch/env.sh
-if [ -z "${BQRT_COMPARE_NO_BUILD:-}" ]; then
-  echo "compare: cargo build --release --features python --target-dir target/py" >&2
-  PYO3_PYTHON=$PWD/.venv/bin/python cargo build --release --features python \
-    --target-dir target/py --quiet
-fi
-exec .venv/bin/python benches/compare.py --bin target/py/release/bqrt "$@"
+# BQRT_COMPARE_NO_BUILD=1 skips the build (see benches/with-bqskit.sh).
+exec bash "$(dirname "$0")/with-bqskit.sh" compare.py "$@"

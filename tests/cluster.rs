@@ -345,19 +345,7 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
         StepStop::Srun("TERM"),
     ] {
         let name = format!("bqrt-test-{}", std::process::id());
-        let srun = || {
-            let mut c = Command::new("srun");
-            c.args([
-                "-J",
-                &name,
-                "-N",
-                "2",
-                "--ntasks-per-node=2",
-                "--overcommit",
-            ]);
-            c
-        };
-        let mut s = Serve::start_srun(srun, &[]);
+        let mut s = Serve::start_srun(|| common::srun_step(&name, &[]), &[]);
         let mut cl = Client::connect(&s.addr, Some(s.token())).unwrap();
         let j = cl.submit("spin", "60000", LogSpec::OFF, false).unwrap();
         wait_for("the spin to run", Duration::from_secs(30), || {

@@ -209,20 +209,7 @@ fn kill_9_of_a_worker_under_srun_names_the_lost_rank() {
     }
     let _slurm = common::local_slurm();
     let name = format!("bqrt-mpich-lost-{}", std::process::id());
-    let srun = || {
-        let mut c = Command::new("srun");
-        c.args([
-            "--mpi=pmi2",
-            "-J",
-            &name,
-            "-N",
-            "2",
-            "--ntasks-per-node=2",
-            "--overcommit",
-        ]);
-        c
-    };
-    let mut s = Serve::start_srun(srun, &[]);
+    let mut s = Serve::start_srun(|| common::srun_step(&name, &["--mpi=pmi2"]), &[]);
     let mut c = s.client();
     let j = c.submit("sleep", "20000", LogSpec::OFF, false).unwrap();
     let ranks = common::bqrt_processes_of_slurm_job(&name);

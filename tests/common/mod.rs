@@ -419,6 +419,15 @@ pub fn processes_with_env(kv: &str) -> Vec<u32> {
         .collect()
 }
 
+/// `srun [FLAGS] -J NAME -N 2 --ntasks-per-node=2 --overcommit`: a named step of 4 tasks on 2
+/// virtual nodes (its processes found by [`bqrt_processes_of_slurm_job`]).
+pub fn srun_step(name: &str, flags: &[&str]) -> Command {
+    let mut c = Command::new("srun");
+    c.args(flags)
+        .args(["-J", name, "-N", "2", "--ntasks-per-node=2", "--overcommit"]);
+    c
+}
+
 /// The `bqrt` processes of a SLURM job, found by the job name in their environment.
 pub fn bqrt_processes_of_slurm_job(name: &str) -> Vec<u32> {
     processes_with_env(&format!("SLURM_JOB_NAME={name}"))
