@@ -43,7 +43,7 @@ pub const FLUSH: Duration = Duration::from_millis(2000);
 /// exits anyway with its own status.
 pub const FINALIZE: Duration = Duration::from_millis(1500);
 /// The same when the launcher announced a teardown (see [`install_continue`]).
-pub const FINALIZE_TEARDOWN: Duration = Duration::from_millis(300);
+pub const FINALIZE_TEARDOWN: Duration = Duration::from_millis(200);
 /// How often the watchers check their ranks (and the loops run their periodic work).
 pub const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// How often every rank sends its watcher a sign of life: a sixth of the stuck time, between
