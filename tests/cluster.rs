@@ -355,8 +355,7 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
         assert_eq!(ranks.len(), 4, "{how:?}: the step's ranks: {ranks:?}");
         // the ranks' part is from the signal (or scancel's return) to their exit; srun collecting
         // the step's end comes on top and is SLURM's
-        let mut watch = None;
-        let (code, _elapsed, stderr) = s.stop_by(|srun_pid| {
+        let stopped = s.stop_timed(&ranks, |srun_pid| {
             match how {
                 StepStop::ScancelInt => {
                     let _ = Command::new("scancel")
@@ -375,18 +374,15 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
                 }
                 StepStop::Srun(sig) => common::send_signal(sig, &[srun_pid]),
             }
-            let watched = ranks.clone();
-            let since = std::time::Instant::now();
-            watch = Some(std::thread::spawn(move || {
-                common::wait_gone(&watched, since)
-            }));
+            std::time::Instant::now()
         });
-        let left: Vec<u32> = ranks
-            .iter()
-            .copied()
-            .filter(|p| !common::exited(*p))
-            .collect();
-        let took = watch.unwrap().join().unwrap();
+        let common::Stopped {
+            code,
+            last_rank: took,
+            left,
+            stderr,
+            ..
+        } = stopped;
         eprintln!("{how:?}: ranks exited {took:?} after the stop; srun status {code:?}");
         assert!(
             left.is_empty(),
@@ -399,9 +395,9 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
         // srun itself, at a second Ctrl-C or at SIGTERM, kills every task with SIGKILL (status
         // 137; docs/decisions.md, 38): nothing can tell clients then, but nothing is left either
         if !matches!(how, StepStop::Srun(_)) {
-            match c_status(&mut cl, j) {
-                Some(reason) => assert!(reason.contains("stop signal"), "{how:?}: {reason}"),
-                None => panic!("{how:?}: the client was not told why"),
+            match common::shutdown_reason(&mut cl, j) {
+                Ok(reason) => assert!(reason.contains("stop signal"), "{how:?}: {reason}"),
+                Err(other) => panic!("{how:?}: the client was not told why: {other}"),
             }
         }
         if matches!(how, StepStop::ScancelInt | StepStop::Scancel) {
@@ -411,14 +407,6 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
                 "{how:?}: srun reports the ranks' status:\n{stderr}"
             );
         }
-    }
-}
-
-/// The reason the runtime gave a client for its end, if it gave one.
-fn c_status(c: &mut Client, j: bqrt::protocol::JobId) -> Option<String> {
-    match c.status(j) {
-        Err(ClientError::Shutdown(reason)) => Some(reason),
-        _ => None,
     }
 }
 

@@ -400,16 +400,18 @@ fn signalling_the_launcher_itself_ends_every_rank_within_2s_and_leaves_nothing()
         // Open MPI's mpirun answers a signal with SIGCONT to the ranks at once (taken as the
         // teardown it announces), SIGTERM a second later and SIGKILL a second after that, and
         // exits 1 whatever the ranks do (docs/decisions.md, 37): the ranks' exit is bqrt's part
-        let watched = ranks.clone();
-        let signalled = std::time::Instant::now();
-        let watch = std::thread::spawn(move || common::wait_gone(&watched, signalled));
-        let (code, elapsed, stderr) = s.stop_by(|launcher| common::send_signal(sig, &[launcher]));
-        let left: Vec<u32> = ranks
-            .iter()
-            .copied()
-            .filter(|p| !common::exited(*p))
-            .collect();
-        let took = watch.join().unwrap();
+        let stopped = s.stop_timed(&ranks, |launcher| {
+            let signalled = std::time::Instant::now();
+            common::send_signal(sig, &[launcher]);
+            signalled
+        });
+        let common::Stopped {
+            code,
+            launcher: elapsed,
+            last_rank: took,
+            left,
+            stderr,
+        } = stopped;
         eprintln!("SIG{sig} to the launcher: last rank gone after {took:?}, the launcher after {elapsed:?} (status {code:?})");
         if std::env::var("BQRT_TEST_MPI").as_deref() == Ok("mpich") {
             // Hydra forwards the signal and exits with the ranks' status
@@ -427,11 +429,9 @@ fn signalling_the_launcher_itself_ends_every_rank_within_2s_and_leaves_nothing()
             !stderr.contains("signal 9"),
             "SIG{sig}: the ranks stopped in order, not killed\n{stderr}"
         );
-        match c.status(spin) {
-            Err(ClientError::Shutdown(reason)) => {
-                assert!(reason.contains("stop signal"), "SIG{sig}: {reason}")
-            }
-            other => panic!("SIG{sig}: the client should be told: {other:?}"),
+        match common::shutdown_reason(&mut c, spin) {
+            Ok(reason) => assert!(reason.contains("stop signal"), "SIG{sig}: {reason}"),
+            Err(other) => panic!("SIG{sig}: the client should be told: {other}"),
         }
     }
 }

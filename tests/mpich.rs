@@ -154,7 +154,7 @@ fn serve_then_ctrl_c_to_mpiexec_stops_every_rank_with_status_0() {
     let left: Vec<u32> = ranks
         .iter()
         .copied()
-        .filter(|&p| !common::all_gone(&[p]))
+        .filter(|&p| !common::exited(p))
         .collect();
     assert!(left.is_empty(), "ranks outlived mpiexec: {left:?}");
     let gone = common::wait_gone(&ranks, Instant::now());

@@ -72,11 +72,6 @@ pub fn main(args: CompileArgs) -> ExitCode {
     if args.verbose {
         cmd.arg("--verbose");
     }
-    if args.server.is_none() {
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            return fail(&format!("cannot create {}: {e}", dir.display()));
-        }
-    }
     let mut driver = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return fail(&format!("cannot run {}: {e}", pyenv.executable.display())),

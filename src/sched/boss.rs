@@ -21,8 +21,10 @@
 //! `backlog` estimates the tasks an employee holds beyond its idle capacity (overflow it was
 //! assigned since it last reported an idle worker). When this boss has idle workers and nothing to
 //! place, it asks the employees with the largest backlog not yet asked for to hand back delayed
-//! tasks (`Steal { max }`), never more tasks in total than there are idle workers; an employee
-//! may be asked again before it answered, so one long queue feeds several idle workers at once.
+//! tasks (`Steal { max }`), as many tasks in total as there are idle workers, and up to
+//! [`SPARE_VICTIMS`] other loaded employees for one task each (a *spare* request: estimates are
+//! upper bounds, and a victim may have drained unseen); an employee may be asked again before
+//! it answered, so one long queue feeds several idle workers at once.
 //! Each answer (`Stolen`) says how many delayed tasks the employee still holds, which makes the
 //! estimate exact again. Handed-back tasks (`Stolen`) are placed like any other. A task is
 //! always in exactly one place (a queue or a message), so stealing never loses or duplicates one.
@@ -328,6 +330,8 @@ impl Boss {
     /// already outstanding (`capacity` is this boss's idle workers, or an upstream request).
     /// The largest backlog not yet asked for goes first, and an employee already asked may be
     /// asked again for more, so a long queue serves several idle workers in the same round.
+    /// Then up to [`SPARE_VICTIMS`] spare requests (at most that many outstanding) go to loaded
+    /// employees not asked yet, one task each; they do not count against `capacity`.
     pub(crate) fn plan_steals(&mut self, capacity: u32, out: &mut Outbox) {
         let mut budget = capacity.saturating_sub(self.requested);
         if budget == 0 || self.backlogged == 0 {

@@ -179,7 +179,7 @@ pub struct WorkerCore {
     /// The delayed tasks the boss counts here: the last count this worker reported, plus the
     /// overflow assigned since. The worker reports again when its queue drains or holds half of
     /// that or less (from [`REPORT_HALVING_FROM`]), so the boss's steals go where tasks wait, and
-    /// when it holds more than that (a child kept here waits).
+    /// when it holds more than that as a resumption runs (a child kept here waits behind it).
     told: u64,
     progress: IdMap<JobId, (u64, u64)>,
     reported_queued: u32,

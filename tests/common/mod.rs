@@ -166,6 +166,30 @@ pub fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
+/// How a timed stop went ([`Serve::stop_timed`]).
+pub struct Stopped {
+    /// The launcher's exit code, and its time from the stop request to its exit.
+    pub code: Option<i32>,
+    pub launcher: Duration,
+    /// From the instant the stop request gave to the last rank's exit.
+    pub last_rank: Duration,
+    /// Ranks still running when the launcher had exited.
+    pub left: Vec<u32>,
+    pub stderr: String,
+}
+
+/// The reason the runtime gave client `c` for its end, asking about job `j`; what it said
+/// instead when it gave none.
+pub fn shutdown_reason(
+    c: &mut bqrt::client::Client,
+    j: bqrt::protocol::JobId,
+) -> Result<String, String> {
+    match c.status(j) {
+        Err(bqrt::client::ClientError::Shutdown(reason)) => Ok(reason),
+        other => Err(format!("{other:?}")),
+    }
+}
+
 impl Serve {
     pub fn start(n: u32, extra: &[&str]) -> Serve {
         Self::start_with(mpirun(n), extra)
@@ -272,6 +296,29 @@ impl Serve {
             assert!(!targets.is_empty(), "no rank processes found");
             send_signal(&signal, &targets);
         })
+    }
+
+    /// Stop the runtime with `how(launcher pid)`, which returns the instant to time the ranks'
+    /// exit from; wait for the launcher to exit, and for the last of `ranks`.
+    pub fn stop_timed(&mut self, ranks: &[u32], how: impl FnOnce(u32) -> Instant) -> Stopped {
+        let mut watch = None;
+        let (code, launcher, stderr) = self.stop_by(|pid| {
+            let since = how(pid);
+            let watched = ranks.to_vec();
+            watch = Some(std::thread::spawn(move || wait_gone(&watched, since)));
+        });
+        let left = ranks.iter().copied().filter(|p| !exited(*p)).collect();
+        let last_rank = watch
+            .expect("stop_by runs its closure")
+            .join()
+            .expect("the rank watch");
+        Stopped {
+            code,
+            launcher,
+            last_rank,
+            left,
+            stderr,
+        }
     }
 
     /// Stop the runtime with `how(launcher pid)`; wait for the launcher to exit. Returns (exit
