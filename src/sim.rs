@@ -384,12 +384,12 @@ impl Sim {
             log: LogSpec::OFF,
         };
         let mut fx = Vec::new();
-        let job = self.table.submit(LOCAL, spec, false, &mut fx);
+        let now = self.instant();
+        let job = self.table.submit(LOCAL, spec, false, now, &mut fx);
         let result = Request::Result {
             job,
             timeout_ms: None,
         };
-        let now = self.instant();
         self.table.on_request(LOCAL, result, now, &mut fx);
         self.carry_out(fx, &mut out);
         self.send_all(0, out);

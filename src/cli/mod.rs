@@ -86,6 +86,10 @@ struct ServeArgs {
     /// Serve native clients only from this machine's loopback and this user, besides the token.
     #[arg(long)]
     same_user: bool,
+    /// Seconds a job may run from its submission; a job past it fails with a "time limit"
+    /// error and its tasks are stopped. Default: no limit.
+    #[arg(long, value_name = "SECS", env = "BQRT_JOB_TIME_LIMIT")]
+    job_time_limit: Option<f64>,
     #[command(flatten)]
     common: Common,
     #[cfg(feature = "python")]
@@ -219,6 +223,15 @@ struct Common {
         env = "BQRT_STUCK_AFTER"
     )]
     stuck_after: u64,
+    /// Seconds a task may run in one step (without awaiting) before its job's clients are
+    /// warned, and again each time as long again passes; 0: never.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 300.0,
+        env = "BQRT_STALL_WARNING"
+    )]
+    stall_warning: f64,
 }
 
 impl Common {
@@ -239,6 +252,12 @@ impl Common {
         if self.blas_threads == 0 {
             return Err("--blas-threads 0: must be at least 1".into());
         }
+        let stall = self.stall_warning;
+        if !(stall.is_finite() && (0.0..1e9).contains(&stall)) {
+            return Err(format!(
+                "--stall-warning {stall}: must be a number of seconds (0: no warnings)"
+            ));
+        }
         let pin =
             crate::topology::pinning::PinPolicy::from_flags(self.no_pin, self.cpus.as_deref())
                 .map_err(|e| e.to_string())?;
@@ -252,6 +271,8 @@ impl Common {
             verbose: self.verbose,
             startup_timeout: std::time::Duration::from_secs(self.startup_timeout),
             stuck_after: std::time::Duration::from_secs(self.stuck_after),
+            stall_warning: (stall > 0.0).then(|| std::time::Duration::from_secs_f64(stall)),
+            job_time_limit: None,
         })
     }
 }
@@ -332,10 +353,18 @@ fn serve(registry: Registry, args: ServeArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    let opts = match args.common.options() {
+    let mut opts = match args.common.options() {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
+    if let Some(v) = args.job_time_limit {
+        if !(v > 0.0 && v.is_finite() && v < 1e9) {
+            return fail(&format!(
+                "--job-time-limit {v}: must be a positive number of seconds"
+            ));
+        }
+        opts.job_time_limit = Some(Duration::from_secs_f64(v));
+    }
     for (flag, v) in [
         ("--frame-timeout", args.frame_timeout),
         ("--idle-timeout", args.idle_timeout),

@@ -254,6 +254,30 @@ impl Ctx {
     pub fn rank(&self) -> Rank {
         self.shared.lock().core.rank()
     }
+
+    /// A handle that makes the executor poll this task again, for a task that waits on
+    /// something besides its own futures (the BQSKit task: its Python process dying).
+    pub fn waker(&self) -> TaskWaker {
+        TaskWaker {
+            shared: Rc::clone(&self.shared),
+            key: self.key,
+        }
+    }
+}
+
+/// See [`Ctx::waker`]. Waking a task that already finished does nothing.
+#[derive(Clone)]
+pub struct TaskWaker {
+    shared: Rc<Shared>,
+    key: TaskKey,
+}
+
+impl TaskWaker {
+    pub fn wake(&self) {
+        if let Some(mut s) = self.shared.lock_unless_held() {
+            s.core.wake(self.key);
+        }
+    }
 }
 
 /// Mailbox ownership shared by both future kinds.

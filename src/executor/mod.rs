@@ -24,7 +24,9 @@ mod ctx;
 mod task;
 
 pub use cache::Cache;
-pub use ctx::{Cancel, Ctx, Mailboxed, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture};
+pub use ctx::{
+    Cancel, Ctx, Mailboxed, MapFuture, Next, Options, RawChild, RawFuture, TaskFuture, TaskWaker,
+};
 pub use task::{decode, encode, Registry, TaskError, TaskResult};
 
 use crate::protocol::MailboxAddr;
@@ -141,6 +143,7 @@ pub struct LiveTasks {
 pub(crate) type Inbox = Arc<Mutex<Vec<Vec<u8>>>>;
 
 struct RunningTask {
+    key: TaskKey,
     lineage: Lineage,
     flag: Arc<AtomicBool>,
     /// When this poll began.
@@ -177,6 +180,12 @@ impl LiveTasks {
     pub fn busy_for(&self) -> Option<Duration> {
         let slot = self.slot.lock().ok()?;
         slot.as_ref().map(|t| t.since.elapsed())
+    }
+
+    /// The task being polled now and when its poll began.
+    pub fn current(&self) -> Option<(TaskKey, Instant)> {
+        let slot = self.slot.lock().ok()?;
+        slot.as_ref().map(|t| (t.key, t.since))
     }
 
     /// Raise the running task's cancel flag (shutdown: cooperative tasks end early).
@@ -282,7 +291,8 @@ impl Executor {
 
     /// Run until told to stop or the transport goes away.
     pub fn run(mut self) {
-        self.registry.start_warm_ups();
+        let rank = self.shared.lock().core.rank();
+        self.registry.start_warm_ups(rank);
         loop {
             loop {
                 match self.inbound.try_recv() {
@@ -420,6 +430,7 @@ impl Executor {
         };
         self.shared.current.set(Some(key));
         self.running.set(Some(RunningTask {
+            key,
             lineage: slot.lineage.clone(),
             flag: Arc::clone(&slot.flag),
             since: Instant::now(),

@@ -5,7 +5,7 @@
 //! the registry wraps each function so it decodes and encodes whichever format its caller used.
 
 use super::Ctx;
-use crate::protocol::Format;
+use crate::protocol::{Format, Rank};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -49,9 +49,9 @@ pub struct Registry {
     tasks: BTreeMap<String, Arc<Erased>>,
     /// Argument checks of typed tasks (raw tasks check their own bytes when they run).
     checks: BTreeMap<String, Arc<Check>>,
-    /// Work a worker does once, beside its first tasks, as it starts (imports of a task's
-    /// libraries): see [`Registry::warm_up`].
-    warm_ups: Vec<Arc<dyn Fn() + Send + Sync>>,
+    /// Work a worker starts once, as it starts (a process importing a task's libraries): see
+    /// [`Registry::warm_up`].
+    warm_ups: Vec<Arc<dyn Fn(Rank) + Send + Sync>>,
 }
 
 impl Registry {
@@ -60,26 +60,18 @@ impl Registry {
         Registry::default()
     }
 
-    /// Run `f` once on every worker as it starts, on a thread of its own, so that what the
-    /// tasks will need (an interpreter, its imports) is ready by the time they arrive; a task
-    /// that arrives earlier waits for nothing it would not have waited for anyway.
-    pub fn warm_up(mut self, f: impl Fn() + Send + Sync + 'static) -> Registry {
+    /// Run `f(rank)` once on every worker's executor thread as it starts, before its first task, so
+    /// that what the tasks will need is being prepared by the time they arrive. It must return
+    /// quickly: slow preparation belongs in a process or thread it starts (the BQSKit task
+    /// starts its Python process here, which imports BQSKit while the runtime comes up).
+    pub fn warm_up(mut self, f: impl Fn(Rank) + Send + Sync + 'static) -> Registry {
         self.warm_ups.push(Arc::new(f));
         self
     }
 
-    /// Start the warm-ups on a background thread (a worker's executor, as it starts).
-    pub(crate) fn start_warm_ups(&self) {
-        if self.warm_ups.is_empty() {
-            return;
-        }
-        let work = self.warm_ups.clone();
-        let spawned = std::thread::Builder::new()
-            .name("bqrt-warm-up".into())
-            .spawn(move || work.iter().for_each(|f| f()));
-        if let Err(e) = spawned {
-            log::warn!("cannot start the warm-up thread ({e}); tasks will warm up as they run");
-        }
+    /// Run the warm-ups (a worker's executor thread, as it starts).
+    pub(crate) fn start_warm_ups(&self, rank: Rank) {
+        self.warm_ups.iter().for_each(|f| f(rank));
     }
 
     /// Register `f` under `name` (replacing any task of that name).

@@ -78,6 +78,8 @@ struct Entry {
     waiters: Vec<(ConnId, Option<Instant>)>,
     /// Records of a detached job nobody has seen yet (at most [`KEPT_LOGS`], oldest dropped).
     logs: VecDeque<LogRecord>,
+    /// When the job fails for running past the time limit.
+    deadline: Option<Instant>,
 }
 
 impl Entry {
@@ -119,6 +121,8 @@ pub struct JobTable {
     ended: VecDeque<JobId>,
     conns: HashSet<ConnId>,
     next_progress: Option<Instant>,
+    /// How long a job may run (`--job-time-limit`).
+    time_limit: Option<Duration>,
 }
 
 impl Default for JobTable {
@@ -135,7 +139,14 @@ impl JobTable {
             ended: VecDeque::new(),
             conns: HashSet::new(),
             next_progress: None,
+            time_limit: None,
         }
+    }
+
+    /// Fail every job that runs longer than `limit` from its submission (its tasks are
+    /// cancelled); none: no limit.
+    pub fn set_time_limit(&mut self, limit: Option<Duration>) {
+        self.time_limit = limit;
     }
 
     /// Connections open now.
@@ -160,12 +171,18 @@ impl JobTable {
             .values()
             .flat_map(|e| e.waiters.iter().filter_map(|w| w.1))
             .min();
+        let limits = self
+            .jobs
+            .values()
+            .filter(|e| !e.ended())
+            .filter_map(|e| e.deadline)
+            .min();
         let watched = self
             .jobs
             .values()
             .any(|e| !e.ended() && !e.watchers.is_empty());
         let progress = self.next_progress.filter(|_| watched);
-        waiters.into_iter().chain(progress).min()
+        waiters.into_iter().chain(progress).chain(limits).min()
     }
 
     /// A request from a connection.
@@ -186,7 +203,7 @@ impl JobTable {
                     format,
                     log,
                 };
-                self.submit(conn, spec, detach, out);
+                self.submit(conn, spec, detach, now, out);
             }
             Request::Status { job } => {
                 let status = self.status(job);
@@ -208,6 +225,7 @@ impl JobTable {
         conn: ConnId,
         spec: JobSpec,
         detach: bool,
+        now: Instant,
         out: &mut Vec<Effect>,
     ) -> JobId {
         self.last_job += 1;
@@ -223,6 +241,7 @@ impl JobTable {
                 watchers: Vec::new(),
                 waiters: Vec::new(),
                 logs: VecDeque::new(),
+                deadline: self.time_limit.map(|l| now + l),
             },
         );
         out.push(Effect::Submit { conn, job, spec });
@@ -392,8 +411,19 @@ impl JobTable {
         }
     }
 
-    /// Time passed: waiters whose deadline passed get `Pending`; watchers get progress.
+    /// Time passed: jobs past the time limit fail, waiters whose deadline passed get
+    /// `Pending`; watchers get progress.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let mut late: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.ended() && e.deadline.is_some_and(|d| d <= now))
+            .map(|(j, _)| *j)
+            .collect();
+        late.sort();
+        for job in late {
+            self.time_out(job, out);
+        }
         for (&job, e) in &mut self.jobs {
             e.waiters.retain(|&(c, d)| {
                 let late = d.is_some_and(|d| d <= now);
@@ -445,6 +475,29 @@ impl JobTable {
 
     /// A job ended: watchers learn it, the first waiter gets the result (and the record is
     /// freed), or the record waits for a client, oldest evicted first.
+    /// A job ran past the time limit: it fails, and its task tree is cancelled.
+    fn time_out(&mut self, job: JobId, out: &mut Vec<Effect>) {
+        let Some(e) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let secs = self.time_limit.map_or(0.0, |l| l.as_secs_f64());
+        let failure = crate::protocol::Failure {
+            task: "(job)".into(),
+            addr: crate::protocol::Address {
+                rank: crate::protocol::Rank(0),
+                mailbox: crate::protocol::MailboxId(job.0),
+                slot: 0,
+            },
+            message: format!(
+                "time limit: the job ran longer than {secs} s (the server's --job-time-limit); its tasks were stopped"
+            ),
+            rank: crate::protocol::Rank(0),
+        };
+        e.note = failure.message.clone();
+        out.push(Effect::Cancel(job));
+        self.end(job, JobResult::Failed(failure), JobState::Failed, out);
+    }
+
     fn end(&mut self, job: JobId, result: JobResult, state: JobState, out: &mut Vec<Effect>) {
         let Some(e) = self.jobs.get_mut(&job) else {
             return;

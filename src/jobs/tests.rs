@@ -460,3 +460,50 @@ fn several_waiters_all_get_the_result() {
     );
     assert_eq!(t.records(), 0);
 }
+
+#[test]
+fn a_job_past_the_time_limit_fails_with_its_cause_and_its_tasks_are_cancelled() {
+    let mut t = table();
+    t.set_time_limit(Some(Duration::from_secs(10)));
+    let now = t0();
+    let job = submit(&mut t, A, false, now);
+    let other = {
+        let later = now + Duration::from_secs(5);
+        submit(&mut t, B, false, later)
+    };
+    request(
+        &mut t,
+        A,
+        Request::Result {
+            job,
+            timeout_ms: None,
+        },
+        now,
+    );
+    assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(10)));
+    let mut fx = Vec::new();
+    t.tick(now + Duration::from_secs(9), &mut fx);
+    assert!(fx.is_empty(), "{fx:?}");
+    t.tick(now + Duration::from_secs(10), &mut fx);
+    assert_eq!(fx.first(), Some(&Effect::Cancel(job)));
+    match result_of(&fx, A) {
+        Some(JobResult::Failed(f)) => {
+            assert!(f.message.starts_with("time limit"), "{}", f.message)
+        }
+        r => panic!("the waiter learns of the time limit: {r:?}"),
+    }
+    assert_eq!(
+        state(&mut t, other),
+        JobState::Queued,
+        "the later job goes on"
+    );
+    assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(15)));
+    // the server's own report of the cancelled job changes nothing
+    assert!(event(&mut t, failed(job)).is_empty());
+    // no limit: no deadline
+    let mut u = table();
+    let j = submit(&mut u, A, false, now);
+    assert_eq!(u.next_deadline(), None);
+    u.tick(now + Duration::from_secs(1 << 20), &mut fx);
+    assert_ne!(state(&mut u, j), JobState::Failed);
+}

@@ -1,18 +1,17 @@
-//! The embedded interpreter: started once per process on first use, with the Python
-//! environment's `sys.path`, bqrt's Rust functions as module `_bqrt` and bqrt's own Python
-//! modules (compiled into the binary, so nothing has to be installed next to it).
+//! The embedded interpreter of rank 0: started once on first use, with the Python
+//! environment's `sys.path` and bqrt's frame decoder (compiled into the binary, so nothing has
+//! to be installed next to it). It decodes BQSKit clients' frames; tasks never run in it (they
+//! run in each worker's supervised process, [`super::child`]).
 
 use super::env::PythonEnv;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use std::sync::OnceLock;
 
-const WORKER_SRC: &str = include_str!("../../python/bqrt_worker.py");
 const CODEC_SRC: &str = include_str!("../../python/bqrt_codec.py");
 
 static ENV: OnceLock<PythonEnv> = OnceLock::new();
 static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
-static WORKER: GILOnceCell<Py<PyModule>> = GILOnceCell::new();
 static CODEC: GILOnceCell<Py<PyModule>> = GILOnceCell::new();
 
 /// Remember the environment every later start-up uses (called before MPI starts).
@@ -58,11 +57,6 @@ fn load<'py>(
         PyModule::from_code_bound(py, src, &format!("<bqrt>/{name}.py"), name).map(|m| m.unbind())
     })?;
     Ok(m.bind(py).clone())
-}
-
-/// bqrt's worker-side module (python/bqrt_worker.py).
-pub fn worker(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    load(py, &WORKER, WORKER_SRC, "bqrt_worker")
 }
 
 /// bqrt's frame decoder for rank 0 (python/bqrt_codec.py).

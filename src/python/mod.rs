@@ -1,15 +1,19 @@
-//! BQSKit compatibility (cargo feature `python`): BQSKit tasks run in embedded CPython on the
-//! workers ([`task`]), BQSKit's client protocol is served on the gateway's port ([`session`]),
-//! and `bqrt compile` compiles a circuit with BQSKit through bqrt ([`compile`]).
+//! BQSKit compatibility (cargo feature `python`): BQSKit tasks run on the workers ([`task`]),
+//! each worker's in a Python process it supervises ([`supervisor`], [`child`]); BQSKit's client
+//! protocol is served on the gateway's port ([`session`]), and `bqrt compile` compiles a circuit
+//! with BQSKit through bqrt ([`compile`]).
 //!
-//! Python is found once per rank before MPI starts ([`env`]) and started lazily
-//! ([`interp`]): a rank that never sees a BQSKit task or client never loads it.
+//! Python is found once per rank before MPI starts ([`env`]); rank 0 embeds it lazily to decode
+//! BQSKit clients' frames ([`interp`]).
 
+pub mod child;
 pub mod compile;
 pub mod env;
 pub mod interp;
 pub mod pickle;
 pub mod session;
+pub mod size;
+pub mod supervisor;
 pub mod task;
 
 use crate::executor::Registry;
@@ -35,6 +39,15 @@ pub struct ServeOptions {
     /// Serve only the native protocol: no Python, no BQSKit clients.
     #[arg(long)]
     pub no_python: bool,
+    /// Most memory each worker's Python process may use (4G, 512M, ...; a plain number is MiB).
+    /// A task that allocates past it fails (MemoryError, or its process is killed and replaced);
+    /// other tasks are not affected. Default: no limit.
+    #[arg(long, env = "BQRT_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+    /// Seconds a cancelled BQSKit task that does not stop by itself may still run before its
+    /// worker's Python process is killed and replaced.
+    #[arg(long, env = "BQRT_CANCEL_GRACE", default_value_t = 1.0)]
+    pub cancel_grace: f64,
 }
 
 /// Set BLAS libraries to one thread per worker unless already set (before any is loaded).
@@ -88,6 +101,22 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
         Err(e) => return Err(e.to_string()),
     };
     one_blas_thread();
+    let memory = opts
+        .memory_limit
+        .as_deref()
+        .map(|s| size::parse("--memory-limit", s))
+        .transpose()?;
+    if !(opts.cancel_grace.is_finite() && (0.0..=3600.0).contains(&opts.cancel_grace)) {
+        return Err(format!(
+            "--cancel-grace {}: must be between 0 and 3600 seconds",
+            opts.cancel_grace
+        ));
+    }
+    supervisor::configure(supervisor::Limits {
+        memory,
+        cancel_grace: std::time::Duration::from_secs_f64(opts.cancel_grace),
+        python: env.executable.clone(),
+    });
     let notice = bqskit_notice(&env, opts, allow.is_empty(), listen);
     interp::set_env(env);
     let foreign: Arc<dyn crate::gateway::ForeignProtocol> = Arc::new(session::BqskitProtocol {

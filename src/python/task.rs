@@ -1,52 +1,25 @@
-//! The `bqskit` task: runs one BQSKit task (a Python coroutine) on a worker.
+//! The `bqskit` task: runs one BQSKit task (a Python coroutine) in the worker's supervised
+//! Python process ([`super::supervisor`]).
 //!
-//! The task's bytes are an envelope (see python/bqrt_worker.py) that only this worker opens.
-//! The coroutine is stepped with `send`; when it awaits a `RuntimeFuture`, the matching
-//! [`RawFuture`] is polled (`poll_next` when the future carries BQSKit's `_next_flag`), and the
-//! results (pickled bytes) are sent back in. Children are submitted through
-//! [`Ctx::submit_raw`] as `bqskit` tasks. While a step runs, the Python functions of module
-//! `_bqrt` reach the task through a thread-local.
+//! The task's bytes are an envelope (see python/bqrt_worker.py) that only the Python process
+//! opens. The rank starts the coroutine there and steps it: a step ends with the result, a
+//! failure (a traceback), or an await on a mailbox of the task's children, which the rank then
+//! polls here (`poll_next` when the future carries BQSKit's `_next_flag`) and whose results
+//! (pickled bytes) it sends back in. Children the coroutine submits arrive during its step and
+//! go out through [`Ctx::submit_raw`] as `bqskit` tasks.
+//!
+//! If the process dies while this task's step runs, the task fails with the cause; if it dies
+//! while the task waits, the task starts over from its envelope in the next process.
 
-// pyo3 0.22's #[pyfunction] expansion converts PyErr into itself
-#![allow(clippy::useless_conversion)]
-
-use super::interp;
-use crate::executor::{Ctx, RawChild, RawFuture};
-use crate::executor::{TaskError, TaskResult};
-use crate::protocol::Format;
-use pyo3::exceptions::{PyKeyError, PyRuntimeError};
-use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
-use std::cell::{Cell, RefCell};
+use super::child::ToChild;
+use super::supervisor::{self, NoStart, PyFuture, StepEnd};
+use crate::executor::{Ctx, TaskError, TaskResult};
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::rc::Rc;
+use std::task::Poll;
 
 /// The registered name of BQSKit tasks.
 pub const FUNCTION: &str = "bqskit";
-
-/// The Rust side of a Python `RuntimeFuture`: the children it stands for.
-struct PyFuture {
-    fut: RawFuture,
-    single: bool,
-}
-
-/// What a running BQSKit task's Python calls reach.
-struct TaskState {
-    ctx: Ctx,
-    boxes: RefCell<HashMap<u64, PyFuture>>,
-}
-
-thread_local! {
-    static CURRENT: RefCell<Option<Rc<TaskState>>> = const { RefCell::new(None) };
-    static NEXT_BOX: Cell<u64> = const { Cell::new(1) };
-}
-
-fn current() -> PyResult<Rc<TaskState>> {
-    CURRENT
-        .with(|c| c.borrow().clone())
-        .ok_or_else(|| PyRuntimeError::new_err("bqrt: no BQSKit task is running on this thread"))
-}
 
 /// Python log level to bqrt's 1 = error .. 5 = trace (monotone, so a record at or above the
 /// job's Python level always passes the job's bqrt level).
@@ -71,263 +44,161 @@ pub fn level_to_python(level: u8) -> i64 {
     }
 }
 
-#[pyfunction]
-fn submit(children: Vec<(Bound<'_, PyBytes>, String)>, single: bool) -> PyResult<u64> {
-    let st = current()?;
-    let raw = children
-        .into_iter()
-        .map(|(b, name)| RawChild {
-            function: FUNCTION.to_string(),
-            args: b.as_bytes().to_vec(),
-            format: Format::Bincode,
-            label: Some(name),
-            context: Vec::new(),
-        })
-        .collect();
-    let fut = st
-        .ctx
-        .submit_raw(raw)
-        .map_err(|e| PyRuntimeError::new_err(format!("bqrt: submit failed: {}", e.message())))?;
-    let id = NEXT_BOX.with(|n| {
-        let id = n.get();
-        n.set(id + 1);
-        id
-    });
-    st.boxes.borrow_mut().insert(id, PyFuture { fut, single });
-    Ok(id)
+/// The worker's Python process, started as the worker starts, so that it has imported BQSKit
+/// (about a second) by the time the first task arrives.
+pub fn warm_up(rank: crate::protocol::Rank) {
+    supervisor::prestart(rank.0);
 }
 
-#[pyfunction]
-fn cancel(mailbox: u64) -> PyResult<()> {
-    let st = current()?;
-    let Some(mb) = st.boxes.borrow_mut().remove(&mailbox) else {
-        return Err(PyKeyError::new_err(mailbox));
-    };
-    st.ctx.cancel(mb.fut);
-    Ok(())
+/// How one run of the task in one process ended.
+enum Attempt {
+    Finished(TaskResult<Vec<u8>>),
+    /// Its process died while it waited: start over (the cause).
+    Lost(String),
 }
 
-#[pyfunction]
-fn communicate(mailbox: u64, msg: Bound<'_, PyBytes>) -> PyResult<()> {
-    let st = current()?;
-    let boxes = st.boxes.borrow();
-    let Some(mb) = boxes.get(&mailbox) else {
-        return Err(PyKeyError::new_err(mailbox));
-    };
-    st.ctx
-        .communicate_raw(&mb.fut, msg.as_bytes().to_vec())
-        .map_err(|e| PyRuntimeError::new_err(format!("bqrt: communicate failed: {}", e.message())))
-}
-
-#[pyfunction]
-fn get_messages(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyBytes>>> {
-    let st = current()?;
-    Ok(st
-        .ctx
-        .take_messages_raw()
-        .iter()
-        .map(|m| PyBytes::new_bound(py, m))
-        .collect())
-}
-
-#[pyfunction]
-fn has_box(mailbox: u64) -> bool {
-    current().is_ok_and(|st| st.boxes.borrow().contains_key(&mailbox))
-}
-
-#[pyfunction]
-#[pyo3(name = "log")]
-fn log_record(levelno: i64, name: &str, message: String) {
-    if let Ok(st) = current() {
-        st.ctx.log_raw(level_to_bqrt(levelno), name, message);
-    }
-}
-
-#[pyfunction]
-fn worker_id() -> u32 {
-    current().map(|st| st.ctx.rank().0).unwrap_or(0)
-}
-
-/// bqrt's worker-side module, with the `_bqrt` module it imports registered first.
-fn worker(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    let modules = py.import_bound("sys")?.getattr("modules")?;
-    if !modules.contains("_bqrt")? {
-        modules.set_item("_bqrt", native_module(py)?)?;
-    }
-    interp::worker(py)
-}
-
-/// The `_bqrt` module the Python side imports.
-fn native_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    let m = PyModule::new_bound(py, "_bqrt")?;
-    m.add_function(wrap_pyfunction!(submit, &m)?)?;
-    m.add_function(wrap_pyfunction!(cancel, &m)?)?;
-    m.add_function(wrap_pyfunction!(has_box, &m)?)?;
-    m.add_function(wrap_pyfunction!(communicate, &m)?)?;
-    m.add_function(wrap_pyfunction!(get_messages, &m)?)?;
-    m.add_function(wrap_pyfunction!(log_record, &m)?)?;
-    m.add_function(wrap_pyfunction!(worker_id, &m)?)?;
-    Ok(m)
-}
-
-/// What the coroutine is sent next.
+/// What the next step sends.
 enum Resume {
     Start,
     All(Vec<Vec<u8>>, bool),
     Next(Vec<(usize, Vec<u8>)>),
 }
 
-enum Step {
-    Done(Vec<u8>),
-    Failed(String),
-    Await { mailbox: u64, next: bool },
+/// Leaves the process when the attempt ends, however it ends (a dropped future: cancelled).
+struct Member {
+    rank: u32,
+    tid: u64,
+    generation: u64,
+    /// Whether the coroutine is still in the process (closed when this is dropped).
+    open: bool,
 }
 
-/// Closes the coroutine if the task is dropped before it finished (cancelled).
-struct Coroutine(Option<Py<PyAny>>);
-
-impl Drop for Coroutine {
+impl Drop for Member {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            Python::with_gil(|py| {
-                let _ = task.call_method0(py, "close");
-            });
-        }
+        let (tid, generation, open) = (self.tid, self.generation, self.open);
+        supervisor::with(self.rank, |s| s.leave(tid, generation, open));
     }
 }
-
-fn step(state: &Rc<TaskState>, task: &Py<PyAny>, resume: Resume) -> Step {
-    CURRENT.with(|c| *c.borrow_mut() = Some(Rc::clone(state)));
-    let out = Python::with_gil(|py| {
-        let args = match resume {
-            Resume::Start => (0, py.None()),
-            Resume::All(values, single) => {
-                let list = PyList::new_bound(py, values.iter().map(|v| PyBytes::new_bound(py, v)));
-                (
-                    1,
-                    PyTuple::new_bound(py, [list.into_any(), single.into_py(py).into_bound(py)])
-                        .into_any()
-                        .unbind(),
-                )
-            }
-            Resume::Next(pairs) => {
-                let list = PyList::new_bound(
-                    py,
-                    pairs
-                        .iter()
-                        .map(|(i, v)| -> PyObject { (*i, PyBytes::new_bound(py, v)).into_py(py) }),
-                );
-                (2, list.into_any().unbind())
-            }
-        };
-        match task.call_method1(py, "step", args) {
-            Ok(r) => parse(py, r.bind(py)),
-            Err(e) => Step::Failed(interp::describe(py, &e)),
-        }
-    });
-    CURRENT.with(|c| *c.borrow_mut() = None);
-    out
-}
-
-fn parse(py: Python<'_>, r: &Bound<'_, PyAny>) -> Step {
-    let parsed = (|| -> PyResult<Step> {
-        let kind: String = r.get_item(0)?.extract()?;
-        Ok(match kind.as_str() {
-            "done" => Step::Done(
-                r.get_item(1)?
-                    .downcast::<PyBytes>()
-                    .map_err(PyErr::from)?
-                    .as_bytes()
-                    .to_vec(),
-            ),
-            "await" => Step::Await {
-                mailbox: r.get_item(1)?.extract()?,
-                next: r.get_item(2)?.extract()?,
-            },
-            _ => Step::Failed(r.get_item(1)?.extract()?),
-        })
-    })();
-    parsed.unwrap_or_else(|e| Step::Failed(interp::describe(py, &e)))
-}
-
-/// What a worker's first BQSKit task would otherwise wait for: the interpreter, bqrt's worker
-/// module and BQSKit's compiler and passes (about a second of imports). Run on a thread of its
-/// own as the worker starts; a failure here is left for the first task to report.
-pub fn warm_up() {
-    if interp::start().is_err() {
-        return;
-    }
-    Python::with_gil(|py| {
-        let _ = worker(py);
-        for m in WARM_IMPORTS {
-            if let Err(e) = py.import_bound(*m) {
-                log::debug!("warm-up: import {m}: {}", interp::describe(py, &e));
-            }
-        }
-    });
-}
-
-/// The modules [`warm_up`] imports: what `bqskit.compile`'s passes need on a worker.
-const WARM_IMPORTS: &[&str] = &["bqskit.compiler.compile", "bqskit.passes"];
 
 /// Run one BQSKit task to its end.
 pub async fn run(ctx: Ctx, envelope: Vec<u8>) -> TaskResult<Vec<u8>> {
-    interp::start()
-        .map_err(|e| TaskError::new(format!("bqrt: the embedded Python did not start: {e}")))?;
-    let depth = ctx.depth();
-    let created = Python::with_gil(|py| -> Result<Py<PyAny>, String> {
-        let m = worker(py).map_err(|e| interp::describe(py, &e))?;
-        let r = m
-            .getattr("start")
-            .and_then(|f| f.call1((PyBytes::new_bound(py, &envelope), depth)))
-            .map_err(|e| interp::describe(py, &e))?;
-        let kind: String = r
-            .get_item(0)
-            .and_then(|k| k.extract())
-            .map_err(|e| interp::describe(py, &e))?;
-        let value = r.get_item(1).map_err(|e| interp::describe(py, &e))?;
-        if kind == "task" {
-            Ok(value.unbind())
-        } else {
-            Err(value
-                .extract::<String>()
-                .unwrap_or_else(|_| "bqrt: the task did not start".into()))
+    let mut restarts = 0;
+    loop {
+        match attempt(&ctx, &envelope).await {
+            Attempt::Finished(r) => return r,
+            Attempt::Lost(cause) => {
+                restarts += 1;
+                let name = ctx.name();
+                let rank = ctx.rank().0;
+                if restarts > supervisor::MAX_RESTARTS {
+                    return Err(TaskError::new(format!(
+                        "bqrt: task '{name}' lost its Python process on rank {rank} {restarts} times while it waited (last: {cause})"
+                    )));
+                }
+                ctx.log_raw(
+                    2,
+                    "bqrt",
+                    format!("bqrt: task '{name}' starts over: the Python process of rank {rank} ended while it waited ({cause})"),
+                );
+            }
         }
-    });
-    drop(envelope);
-    let task = created.map_err(TaskError::new)?;
-    let mut guard = Coroutine(Some(Python::with_gil(|py| task.clone_ref(py))));
-    let state = Rc::new(TaskState {
-        ctx,
-        boxes: RefCell::new(HashMap::new()),
-    });
+    }
+}
+
+async fn attempt(ctx: &Ctx, envelope: &[u8]) -> Attempt {
+    let rank = ctx.rank().0;
+    let joined = supervisor::with(rank, |s| s.join(ctx).map(|tid| (tid, s.generation())));
+    let (tid, generation) = match joined {
+        Ok(v) => v,
+        Err(NoStart::Cancelled) => return Attempt::Finished(Err(cancelled())),
+        Err(NoStart::Failed(e)) => return Attempt::Finished(Err(TaskError::new(e))),
+    };
+    let mut member = Member {
+        rank,
+        tid,
+        generation,
+        open: true,
+    };
+    let depth = ctx.depth();
+    let mut boxes: HashMap<u64, PyFuture> = HashMap::new();
     let mut resume = Resume::Start;
     loop {
-        match step(&state, &task, resume) {
-            Step::Done(bytes) => {
-                guard.0 = None;
-                return Ok(bytes);
+        let end = supervisor::with(rank, |s| {
+            let msg = match &resume {
+                Resume::Start => ToChild::Start {
+                    tid,
+                    depth,
+                    envelope,
+                },
+                Resume::All(values, single) => ToChild::All {
+                    tid,
+                    single: *single,
+                    values,
+                },
+                Resume::Next(pairs) => ToChild::Next { tid, pairs },
+            };
+            s.step(ctx, msg, &mut boxes)
+        });
+        let (mailbox, next) = match end {
+            StepEnd::Await { mailbox, next } => (mailbox, next),
+            other => {
+                member.open = matches!(other, StepEnd::Cancelled);
+                return Attempt::Finished(match other {
+                    StepEnd::Done(bytes) => Ok(bytes),
+                    StepEnd::Failed(text) => Err(TaskError::new(explain(text))),
+                    StepEnd::Crashed(cause) => Err(TaskError::new(format!(
+                        "bqrt: the Python process running task '{}' on rank {rank} died: {cause}. This task fails; the rank's other tasks go on in a fresh process",
+                        ctx.name()
+                    ))),
+                    _ => Err(cancelled()),
+                });
             }
-            Step::Failed(text) => {
-                guard.0 = None;
-                return Err(TaskError::new(text));
+        };
+        let Some(mb) = boxes.get_mut(&mailbox) else {
+            return Attempt::Finished(Err(TaskError::new(
+                "RuntimeError: Cannot await on a canceled task.",
+            )));
+        };
+        let polled = poll_fn(|_| {
+            if supervisor::generation() != generation {
+                return Poll::Ready(None);
             }
-            Step::Await { mailbox, next } => {
-                let taken = state.boxes.borrow_mut().remove(&mailbox);
-                let Some(mut mb) = taken else {
-                    return Err(TaskError::new(
-                        "RuntimeError: Cannot await on a canceled task.",
-                    ));
-                };
-                if next {
-                    let pairs = poll_fn(|_| mb.fut.poll_next()).await?;
-                    state.boxes.borrow_mut().insert(mailbox, mb);
-                    resume = Resume::Next(pairs);
-                } else {
-                    let values = poll_fn(|_| mb.fut.poll_all()).await?;
-                    resume = Resume::All(values, mb.single);
+            let p = match next {
+                true => mb.fut.poll_next().map(|r| r.map(Resume::Next)),
+                false => {
+                    let single = mb.single;
+                    mb.fut.poll_all().map(|r| r.map(|v| Resume::All(v, single)))
                 }
+            };
+            p.map(Some)
+        })
+        .await;
+        resume = match polled {
+            None => {
+                member.open = false;
+                let cause = supervisor::with(rank, |s| s.last_cause().to_string());
+                return Attempt::Lost(cause);
             }
+            Some(Err(e)) => return Attempt::Finished(Err(e)),
+            Some(Ok(r)) => r,
+        };
+        if matches!(resume, Resume::All(..)) {
+            boxes.remove(&mailbox);
         }
+    }
+}
+
+fn cancelled() -> TaskError {
+    TaskError::new("bqrt: the task was cancelled")
+}
+
+/// A task's failure, with the memory limit named when it ran out of memory under one.
+fn explain(text: String) -> String {
+    match supervisor::memory_limit() {
+        Some(limit) if text.contains("MemoryError") => format!(
+            "{text}\nbqrt: this worker's Python process may use at most {} (--memory-limit)",
+            super::size::show(limit)
+        ),
+        _ => text,
     }
 }

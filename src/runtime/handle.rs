@@ -58,6 +58,11 @@ impl ServerHandle {
         }
     }
 
+    /// Fail jobs that run longer than `limit` (`--job-time-limit`).
+    pub fn set_time_limit(&mut self, limit: Option<std::time::Duration>) {
+        self.table.set_time_limit(limit);
+    }
+
     /// The job table (read-only; change it through the methods below).
     pub fn table(&self) -> &JobTable {
         &self.table
@@ -180,7 +185,8 @@ impl ServerHandle {
     /// Submit a job for rank 0's own client. `None` if the runtime has stopped.
     pub fn submit(&mut self, spec: JobSpec) -> Option<JobId> {
         let mut fx = Vec::new();
-        self.table.submit(LOCAL, spec, false, &mut fx);
+        self.table
+            .submit(LOCAL, spec, false, std::time::Instant::now(), &mut fx);
         self.carry_out(fx, &mut Vec::new());
         match self.take_local(|r| matches!(r, Reply::Submitted { .. } | Reply::Error { .. })) {
             Some(Reply::Submitted { job }) => Some(job),

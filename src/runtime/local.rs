@@ -62,6 +62,7 @@ impl LocalCluster {
                     super::Vigil {
                         watcher: None,
                         heartbeat: super::liveness::Heartbeat::new(None, super::stop::STUCK_AFTER),
+                        stall_warning: None,
                     },
                 ) {
                     panic!("local rank: {e}");

@@ -14,6 +14,7 @@ pub mod liveness;
 mod local;
 pub(crate) mod mpi;
 mod roles;
+pub mod stall;
 pub mod stop;
 
 pub use handle::{Outcome, ServerHandle};
@@ -80,6 +81,8 @@ pub fn peak_rss_kib() -> Option<u64> {
 pub(crate) struct Vigil {
     pub(crate) watcher: Option<liveness::Watcher>,
     pub(crate) heartbeat: liveness::Heartbeat,
+    /// Report a task that runs this long in one step (workers).
+    pub(crate) stall_warning: Option<std::time::Duration>,
 }
 
 pub(crate) fn run_member<F: Fabric>(
@@ -173,6 +176,7 @@ fn run_worker<F: Fabric>(
         running,
         watcher: vigil.watcher,
         heartbeat: vigil.heartbeat,
+        stall: stall::Stall::new(vigil.stall_warning),
         exit_code: 0,
         ranks: fabric.size(),
     };

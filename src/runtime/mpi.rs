@@ -97,6 +97,10 @@ pub struct MpiOptions {
     pub startup_timeout: std::time::Duration,
     /// A rank silent (no sign of life) this long is reported lost, like a dead one.
     pub stuck_after: std::time::Duration,
+    /// A task running this long in one step is reported to its job's clients (none: never).
+    pub stall_warning: Option<std::time::Duration>,
+    /// Jobs running longer than this from their submission fail (none: no limit).
+    pub job_time_limit: Option<std::time::Duration>,
 }
 
 impl Default for MpiOptions {
@@ -111,6 +115,8 @@ impl Default for MpiOptions {
             verbose: false,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             stuck_after: super::stop::STUCK_AFTER,
+            stall_warning: Some(super::stall::DEFAULT_AFTER),
+            job_time_limit: None,
         }
     }
 }
@@ -259,7 +265,7 @@ where
     let mut fabric = world.fabric();
     let code = match &s.role {
         Role::Server { employees } => {
-            let (mut logic, cmd_rx, handle) = server_parts(
+            let (mut logic, cmd_rx, mut handle) = server_parts(
                 employees,
                 opts.seed,
                 world.size(),
@@ -267,6 +273,7 @@ where
                 heartbeat,
                 registry,
             );
+            handle.set_time_limit(opts.job_time_limit);
             let client = std::thread::Builder::new()
                 .name("bqrt-client".into())
                 .spawn(move || client(handle))
@@ -283,7 +290,11 @@ where
             client.join().unwrap_or(70)
         }
         _ => {
-            let vigil = super::Vigil { watcher, heartbeat };
+            let vigil = super::Vigil {
+                watcher,
+                heartbeat,
+                stall_warning: opts.stall_warning,
+            };
             run_member(fabric, &s.role, registry, opts.seed, &mut report, vigil)?
         }
     };

@@ -296,6 +296,7 @@ pub(crate) struct WorkerLogic {
     pub(crate) running: Arc<LiveTasks>,
     pub(crate) watcher: Option<Watcher>,
     pub(crate) heartbeat: Heartbeat,
+    pub(crate) stall: super::stall::Stall,
     pub(crate) exit_code: i32,
     pub(crate) ranks: u32,
 }
@@ -366,6 +367,19 @@ impl Logic for WorkerLogic {
                 let mut handed = Outbox::new();
                 s.core.set_occupied(true, &mut handed);
                 out.append(&mut handed);
+            }
+        }
+        if let Some((key, since)) = self.running.current() {
+            if let Some(text) = self.stall.check(key, since) {
+                let mut s = lock_state(&self.state);
+                let s = &mut *s;
+                let name = s.core.task(key).map(|t| t.name().to_string());
+                let name = name.unwrap_or_default();
+                let msg = format!("bqrt: task '{name}' on rank {} {text}", self.me.0);
+                log::warn!(target: "bqrt::runtime", "{msg}");
+                let mut logged = Outbox::new();
+                s.core.log(key, 2, "bqrt", msg, &mut logged);
+                out.append(&mut logged);
             }
         }
         let flow = report_lost(

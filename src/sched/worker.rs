@@ -517,6 +517,14 @@ impl WorkerCore {
         None
     }
 
+    /// Queue a started task to be polled again although nothing it awaits arrived (it waits on
+    /// something outside the runtime too).
+    pub fn wake(&mut self, key: TaskKey) {
+        if self.tasks.contains_key(&key) && !self.ready.contains(&key) {
+            self.ready.push_back(key);
+        }
+    }
+
     /// Work-first: the running task just suspended and this worker has nothing else to run, so
     /// instead of sending every child it submitted to the boss and idling, keep the last one
     /// submitted (the one a batch would start first) and run it here. Saves a round trip per

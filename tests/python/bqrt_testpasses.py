@@ -272,3 +272,110 @@ class NestedLogPass(BasePass):
 
     async def run(self, circuit: Circuit, data: PassData) -> None:
         await nested_log(0, self.logger)
+
+
+# supervision: passes that crash, spin, swallow the cancel, allocate too much
+def worker_rank() -> int:
+    """The rank of the worker running this task (bqrt only)."""
+    import sys
+    return int(sys.modules['_bqrt'].worker_id())
+
+
+def mark_rank(path: str) -> None:
+    with open(path, 'w') as f:
+        f.write(str(worker_rank()))
+
+
+class CrashPass(BasePass):
+    """Takes its worker's Python process down: 'exit' (os._exit(3)), 'segfault' (reads address
+    0 through ctypes), 'abort' (os.abort()); 'raise' is a plain exception for comparison."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        import os
+        if self.how == 'raise':
+            raise ValueError('bqrt-test-crash-raise')
+        if self.how == 'exit':
+            os._exit(3)
+        if self.how == 'abort':
+            os.abort()
+        import ctypes
+        ctypes.string_at(0)
+
+
+async def hold(i: int, naps: int, t: float, d: str) -> int:
+    """Waits on `naps` children one after the other (a coroutine suspended most of the time)."""
+    touch(f'{d}/held-{i}')
+    for _ in range(naps):
+        await get_runtime().submit(sleepy, t)
+    return i * i
+
+
+class BystanderPass(BasePass):
+    """Work that keeps coroutines suspended on every worker for a while."""
+
+    def __init__(self, n: int, naps: int, t: float, d: str) -> None:
+        self.n, self.naps, self.t, self.d = n, naps, t, d
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        n = self.n
+        data['squares'] = await get_runtime().map(
+            hold, list(range(n)), [self.naps] * n, [self.t] * n, [self.d] * n,
+        )
+
+
+def spin_forever(path: str) -> None:
+    mark_rank(path)
+    while True:
+        pass
+
+
+def swallow_forever(path: str) -> None:
+    mark_rank(path)
+    while True:
+        try:
+            time.sleep(0.01)
+        except BaseException:  # swallows every cancel it can see
+            pass
+
+
+class SpinPass(BasePass):
+    """A child that never yields ('spin': a Python loop; 'swallow': one that swallows every
+    exception raised into it)."""
+
+    def __init__(self, how: str, path: str) -> None:
+        self.how, self.path = how, path
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fn = spin_forever if self.how == 'spin' else swallow_forever
+        await get_runtime().submit(fn, self.path)
+
+
+def rank_after(t: float) -> int:
+    time.sleep(t)
+    return worker_rank()
+
+
+class RanksPass(BasePass):
+    """Many short tasks; records the ranks that ran them."""
+
+    def __init__(self, n: int, t: float) -> None:
+        self.n, self.t = n, t
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['ranks'] = await get_runtime().map(rank_after, [self.t] * self.n)
+
+
+def allocate(mib: int) -> int:
+    block = bytearray(mib << 20)
+    return len(block)
+
+
+class AllocatePass(BasePass):
+    def __init__(self, mib: int) -> None:
+        self.mib = mib
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['allocated'] = await get_runtime().submit(allocate, self.mib)

@@ -39,7 +39,7 @@ def mpi_env() -> dict[str, str]:
 class Runtime:
     """`bqrt serve` under a launcher, on a free loopback port."""
 
-    def __init__(self, topology: str, extra: list[str] | None = None) -> None:
+    def __init__(self, topology: str, extra: list[str] | None = None, ranks: int = 4) -> None:
         if not BIN.exists():
             pytest.fail(f'{BIN} is missing: cargo build --release --features python')
         self.dir = Path(tempfile.mkdtemp(prefix=f'bqrt-pytest-{topology}-'))
@@ -49,7 +49,7 @@ class Runtime:
             '--token-file', str(self.dir / 'token'), '--python', sys.executable,
         ] + (extra or [])
         if topology == 'flat':
-            cmd = os.environ.get('BQRT_PYTEST_LAUNCHER', 'mpirun').split() + ['-n', '4'] + serve
+            cmd = os.environ.get('BQRT_PYTEST_LAUNCHER', 'mpirun').split() + ['-n', str(ranks)] + serve
         elif topology == 'cluster':
             cmd = ['bash', str(REPO / 'launch' / 'cluster.sh'), '2', '3', '--'] + serve
         else:
@@ -78,6 +78,10 @@ class Runtime:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def python_processes(self) -> list[int]:
+        """The pids of the workers' Python processes (descendants running bqrt's child)."""
+        return [p for p in descendants(self.proc.pid) if b'bqrt_child' in cmdline(p)]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -87,6 +91,53 @@ class Runtime:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
         self.log.close()
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f'/proc/{pid}/cmdline').read_bytes()
+    except OSError:
+        return b''
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below `root`."""
+    children: dict[int, list[int]] = {}
+    for d in Path('/proc').iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / 'stat').read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(')')[2].split()[1])
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError:
+        return False
+    return stat.rpartition(')')[2].split()[0] != 'Z'
+
+
+def wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    """Poll `cond` until it is true (returns its value) or fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.02)
+    pytest.fail(f'{what}: not within {timeout} s')
 
 
 @pytest.fixture(scope='session', params=TOPOLOGIES)

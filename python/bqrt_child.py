@@ -1,0 +1,269 @@
+"""The supervised Python process of a worker rank (src/python/child.rs starts it).
+
+A worker rank runs its BQSKit tasks here, not in its own address space, so that a task that
+crashes the interpreter (a segfault in a C extension, ``os._exit``, the kernel's OOM killer)
+takes down only this process: the rank fails the task that was running, restarts the others
+and starts a fresh process. The rank talks to this process over two pipes, file descriptors 3
+(rank to child) and 4 (child to rank). Every message is a frame::
+
+    u32 little-endian length of the rest, then one kind byte, then the body
+
+Rank to child: ``S`` start a task (u64 id, u32 depth, envelope), ``A`` resume with all results
+of the awaited mailbox (u64 id, u8 single, u32 n, n x (u32 len, bytes)), ``N`` resume with the
+next results (u64 id, u32 n, n x (u32 slot, u32 len, bytes)), ``X`` close a task (u64 id),
+``G`` the reply to ``g`` (u32 n, n x (u32 len, bytes)), ``Q`` quit.
+
+Child to rank, during a step of one task: ``s`` submit (u64 mailbox, u8 single, u32 n,
+n x (u32 len, name, u32 len, envelope)), ``c`` cancel (u64 mailbox), ``m`` communicate (u64
+mailbox, message), ``g`` get the task's messages, ``l`` a log record (i32 level, u32 len, name,
+text); then the step's end: ``d`` done (result), ``e`` failed (traceback text) or ``a`` awaits
+(u64 mailbox, u8 next). Once, before anything else: ``H`` ready (text: what the warm-up could
+not import, or empty).
+
+Mailbox ids are chosen here, so a submit needs no reply. SIGUSR1 during a step raises
+:class:`TaskCancelled` in the task (the rank's cooperative cancel; it kills this process if the
+task does not end within its grace period). SIGINT is ignored: the rank decides when to stop.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import sys
+import traceback
+import types
+from typing import Any
+
+_IN, _OUT = 3, 4
+_buf = bytearray()
+_pos = 0
+
+
+def _read(n: int) -> bytes:
+    global _buf, _pos
+    while len(_buf) - _pos < n:
+        if _pos:
+            del _buf[:_pos]
+            _pos = 0
+        chunk = os.read(_IN, max(1 << 16, n - len(_buf)))
+        if not chunk:
+            os._exit(0)  # the rank is gone
+        _buf += chunk
+    out = bytes(_buf[_pos:_pos + n])
+    _pos += n
+    return out
+
+
+def _recv() -> bytes:
+    (n,) = struct.unpack('<I', _read(4))
+    return _read(n)
+
+
+def _send(data: bytes) -> None:
+    view = memoryview(struct.pack('<I', len(data)) + data)
+    while view:
+        view = view[os.write(_OUT, view):]
+
+
+def _blobs(items: list[bytes]) -> bytes:
+    return b''.join(struct.pack('<I', len(b)) + b for b in items)
+
+
+def _parse_blobs(body: bytes, at: int, n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        (k,) = struct.unpack_from('<I', body, at)
+        out.append(body[at + 4:at + 4 + k])
+        at += 4 + k
+    return out
+
+
+class TaskCancelled(BaseException):
+    """Raised in a task whose job was cancelled (a BaseException, so ``except Exception`` does
+    not swallow it)."""
+
+
+class _Running:
+    """What the ``_bqrt`` calls of the task being stepped reach."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[int, set[int]] = {}  # task id -> its live mailboxes
+        self.tid: int | None = None
+
+
+_run = _Running()
+_next_box = 0
+_rank = 0
+
+
+def _boxes() -> set[int]:
+    if _run.tid is None:
+        raise RuntimeError('bqrt: no BQSKit task is running in this process')
+    return _run.boxes[_run.tid]
+
+
+def _submit(children: list[tuple[bytes, str]], single: bool) -> int:
+    global _next_box
+    boxes = _boxes()
+    _next_box += 1
+    box = _next_box
+    parts = [struct.pack('<cQBI', b's', box, 1 if single else 0, len(children))]
+    for envelope, name in children:
+        label = name.encode('utf-8', 'replace')
+        parts.append(struct.pack('<I', len(label)) + label)
+        parts.append(struct.pack('<I', len(envelope)) + envelope)
+    _send(b''.join(parts))
+    boxes.add(box)
+    return box
+
+
+def _cancel(box: int) -> None:
+    boxes = _boxes()
+    if box not in boxes:
+        raise KeyError(box)
+    boxes.discard(box)
+    _send(struct.pack('<cQ', b'c', box))
+
+
+def _communicate(box: int, msg: bytes) -> None:
+    if box not in _boxes():
+        raise KeyError(box)
+    _send(struct.pack('<cQ', b'm', box) + msg)
+
+
+def _get_messages() -> list[bytes]:
+    _boxes()
+    _send(b'g')
+    body = _recv()
+    if body[:1] != b'G':
+        raise RuntimeError(f'bqrt: unexpected reply {body[:1]!r} to get_messages')
+    (n,) = struct.unpack_from('<I', body, 1)
+    return _parse_blobs(body, 5, n)
+
+
+def _has_box(box: int) -> bool:
+    return _run.tid is not None and box in _run.boxes.get(_run.tid, ())
+
+
+def _log(levelno: int, name: str, message: str) -> None:
+    n = name.encode('utf-8', 'replace')
+    m = message.encode('utf-8', 'replace')
+    _send(struct.pack('<ciI', b'l', int(levelno), len(n)) + n + m)
+
+
+def _worker_id() -> int:
+    return _rank
+
+
+def _module(name: str, source: str, filename: str) -> types.ModuleType:
+    m = types.ModuleType(name)
+    m.__file__ = filename
+    sys.modules[name] = m
+    exec(compile(source, filename, 'exec'), m.__dict__)
+    return m
+
+
+def _on_usr1(_sig: int, _frame: Any) -> None:
+    if _run.tid is not None:
+        raise TaskCancelled('bqrt: the task was cancelled')
+
+
+def main(worker_source: str, warm: list[str], rank: int) -> None:
+    global _rank
+    _rank = rank
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    native = types.ModuleType('_bqrt')
+    for f, name in [
+        (_submit, 'submit'), (_cancel, 'cancel'), (_communicate, 'communicate'),
+        (_get_messages, 'get_messages'), (_has_box, 'has_box'), (_log, 'log'),
+        (_worker_id, 'worker_id'),
+    ]:
+        setattr(native, name, f)
+    sys.modules['_bqrt'] = native
+    worker = _module('bqrt_worker', worker_source, '<bqrt>/bqrt_worker.py')
+    missing = []
+    for m in warm:
+        try:
+            __import__(m)
+        except BaseException as e:  # the first task reports it properly
+            missing.append(f'{m}: {type(e).__name__}: {e}')
+    _send(b'H' + '\n'.join(missing).encode())
+
+    tasks: dict[int, Any] = {}
+    awaiting: dict[int, int] = {}
+
+    def step(tid: int, kind: int, payload: Any) -> None:
+        task = tasks.get(tid)
+        if task is None:
+            _send(b'e' + f'bqrt: task {tid} is not in this process'.encode())
+            return
+        _run.tid = tid
+        try:
+            r = task.step(kind, payload)
+        except BaseException:
+            r = ('error', ''.join(traceback.format_exception(*sys.exc_info())))
+        finally:
+            _run.tid = None
+        if r[0] == 'await':
+            awaiting[tid] = r[1]
+            _send(struct.pack('<cQB', b'a', r[1], 1 if r[2] else 0))
+            return
+        del tasks[tid]
+        _run.boxes.pop(tid, None)
+        awaiting.pop(tid, None)
+        if r[0] == 'done':
+            _send(b'd' + r[1])
+        else:
+            _send(b'e' + str(r[1]).encode('utf-8', 'replace'))
+
+    while True:
+        body = _recv()
+        kind = body[:1]
+        if kind == b'S':
+            tid, depth = struct.unpack_from('<QI', body, 1)
+            _run.boxes[tid] = set()
+            _run.tid = tid
+            try:
+                made = worker.start(body[13:], depth)
+            except BaseException:
+                made = ('error', ''.join(traceback.format_exception(*sys.exc_info())))
+            finally:
+                _run.tid = None
+            if made[0] != 'task':
+                _run.boxes.pop(tid, None)
+                _send(b'e' + str(made[1]).encode('utf-8', 'replace'))
+                continue
+            tasks[tid] = made[1]
+            step(tid, 0, None)
+        elif kind == b'A':
+            tid, single, n = struct.unpack_from('<QBI', body, 1)
+            box = awaiting.pop(tid, None)
+            if box is not None:
+                _run.boxes.get(tid, set()).discard(box)
+            step(tid, 1, (_parse_blobs(body, 14, n), bool(single)))
+        elif kind == b'N':
+            tid, n = struct.unpack_from('<QI', body, 1)
+            pairs = []
+            at = 13
+            for _ in range(n):
+                slot, k = struct.unpack_from('<II', body, at)
+                pairs.append((slot, body[at + 8:at + 8 + k]))
+                at += 8 + k
+            step(tid, 2, pairs)
+        elif kind == b'X':
+            (tid,) = struct.unpack_from('<Q', body, 1)
+            task = tasks.pop(tid, None)
+            _run.boxes.pop(tid, None)
+            awaiting.pop(tid, None)
+            if task is not None:
+                try:
+                    task.close()
+                except BaseException:
+                    pass
+        elif kind == b'G':
+            pass  # the reply to a get_messages whose task was cancelled meanwhile
+        elif kind == b'Q':
+            os._exit(0)
+        else:
+            sys.stderr.write(f'bqrt: the Python process got an unknown frame {kind!r}\n')
+            os._exit(70)

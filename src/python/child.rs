@@ -1,0 +1,670 @@
+//! The Python process a worker rank runs its BQSKit tasks in: started, spoken to over two
+//! pipes, watched and ended. The frames are described in python/bqrt_child.py.
+//!
+//! The process is the environment's own interpreter (`python -c BOOT RANK`); the boot code reads
+//! bqrt's Python sources from the first frame, so nothing has to be installed next to the
+//! binary. It dies with its rank (`PR_SET_PDEATHSIG`), ignores SIGINT (the rank decides when
+//! to stop) and, with a memory limit, cannot map more than the limit of private writable memory
+//! (`RLIMIT_DATA`: Python raises `MemoryError`); its resident size is also watched while a task
+//! runs, and a process over the limit is killed.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const CHILD_SRC: &str = include_str!("../../python/bqrt_child.py");
+const WORKER_SRC: &str = include_str!("../../python/bqrt_worker.py");
+
+/// Reads the first frame (bqrt's sources and the modules to warm up) and runs the child.
+const BOOT: &str = "import os,struct,sys
+def r(n):
+    b=b''
+    while len(b)<n:
+        c=os.read(3,n-len(b))
+        if not c: os._exit(0)
+        b+=c
+    return b
+n,=struct.unpack('<I',r(4))
+p=r(n).split(b'\\0')
+g={'__name__':'bqrt_child'}
+exec(compile(p[0].decode(),'<bqrt>/bqrt_child.py','exec'),g)
+g['main'](p[1].decode(),[m for m in p[2].decode().split(',') if m],int(sys.argv[1]))
+";
+
+/// A message to the child.
+pub enum ToChild<'a> {
+    Start {
+        tid: u64,
+        depth: u32,
+        envelope: &'a [u8],
+    },
+    All {
+        tid: u64,
+        single: bool,
+        values: &'a [Vec<u8>],
+    },
+    Next {
+        tid: u64,
+        pairs: &'a [(usize, Vec<u8>)],
+    },
+    Close(u64),
+    Messages(&'a [Vec<u8>]),
+    Quit,
+}
+
+/// A message from the child.
+#[derive(Debug, PartialEq)]
+pub enum FromChild {
+    Hello(String),
+    Submit {
+        mailbox: u64,
+        single: bool,
+        children: Vec<(String, Vec<u8>)>,
+    },
+    Cancel(u64),
+    Communicate(u64, Vec<u8>),
+    GetMessages,
+    Log {
+        level: i64,
+        name: String,
+        text: String,
+    },
+    Done(Vec<u8>),
+    Failed(String),
+    Await {
+        mailbox: u64,
+        next: bool,
+    },
+}
+
+/// How the process was started.
+#[derive(Clone, Debug)]
+pub struct Spec<'a> {
+    pub python: &'a Path,
+    pub rank: u32,
+    /// Most private writable memory the process may map (bytes).
+    pub memory_limit: Option<u64>,
+    /// Modules imported before the process says it is ready.
+    pub warm: &'a [&'a str],
+}
+
+/// One running child process.
+pub struct Child {
+    proc: std::process::Child,
+    to: File,
+    from: File,
+    buf: Vec<u8>,
+    /// Start of the unread bytes in `buf`.
+    at: usize,
+    pub started: Instant,
+    /// Whether its ready frame arrived.
+    pub ready: bool,
+    /// Killed by us, and why (the cause a task is told instead of the bare signal).
+    killed: Option<String>,
+    reaped: Option<ExitStatus>,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nobody else
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A close-on-exec copy of `fd` numbered 10 or above, so that moving it to 3 or 4 in the child
+/// cannot overwrite the other pipe.
+fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor or -1
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: n is a new descriptor owned by nobody else
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Larger pipes: an envelope of a few hundred KiB goes in one write (best effort).
+fn widen(fd: &OwnedFd) {
+    // SAFETY: F_SETPIPE_SZ only resizes the pipe's buffer
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+}
+
+impl Child {
+    /// Start a child and send it its sources; it imports `spec.warm` and then says it is ready.
+    pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
+        let (child_in, to) = pipe()?;
+        let (from, child_out) = pipe()?;
+        widen(&to);
+        let (child_in, child_out) = (high(child_in)?, high(child_out)?);
+        let (fd_in, fd_out) = (child_in.as_raw_fd(), child_out.as_raw_fd());
+        let limit = spec.memory_limit;
+        let mut cmd = Command::new(spec.python);
+        cmd.arg("-c")
+            .arg(BOOT)
+            .arg(spec.rank.to_string())
+            .stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd_in, 3) < 0 || libc::dup2(fd_out, 4) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                if let Some(bytes) = limit {
+                    let rl = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_DATA, &rl) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let proc = cmd.spawn()?;
+        drop((child_in, child_out));
+        let mut child = Child {
+            proc,
+            to: File::from(to),
+            from: File::from(from),
+            buf: Vec::with_capacity(1 << 16),
+            at: 0,
+            started: Instant::now(),
+            ready: false,
+            killed: None,
+            reaped: None,
+        };
+        let mut boot = Vec::new();
+        boot.extend_from_slice(CHILD_SRC.as_bytes());
+        boot.push(0);
+        boot.extend_from_slice(WORKER_SRC.as_bytes());
+        boot.push(0);
+        boot.extend_from_slice(spec.warm.join(",").as_bytes());
+        let mut frame = (boot.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&boot);
+        child.to.write_all(&frame)?;
+        Ok(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.id()
+    }
+
+    /// Send one message (blocks only while the pipe is full; a dead child is an error).
+    pub fn send(&mut self, msg: ToChild<'_>) -> io::Result<()> {
+        let frame = encode(msg);
+        self.to.write_all(&frame)
+    }
+
+    /// The next message, waiting at most `timeout` (`Ok(None)`: nothing yet). An error means the
+    /// child is gone or spoke nonsense: see [`Child::end`].
+    pub fn recv(&mut self, timeout: Duration) -> io::Result<Option<FromChild>> {
+        loop {
+            if let Some(msg) = self.parse()? {
+                return Ok(Some(msg));
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.from.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    return Ok(None);
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            if self.at > 0 && self.at == self.buf.len() {
+                self.buf.clear();
+                self.at = 0;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + (1 << 16), 0);
+            let got = self.from.read(&mut self.buf[len..]);
+            match got {
+                Ok(0) => {
+                    self.buf.truncate(len);
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+                }
+                Ok(k) => self.buf.truncate(len + k),
+                Err(e) => {
+                    self.buf.truncate(len);
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn parse(&mut self) -> io::Result<Option<FromChild>> {
+        let rest = &self.buf[self.at..];
+        if rest.len() < 4 {
+            return Ok(None);
+        }
+        let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest.len() < 4 + n {
+            return Ok(None);
+        }
+        let msg =
+            decode(&rest[4..4 + n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.at += 4 + n;
+        if self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        }
+        Ok(Some(msg))
+    }
+
+    /// Its resident size in bytes (`/proc/PID/statm`), if it can be read.
+    pub fn rss(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/statm", self.proc.id())).ok()?;
+        let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Some(pages * page)
+    }
+
+    /// Send a signal (a child already gone ignores it).
+    pub fn signal(&self, sig: i32) {
+        if self.reaped.is_none() {
+            // SAFETY: kill with a pid of our own unreaped child
+            unsafe { libc::kill(self.proc.id() as libc::pid_t, sig) };
+        }
+    }
+
+    /// Kill it now, remembering why (the cause [`Child::end`] reports).
+    pub fn kill(&mut self, why: impl Into<String>) {
+        if self.killed.is_none() {
+            self.killed = Some(why.into());
+        }
+        self.signal(libc::SIGKILL);
+    }
+
+    /// Whether it has exited (reaps it if so).
+    pub fn exited(&mut self) -> bool {
+        if self.reaped.is_none() {
+            if let Ok(Some(st)) = self.proc.try_wait() {
+                self.reaped = Some(st);
+            }
+        }
+        self.reaped.is_some()
+    }
+
+    /// End it (killing it if it still runs after `grace`) and say how it ended.
+    pub fn end(&mut self, grace: Duration) -> String {
+        let until = Instant::now() + grace;
+        while !self.exited() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !self.exited() {
+            self.signal(libc::SIGKILL);
+            if let Ok(st) = self.proc.wait() {
+                self.reaped = Some(st);
+            }
+        }
+        match (&self.killed, self.reaped) {
+            (Some(why), _) => why.clone(),
+            (None, Some(st)) => describe(st),
+            (None, None) => "it could not be waited for".into(),
+        }
+    }
+
+    /// Ask it to exit, then make sure it did (shutdown).
+    pub fn quit(mut self, grace: Duration) {
+        let _ = self.send(ToChild::Quit);
+        self.end(grace);
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.exited() {
+            self.signal(libc::SIGKILL);
+            let _ = self.proc.wait();
+        }
+    }
+}
+
+/// How a process ended, for a task's error.
+pub fn describe(st: ExitStatus) -> String {
+    if let Some(sig) = st.signal() {
+        let name = signal_name(sig);
+        let more = match sig {
+            libc::SIGKILL => {
+                " (from outside the runtime; the kernel's out-of-memory killer sends it)"
+            }
+            libc::SIGSEGV | libc::SIGBUS => " (a crash, usually in a C extension)",
+            libc::SIGABRT => " (an abort, usually in a C extension or a failed allocation)",
+            _ => "",
+        };
+        return format!("killed by signal {sig} ({name}){more}");
+    }
+    match st.code() {
+        Some(c) => format!("it exited with status {c}"),
+        None => format!("it ended ({st})"),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "a signal",
+    }
+}
+
+fn put_u32(v: &mut Vec<u8>, n: usize) {
+    v.extend_from_slice(&(n as u32).to_le_bytes());
+}
+
+fn encode(msg: ToChild<'_>) -> Vec<u8> {
+    let mut v = vec![0u8; 4];
+    match msg {
+        ToChild::Start {
+            tid,
+            depth,
+            envelope,
+        } => {
+            v.reserve(13 + envelope.len());
+            v.push(b'S');
+            v.extend_from_slice(&tid.to_le_bytes());
+            v.extend_from_slice(&depth.to_le_bytes());
+            v.extend_from_slice(envelope);
+        }
+        ToChild::All {
+            tid,
+            single,
+            values,
+        } => {
+            v.push(b'A');
+            v.extend_from_slice(&tid.to_le_bytes());
+            v.push(single as u8);
+            put_u32(&mut v, values.len());
+            for b in values {
+                put_u32(&mut v, b.len());
+                v.extend_from_slice(b);
+            }
+        }
+        ToChild::Next { tid, pairs } => {
+            v.push(b'N');
+            v.extend_from_slice(&tid.to_le_bytes());
+            put_u32(&mut v, pairs.len());
+            for (slot, b) in pairs {
+                put_u32(&mut v, *slot);
+                put_u32(&mut v, b.len());
+                v.extend_from_slice(b);
+            }
+        }
+        ToChild::Close(tid) => {
+            v.push(b'X');
+            v.extend_from_slice(&tid.to_le_bytes());
+        }
+        ToChild::Messages(msgs) => {
+            v.push(b'G');
+            put_u32(&mut v, msgs.len());
+            for b in msgs {
+                put_u32(&mut v, b.len());
+                v.extend_from_slice(b);
+            }
+        }
+        ToChild::Quit => v.push(b'Q'),
+    }
+    let n = (v.len() - 4) as u32;
+    v[..4].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// Reads a child's frame body.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err(format!("a frame ends {} bytes early", n - self.0.len()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<usize, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    fn i32(&mut self) -> Result<i64, String> {
+        let b = self.take(4)?;
+        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn blob(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()?;
+        self.take(n)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn decode(frame: &[u8]) -> Result<FromChild, String> {
+    let mut c = Cursor(frame);
+    let kind = c.u8()?;
+    Ok(match kind {
+        b'H' => FromChild::Hello(text(c.rest())),
+        b's' => {
+            let mailbox = c.u64()?;
+            let single = c.u8()? != 0;
+            let n = c.u32()?;
+            let mut children = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                let name = text(c.blob()?);
+                children.push((name, c.blob()?.to_vec()));
+            }
+            FromChild::Submit {
+                mailbox,
+                single,
+                children,
+            }
+        }
+        b'c' => FromChild::Cancel(c.u64()?),
+        b'm' => {
+            let mailbox = c.u64()?;
+            FromChild::Communicate(mailbox, c.rest().to_vec())
+        }
+        b'g' => FromChild::GetMessages,
+        b'l' => {
+            let level = c.i32()?;
+            let name = text(c.blob()?);
+            FromChild::Log {
+                level,
+                name,
+                text: text(c.rest()),
+            }
+        }
+        b'd' => FromChild::Done(c.rest().to_vec()),
+        b'e' => FromChild::Failed(text(c.rest())),
+        b'a' => {
+            let mailbox = c.u64()?;
+            FromChild::Await {
+                mailbox,
+                next: c.u8()? != 0,
+            }
+        }
+        k => return Err(format!("unknown frame kind {k}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_from_the_child_decode_and_bad_ones_are_errors() {
+        let mut f = vec![b's'];
+        f.extend_from_slice(&7u64.to_le_bytes());
+        f.push(1);
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&2u32.to_le_bytes());
+        f.extend_from_slice(b"fn");
+        f.extend_from_slice(&3u32.to_le_bytes());
+        f.extend_from_slice(b"abc");
+        assert_eq!(
+            decode(&f),
+            Ok(FromChild::Submit {
+                mailbox: 7,
+                single: true,
+                children: vec![("fn".into(), b"abc".to_vec())]
+            })
+        );
+        assert!(decode(&f[..f.len() - 1]).is_err());
+        assert!(decode(b"z").is_err());
+        assert!(decode(b"").is_err());
+        let mut big = vec![b's'];
+        big.extend_from_slice(&7u64.to_le_bytes());
+        big.push(0);
+        big.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            decode(&big).is_err(),
+            "a huge count with no children is an error"
+        );
+    }
+
+    #[test]
+    fn messages_to_the_child_carry_their_length() {
+        let v = encode(ToChild::Next {
+            tid: 1,
+            pairs: &[(2, b"xy".to_vec())],
+        });
+        assert_eq!(
+            u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as usize,
+            v.len() - 4
+        );
+        assert_eq!(v[4], b'N');
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    fn python() -> std::path::PathBuf {
+        std::env::var_os("PYO3_PYTHON")
+            .map(Into::into)
+            .unwrap_or_else(|| "python3".into())
+    }
+
+    fn ready(c: &mut Child) -> String {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            match c.recv(Duration::from_millis(100)) {
+                Ok(Some(FromChild::Hello(note))) => return note,
+                Ok(Some(m)) => panic!("before ready: {m:?}"),
+                Ok(None) => {}
+                Err(e) => panic!(
+                    "the child died before ready: {e}: {}",
+                    c.end(Duration::ZERO)
+                ),
+            }
+        }
+        panic!("no ready message within 30 s")
+    }
+
+    #[test]
+    fn a_child_says_ready_names_what_it_could_not_import_and_quits() {
+        let py = python();
+        let spec = Spec {
+            python: &py,
+            rank: 7,
+            memory_limit: None,
+            warm: &["json", "bqrt_no_such_module"],
+        };
+        let mut c = Child::spawn(&spec).expect("spawn");
+        let note = ready(&mut c);
+        assert!(
+            note.contains("bqrt_no_such_module") && !note.contains("json"),
+            "{note}"
+        );
+        let pid = c.pid();
+        c.quit(Duration::from_secs(5));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists() || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            }
+        );
+    }
+
+    #[test]
+    fn a_child_killed_by_a_signal_or_by_us_is_described_by_its_cause() {
+        let py = python();
+        let spec = Spec {
+            python: &py,
+            rank: 1,
+            memory_limit: Some(256 << 20),
+            warm: &[],
+        };
+        let mut c = Child::spawn(&spec).expect("spawn");
+        ready(&mut c);
+        c.signal(libc::SIGSEGV);
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.recv(Duration::from_millis(50)) {
+                Err(_) => break,
+                Ok(_) => assert!(Instant::now() < until, "the child outlived SIGSEGV"),
+            }
+        }
+        let cause = c.end(Duration::from_secs(1));
+        assert!(cause.contains("SIGSEGV"), "{cause}");
+        let mut d = Child::spawn(&spec).expect("spawn");
+        ready(&mut d);
+        d.kill("killed: over the memory limit");
+        assert_eq!(
+            d.end(Duration::from_secs(5)),
+            "killed: over the memory limit"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+"""One bad pass fails one job: passes that crash their worker's Python process, spin without
+yielding, swallow the cancel, allocate past the memory limit or run past the time limit, each
+beside a bystander client whose job must complete with the right result."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from bqskit.compiler import Compiler
+from bqskit.ir.circuit import Circuit
+
+import bqrt_testpasses as tp
+from conftest import Runtime, alive, wait_for
+from test_runtime import error_text
+
+CAUSES = {
+    'raise': 'bqrt-test-crash-raise',
+    'exit': 'it exited with status 3',
+    'segfault': 'SIGSEGV',
+    'abort': 'SIGABRT',
+}
+
+
+@pytest.fixture(scope='module')
+def solo():  # type: ignore[no-untyped-def]
+    """One worker (every coroutine shares one Python process) with a memory limit and quick
+    stall warnings."""
+    rt = Runtime('flat', ['--memory-limit', '600M', '--stall-warning', '1'], ranks=2)
+    yield rt
+    ok = rt.alive()
+    rt.stop()
+    assert ok, rt.output()
+
+
+def bystander(rt: Runtime, d: Path, n: int):  # type: ignore[no-untyped-def]
+    """Start a bystander's job that holds `n` suspended coroutines; returns (compiler, job)
+    once at least one of them runs."""
+    c = Compiler(rt.host, rt.port)
+    job = c.submit(Circuit(1), [tp.BystanderPass(n, 3, 0.2, str(d))], request_data=True)
+    wait_for(lambda: list(d.glob('held-*')), 60, 'the bystander started')
+    return c, job
+
+
+def check_bystander(c: Compiler, job, n: int) -> None:  # type: ignore[no-untyped-def]
+    _, data = c.result(job)
+    assert data['squares'] == [i * i for i in range(n)]
+    c.close()
+
+
+def crash_beside_a_bystander(rt: Runtime, d: Path, how: str, n: int) -> str:
+    by, job = bystander(rt, d, n)
+    with Compiler(rt.host, rt.port) as bad:
+        with pytest.raises(RuntimeError) as e:
+            bad.compile(Circuit(1), [tp.CrashPass(how)])
+    msg = error_text(e.value)
+    assert CAUSES[how] in msg, msg
+    check_bystander(by, job, n)
+    # the runtime serves a new compile afterwards
+    with Compiler(rt.host, rt.port) as c:
+        _, data = c.compile(Circuit(1), [tp.MapPass()], request_data=True)
+        assert data['out'] == list(range(10))
+    assert rt.alive(), rt.output()
+    return msg
+
+
+@pytest.mark.parametrize('how', ['raise', 'exit', 'segfault'])
+def test_a_crashing_pass_fails_only_its_own_job(runtime, tmp_path, how) -> None:  # type: ignore[no-untyped-def]
+    msg = crash_beside_a_bystander(runtime, tmp_path, how, 8)
+    if how != 'raise':
+        assert 'rank' in msg and 'Python process' in msg, msg
+
+
+@pytest.mark.parametrize('how', ['exit', 'segfault', 'abort'])
+def test_tasks_suspended_in_a_crashed_process_start_over_and_finish(solo, tmp_path, how) -> None:  # type: ignore[no-untyped-def]
+    """One worker: the bystander's coroutines are certainly in the process that dies."""
+    before = solo.output().count('Python process')
+    crash_beside_a_bystander(solo, tmp_path, how, 4)
+    assert solo.output().count('Python process') > before, solo.output()
+
+
+@pytest.mark.parametrize('how', ['spin', 'swallow'])
+def test_a_pass_that_does_not_yield_is_cancelled_and_its_worker_serves_again(runtime, tmp_path, how) -> None:  # type: ignore[no-untyped-def]
+    mark = tmp_path / 'spinning'
+    with Compiler(runtime.host, runtime.port) as c:
+        job = c.submit(Circuit(1), [tp.SpinPass(how, str(mark))])
+        rank = int(wait_for(lambda: mark.exists() and mark.read_text(), 60, 'the spin started'))
+        cancelled = time.time()
+        assert c.cancel(job)
+        seen: set[int] = set()
+        while rank not in seen:
+            assert time.time() - cancelled < 5, f'rank {rank} ran nothing for 5 s: {seen}'
+            _, data = c.compile(Circuit(1), [tp.RanksPass(12, 0.02)], request_data=True)
+            seen |= set(data['ranks'])
+    assert runtime.alive(), runtime.output()
+
+
+def test_memory_limit_fails_the_task_that_passes_it(solo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    by, job = bystander(solo, tmp_path, 3)
+    with Compiler(solo.host, solo.port) as c:
+        with pytest.raises(RuntimeError) as e:
+            c.compile(Circuit(1), [tp.AllocatePass(2048)])
+    msg = error_text(e.value)
+    assert 'MemoryError' in msg and '--memory-limit' in msg and '600 MiB' in msg, msg
+    # BQSKit's client closes its connection after an error: a new one
+    with Compiler(solo.host, solo.port) as c:
+        _, data = c.compile(Circuit(1), [tp.AllocatePass(64)], request_data=True)
+        assert data['allocated'] == 64 << 20
+    check_bystander(by, job, 3)
+
+
+def test_stall_warning_reaches_the_client(solo, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level(logging.WARNING):
+        with Compiler(solo.host, solo.port) as c:
+            _, data = c.compile(Circuit(1), [tp.SleepPass(2.5)], request_data=True)
+    assert data['slept'] == 2.5
+    warned = [r.getMessage() for r in caplog.records if 'without yielding' in r.getMessage()]
+    assert warned and '--stall-warning 1 s' in warned[0], [r.getMessage() for r in caplog.records]
+
+
+def test_time_limit_fails_the_job_and_stops_its_tasks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rt = Runtime('flat', ['--job-time-limit', '3'], ranks=2)
+    try:
+        with Compiler(rt.host, rt.port) as c:
+            t = time.time()
+            with pytest.raises(RuntimeError) as e:
+                c.compile(Circuit(1), [tp.SpinPass('swallow', str(tmp_path / 'm'))])
+        msg = error_text(e.value)
+        assert 'time limit' in msg and '--job-time-limit' in msg, msg
+        assert time.time() - t < 15
+        # its one worker is free again: a short job completes within its own limit
+        with Compiler(rt.host, rt.port) as c:
+            _, data = c.compile(Circuit(1), [tp.RanksPass(4, 0.01)], request_data=True)
+            assert len(data['ranks']) == 4
+    finally:
+        ok = rt.alive()
+        children = rt.python_processes()
+        assert children, 'the worker has its Python process'
+        rt.stop()
+    assert ok, rt.output()
+    wait_for(lambda: not any(alive(p) for p in children), 10, 'no Python process left')
+
+
+def test_no_python_process_outlives_the_runtime() -> None:
+    rt = Runtime('flat', [], ranks=3)
+    with Compiler(rt.host, rt.port) as c:
+        _, data = c.compile(Circuit(1), [tp.MapPass()], request_data=True)
+        assert data['out'] == list(range(10))
+    children = rt.python_processes()
+    assert len(children) == 2, children
+    rt.stop()
+    wait_for(lambda: not any(alive(p) for p in children), 10, 'no Python process left')
+
+
+def test_two_bystanders_and_a_crash_at_once(runtime, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Several clients share the server while one of them crashes a process repeatedly."""
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    a.mkdir()
+    b.mkdir()
+    by_a, job_a = bystander(runtime, a, 6)
+    by_b, job_b = bystander(runtime, b, 6)
+    errors: list[str] = []
+    for _ in range(3):
+        with Compiler(runtime.host, runtime.port) as bad:
+            with pytest.raises(RuntimeError) as e:
+                bad.compile(Circuit(1), [tp.CrashPass('exit')])
+        errors.append(error_text(e.value))
+    assert all(CAUSES['exit'] in e for e in errors), errors
+    check_bystander(by_a, job_a, 6)
+    check_bystander(by_b, job_b, 6)
