@@ -228,3 +228,55 @@ fn submits_of_unknown_tasks_or_wrong_arguments_fail_at_submit() {
     let (v, _) = timed(&mut c, "fib", "9");
     assert_eq!(v, 34, "the runtime keeps serving");
 }
+
+#[test]
+fn a_job_past_the_time_limit_fails_with_a_clear_error_and_its_worker_is_freed() {
+    // one worker, held by a task that would sleep for a minute
+    let s = Serve::start(2, &["--job-time-limit", "2"]);
+    let mut c = client(&s);
+    let t0 = Instant::now();
+    let long = c.submit("sleep", "60000", LogSpec::OFF, false).unwrap();
+    match c.result(long, None).unwrap() {
+        bqrt::protocol::native::JobResult::Failed(f) => {
+            assert!(
+                f.message.starts_with("time limit") && f.message.contains("--job-time-limit"),
+                "{}",
+                f.message
+            )
+        }
+        r => panic!("the job fails for its time limit: {r:?}"),
+    }
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(c.status(long).unwrap().state, JobState::Unknown, "result delivered");
+    // the one worker is free again: a short job completes within its own limit
+    let (v, _) = timed(&mut c, "fib", "15");
+    assert_eq!(v, serde_json::json!(610));
+}
+
+#[test]
+fn a_task_computing_past_the_stall_warning_warns_its_client_and_goes_on() {
+    let s = Serve::start(2, &["--stall-warning", "1"]);
+    let mut c = client(&s);
+    let warn = LogSpec {
+        level: 2,
+        max_depth: None,
+    };
+    let j = c.submit("spin", "2600", warn, false).unwrap();
+    let v = done(c.result(j, None).unwrap());
+    assert_eq!(v, serde_json::json!(true), "the spin completes");
+    let logs = c.take_logs();
+    let stalls: Vec<_> = logs
+        .iter()
+        .filter(|(job, r)| *job == j && r.message.contains("without yielding"))
+        .collect();
+    // due at 1 s and at 2 s (the second may miss a 2.6 s spin on a loaded machine)
+    assert!((1..=2).contains(&stalls.len()), "{logs:?}");
+    let r = &stalls[0].1;
+    assert_eq!((r.level, r.task.as_str()), (2, "spin"), "{r:?}");
+    assert!(r.message.contains("--stall-warning 1 s"), "{}", r.message);
+    // a client that asked for no logs gets none
+    let quiet = c.submit("spin", "1500", LogSpec::OFF, false).unwrap();
+    done(c.result(quiet, None).unwrap());
+    assert!(c.take_logs().iter().all(|(job, _)| *job != quiet));
+}
