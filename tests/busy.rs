@@ -247,8 +247,15 @@ fn a_job_past_the_time_limit_fails_with_a_clear_error_and_its_worker_is_freed() 
         r => panic!("the job fails for its time limit: {r:?}"),
     }
     let took = t0.elapsed();
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
-    assert_eq!(c.status(long).unwrap().state, JobState::Unknown, "result delivered");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(
+        c.status(long).unwrap().state,
+        JobState::Unknown,
+        "result delivered"
+    );
     // the one worker is free again: a short job completes within its own limit
     let (v, _) = timed(&mut c, "fib", "15");
     assert_eq!(v, serde_json::json!(610));

@@ -191,7 +191,9 @@ impl Child {
         boot.extend_from_slice(spec.warm.join(",").as_bytes());
         let mut frame = (boot.len() as u32).to_le_bytes().to_vec();
         frame.extend_from_slice(&boot);
-        child.to.write_all(&frame)?;
+        // a child that already died breaks the pipe; its exit status, read when it is found
+        // gone, is the better cause
+        let _ = child.to.write_all(&frame);
         Ok(child)
     }
 

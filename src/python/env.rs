@@ -16,7 +16,11 @@ const SETUP_HINT: &str = "run `bash launch/setup-python.sh` and `. .venv/bin/act
 
 #[derive(Clone, Debug)]
 pub struct PythonEnv {
+    /// The interpreter's own path (`sys.executable`), for messages.
     pub executable: PathBuf,
+    /// The command as chosen (`--python`, the virtual environment's, `python3`): what workers
+    /// start their Python processes with, so that a site's wrapper script applies to them too.
+    pub command: PathBuf,
     pub version: String,
     pub sys_path: Vec<String>,
     pub bqskit: String,
@@ -107,6 +111,7 @@ pub fn probe(exe: &Path) -> Result<PythonEnv, EnvError> {
             .as_str()
             .map(PathBuf::from)
             .unwrap_or_else(|| exe.to_path_buf()),
+        command: exe.to_path_buf(),
         version,
         sys_path,
         bqskit: bqskit.to_string(),

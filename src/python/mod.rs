@@ -115,7 +115,7 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
     supervisor::configure(supervisor::Limits {
         memory,
         cancel_grace: std::time::Duration::from_secs_f64(opts.cancel_grace),
-        python: env.executable.clone(),
+        python: env.command.clone(),
     });
     let notice = bqskit_notice(&env, opts, allow.is_empty(), listen);
     interp::set_env(env);

@@ -39,14 +39,15 @@ def mpi_env() -> dict[str, str]:
 class Runtime:
     """`bqrt serve` under a launcher, on a free loopback port."""
 
-    def __init__(self, topology: str, extra: list[str] | None = None, ranks: int = 4) -> None:
+    def __init__(self, topology: str, extra: list[str] | None = None, ranks: int = 4,
+                 python: str = sys.executable) -> None:
         if not BIN.exists():
             pytest.fail(f'{BIN} is missing: cargo build --release --features python')
         self.dir = Path(tempfile.mkdtemp(prefix=f'bqrt-pytest-{topology}-'))
         ready = self.dir / 'ready'
         serve = [
             str(BIN), 'serve', '--listen', '127.0.0.1:0', '--ready-file', str(ready),
-            '--token-file', str(self.dir / 'token'), '--python', sys.executable,
+            '--token-file', str(self.dir / 'token'), '--python', python,
         ] + (extra or [])
         if topology == 'flat':
             cmd = os.environ.get('BQRT_PYTEST_LAUNCHER', 'mpirun').split() + ['-n', str(ranks)] + serve

@@ -30,8 +30,10 @@ def solo():  # type: ignore[no-untyped-def]
     rt = Runtime('flat', ['--memory-limit', '600M', '--stall-warning', '1'], ranks=2)
     yield rt
     ok = rt.alive()
+    children = rt.python_processes()
     rt.stop()
     assert ok, rt.output()
+    wait_for(lambda: not any(alive(p) for p in children), 10, 'no Python process left')
 
 
 def bystander(rt: Runtime, d: Path, n: int):  # type: ignore[no-untyped-def]
@@ -169,3 +171,35 @@ def test_two_bystanders_and_a_crash_at_once(runtime, tmp_path) -> None:  # type:
     assert all(CAUSES['exit'] in e for e in errors), errors
     check_bystander(by_a, job_a, 6)
     check_bystander(by_b, job_b, 6)
+
+
+def test_a_python_process_that_cannot_start_is_reported_not_restarted_forever(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An environment whose interpreter runs everything but bqrt's worker process (a broken
+    site set-up, seen from bqrt)."""
+    import os
+    import sys
+    wrapper = tmp_path / 'python'
+    wrapper.write_text(
+        '#!/bin/sh\n'
+        'case "$*" in *bqrt_child*) echo bqrt-test: no worker process here >&2; exit 7;; esac\n'
+        f'exec {sys.executable} "$@"\n',
+    )
+    os.chmod(wrapper, 0o755)
+    rt = Runtime('flat', [], ranks=2, python=str(wrapper))
+    try:
+        with Compiler(rt.host, rt.port) as c:
+            with pytest.raises(RuntimeError) as e:
+                c.compile(Circuit(1), [tp.MapPass()])
+        msg = error_text(e.value)
+        assert 'failed to start 3 times in a row' in msg and 'status 7' in msg, msg
+        # reported once, not restarted forever: no process is left starting over
+        out = rt.output()
+        assert out.count('bqrt-test: no worker process here') == 3, out
+        assert rt.alive(), out
+        with Compiler(rt.host, rt.port) as c:
+            with pytest.raises(RuntimeError) as e:
+                c.compile(Circuit(1), [tp.MapPass()])
+        assert 'failed to start 3 times' in error_text(e.value)
+        assert rt.output().count('bqrt-test: no worker process here') == 3
+    finally:
+        rt.stop()
