@@ -147,7 +147,11 @@ RTT_CALLS = 20
 CHAIN_DEPTH = 200
 TREE_DEPTH = 12
 IDLE_SECONDS = 10.0
-NAMES = ('bqrt', 'bqskit')
+# bqrt; BQSKit's attached runtime (`Compiler(num_workers=2)`, a fresh one per W6 compile, as a
+# script does); BQSKit's detached runtime kept warm across compiles (`bqskit-manager -n 2`, then
+# `bqskit-server`), the peer of a long-lived bqrt server.
+NAMES = ('bqrt', 'bqskit', 'warm')
+LABELS = {'bqrt': 'bqrt', 'bqskit': 'BQSKit', 'warm': 'BQSKit warm'}
 
 
 class BenchError(Exception):
@@ -299,6 +303,83 @@ def bqskit_roles(compiler: Any) -> dict[str, list[int]]:
     return {'launcher': [], 'server': [compiler.p.pid], 'workers': below[1:]}
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return int(s.getsockname()[1])
+
+
+class BqskitDetached:
+    """BQSKit's detached runtime, started as its docs say (manager first, then the server) on
+    free loopback ports, kept up across compiles: 2 workers under one manager."""
+
+    name = 'warm'
+
+    def start(self) -> float:
+        self.stop()
+        """Start; seconds until the server accepts clients."""
+        import socket
+        self.dir = Path(tempfile.mkdtemp(prefix='bqskit-detached-'))
+        mport, wport, self.port = free_port(), free_port(), free_port()
+        self.log = open(self.dir / 'runtime.log', 'wb')
+        t0 = time.perf_counter()
+        self.manager = subprocess.Popen(
+            [sys.executable, '-m', 'bqskit.runtime.manager', '-n', '2', '-p', str(mport),
+             '-w', str(wport)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.server = subprocess.Popen(
+            [sys.executable, '-m', 'bqskit.runtime.detached', f'localhost:{mport}',
+             '-p', str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        while time.perf_counter() - t0 < 120:
+            for p in (self.manager, self.server):
+                if p.poll() is not None:
+                    raise BenchError(f'BQSKit detached runtime exited early:\n{self.output()}')
+            try:
+                with socket.create_connection(('127.0.0.1', self.port), timeout=1):
+                    pass
+            except OSError:
+                time.sleep(0.01)
+                continue
+            # the server accepts only once its managers reported their workers
+            return time.perf_counter() - t0
+        raise BenchError(f'BQSKit detached runtime not ready within 120 s:\n{self.output()}')
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.dir / 'runtime.log').read_text(errors='replace')[-4000:]
+
+    def connect(self) -> Any:
+        from bqskit.compiler import Compiler
+        return Compiler('localhost', self.port)
+
+    def alive(self) -> bool:
+        return self.manager.poll() is None and self.server.poll() is None
+
+    def roles(self) -> dict[str, list[int]]:
+        """pids: 'server' (server and manager), 'workers' (the manager's children)."""
+        return {'launcher': [], 'server': [self.server.pid, self.manager.pid],
+                'workers': descendants(self.manager.pid)[1:]}
+
+    def stop(self) -> None:
+        if not hasattr(self, 'server'):
+            return  # not started, or stopped already
+        for p in (self.server, self.manager):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)
+        for p in (self.server, self.manager):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
+        self.log.close()
+        del self.server, self.manager
+
+
 def bqskit_compiler() -> Any:
     from bqskit.compiler import Compiler
     return Compiler(num_workers=2)
@@ -371,7 +452,7 @@ class Figures:
         self.figs: dict[str, dict[str, Any]] = {}
 
     def add(self, key: str, unit: str, better: str, side: str, value: float) -> None:
-        f = self.figs.setdefault(key, {'unit': unit, 'better': better, 'bqrt': [], 'bqskit': []})
+        f = self.figs.setdefault(key, {'unit': unit, 'better': better, **{s: [] for s in NAMES}})
         f[side].append(value)
 
     def summary(self) -> dict[str, dict[str, Any]]:
@@ -383,8 +464,9 @@ class Figures:
                 row[f'{side}_stats'] = (
                     [min(xs), statistics.median(xs), max(xs)] if xs else None
                 )
-            a, b = row['bqrt_stats'], row['bqskit_stats']
+            a, b, w = row['bqrt_stats'], row['bqskit_stats'], row['warm_stats']
             row['ratio'] = a[1] / b[1] if a and b and b[1] else None
+            row['ratio_warm'] = a[1] / w[1] if a and w and w[1] else None
             # speed-up of bqrt over BQSKit (> 1: bqrt better)
             r = row['ratio']
             row['speedup'] = None if not r else (r if f['better'] == 'higher' else 1 / r)
@@ -408,15 +490,15 @@ def fmt(x: float | None) -> str:
 
 
 def table(summary: dict[str, dict[str, Any]], targets: dict[str, tuple[str, bool]]) -> str:
-    head = ['workload', 'unit', 'bqrt min / median / max', 'BQSKit min / median / max',
-            'bqrt/BQSKit', 'target']
+    head = ['workload', 'unit'] + [f'{LABELS[s]} min / median / max' for s in NAMES] + [
+        'bqrt/BQSKit', 'bqrt/warm', 'target']
     rows = []
     for key, r in summary.items():
         mmm = [' / '.join(fmt(v) for v in r[f'{s}_stats']) if r[f'{s}_stats'] else '-'
                for s in NAMES]
-        t = targets.get(key)
-        rows.append([key, r['unit'], mmm[0], mmm[1], fmt(r['ratio']),
-                     f'{t[0]}: {"met" if t[1] else "MISSED"}' if t else ''])
+        goals = [targets[k] for k in (key, f'{key} vs warm') if k in targets]
+        rows.append([key, r['unit'], *mmm, fmt(r['ratio']), fmt(r['ratio_warm']),
+                     '; '.join(f'{t[0]}: {"met" if t[1] else "MISSED"}' for t in goals)])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ['| ' + ' | '.join(h.ljust(w) for h, w in zip(head, widths)) + ' |',
              '| ' + ' | '.join('-' * w for w in widths) + ' |']
@@ -452,6 +534,12 @@ def check_targets(summary: dict[str, dict[str, Any]], compiles: dict[str, Any]
         lim = 0.8 if r['bqskit_stats'][1] < 1.0 else 1.0
         gates_ok = c['two_qubit_within_5pct']
         t[k] = (f'<= {lim}x, 2q within 5%', r['ratio'] <= lim and gates_ok)
+    for k, c in compiles.items():
+        r = summary[k]
+        if r['ratio_warm'] is None:
+            continue
+        same = sorted(set(c['two_qubit']['bqrt'])) == sorted(set(c['two_qubit']['warm']))
+        t[f'{k} vs warm'] = ('<= 0.9x warm, same 2q', r['ratio_warm'] <= 0.9 and same)
     return t
 
 
@@ -579,10 +667,10 @@ def interleaved(reps: int, warmup: int) -> Any:
         yield rep, rep >= warmup, order
 
 
-def phase_tasks(figs: Figures, bqrt: BqrtServer, reps: int, warmup: int,
+def phase_tasks(figs: Figures, bqrt: BqrtServer, warm: BqskitDetached, reps: int, warmup: int,
                 maps: list[int]) -> None:
     """W0..W3 on one long-lived session per runtime."""
-    sessions = {'bqrt': bqrt.connect(), 'bqskit': bqskit_compiler()}
+    sessions = {'bqrt': bqrt.connect(), 'bqskit': bqskit_compiler(), 'warm': warm.connect()}
     try:
         # BQSKit's workers import bqskit on their first task: out of every timing
         for s in sessions.values():
@@ -620,7 +708,8 @@ def phase_start_idle(figs: Figures, binary: Path, reps: int, idle: float) -> Non
     for rep, keep, order in interleaved(reps, 0):
         say(f'W4/W5 round {rep + 1}/{reps}')
         for side in order:
-            server = BqrtServer(binary) if side == 'bqrt' else None
+            server: Any = {'bqrt': lambda: BqrtServer(binary), 'warm': BqskitDetached,
+                           'bqskit': lambda: None}[side]()
             compiler = None
             try:
                 t0 = time.perf_counter()
@@ -651,9 +740,11 @@ def phase_start_idle(figs: Figures, binary: Path, reps: int, idle: float) -> Non
                     server.stop()
 
 
-def phase_compile(figs: Figures, bqrt: BqrtServer, reps: int, levels: list[int],
-                  circuits: list[Path]) -> dict[str, Any]:
-    """W6: every circuit and level, a fresh Compiler session per compile on both sides."""
+def phase_compile(figs: Figures, bqrt: BqrtServer, warm: BqskitDetached, reps: int,
+                  levels: list[int], circuits: list[Path]) -> dict[str, Any]:
+    """W6: every circuit and level, a fresh Compiler session per compile on every side (a
+    fresh attached runtime for 'bqskit'; the long-lived servers for 'bqrt' and 'warm')."""
+    servers: dict[str, Any] = {'bqrt': bqrt, 'warm': warm}
     compiles: dict[str, Any] = {}
     runs = []
     for rep, keep, order in interleaved(reps, 0):
@@ -663,11 +754,12 @@ def phase_compile(figs: Figures, bqrt: BqrtServer, reps: int, levels: list[int],
                 say(f'W6 round {rep + 1}/{reps}: {path.name} -O{level}')
                 for side in order:
                     t0 = time.perf_counter()
-                    c = bqrt.connect() if side == 'bqrt' else bqskit_compiler()
+                    server = servers.get(side)
+                    c = server.connect() if server is not None else bqskit_compiler()
                     try:
                         run_pass(c, Nothing())  # a fresh BQSKit runtime imports bqskit here
                         session = time.perf_counter() - t0
-                        roles = bqrt.roles() if side == 'bqrt' else bqskit_roles(c)
+                        roles = server.roles() if server is not None else bqskit_roles(c)
                         rec = timed_compile(c, roles, path, level)
                     finally:
                         c.close()
@@ -675,7 +767,7 @@ def phase_compile(figs: Figures, bqrt: BqrtServer, reps: int, levels: list[int],
                                session_seconds=session)
                     runs.append(rec)
                     figs.add(key, 's', 'lower', side, rec['seconds'])
-                    e = compiles.setdefault(key, {'two_qubit': {'bqrt': [], 'bqskit': []}})
+                    e = compiles.setdefault(key, {'two_qubit': {s: [] for s in NAMES}})
                     e['two_qubit'][side].append(rec['two_qubit'])
                     e['two_qubit_in'] = rec['two_qubit_in']
     for e in compiles.values():
@@ -684,14 +776,14 @@ def phase_compile(figs: Figures, bqrt: BqrtServer, reps: int, levels: list[int],
         e['two_qubit_within_5pct'] = abs(a - b) <= 0.05 * b
     # what the runtime adds, over all compiles of the last round
     split = {}
-    last = reps - 1
     for side in NAMES:
-        rs = [r for r in runs if r['side'] == side and r['rep'] == last]
+        rs = [r for r in runs if r['side'] == side]
         wall = sum(r['seconds'] for r in rs)
         work = sum(r['cpu_workers'] for r in rs)
         split[side] = {
             'compiles': len(rs), 'wall_s': wall, 'worker_cpu_s': work,
             'worker_idle_s': 2 * wall - work,
+            'worker_idle_pct': (2 * wall - work) / (2 * wall) * 100 if wall else 0.0,
             'server_cpu_s': sum(r['cpu_server'] for r in rs),
             'launcher_cpu_s': sum(r.get('cpu_launcher', 0.0) for r in rs),
             'session_start_s': sum(r['session_seconds'] for r in rs),
@@ -728,7 +820,7 @@ def main() -> int:
     plan = {
         'reps_tasks': reps, 'warmup_tasks': 1,
         'reps_start_idle': 1 if quick else 3, 'idle_seconds': 5.0 if quick else IDLE_SECONDS,
-        'reps_compile': 1 if quick else 2,
+        'reps_compile': 1 if quick else 3,
         'levels': [1] if quick else [1, 2], 'circuits': [p.name for p in circuits],
         'maps': [1000, 10000],
     }
@@ -739,27 +831,36 @@ def main() -> int:
         'command': ' '.join([sys.executable, 'benches/compare.py'] + sys.argv[1:]),
         'plan': plan, 'workers': 2,
     }
-    say(f'bqrt: mpirun -n 3 {args.bin} serve; BQSKit: Compiler(num_workers=2); plan {plan}')
+    say(f'bqrt: mpirun -n 3 {args.bin} serve; BQSKit: Compiler(num_workers=2); BQSKit warm: '
+        f'bqskit-manager -n 2 + bqskit-server, kept up; plan {plan}')
     bqrt = BqrtServer(args.bin)
+    warm = BqskitDetached()
     w6: dict[str, Any] = {'compiles': {}}
     try:
         if only & {'W0', 'W1', 'W2', 'W3'}:
             bqrt.start()
-            phase_tasks(figs, bqrt, plan['reps_tasks'], plan['warmup_tasks'], plan['maps'])
+            warm.start()
+            phase_tasks(figs, bqrt, warm, plan['reps_tasks'], plan['warmup_tasks'], plan['maps'])
             bqrt.stop()
+            warm.stop()
         if only & {'W4', 'W5'}:
             phase_start_idle(figs, args.bin, plan['reps_start_idle'], plan['idle_seconds'])
         if 'W6' in only:
             bqrt.start()
-            w6 = phase_compile(figs, bqrt, plan['reps_compile'], plan['levels'], circuits)
+            warm.start()
+            w6 = phase_compile(figs, bqrt, warm, plan['reps_compile'], plan['levels'], circuits)
             if not bqrt.alive():
                 raise BenchError(f'bqrt serve died:\n{bqrt.output()}')
+            if not warm.alive():
+                raise BenchError(f'BQSKit detached runtime died:\n{warm.output()}')
             bqrt.stop()
+            warm.stop()
     except BenchError as e:
         say(f'error: {e}')
         return 1
     finally:
         bqrt.stop()
+        warm.stop()
     keep = {f'W{i}' for i in range(7)} & only
     summary = {k: v for k, v in figs.summary().items() if k.split()[0] in keep}
     targets = check_targets(summary, w6['compiles'])
@@ -772,20 +873,19 @@ def main() -> int:
     print(table(summary, targets))
     if w6['compiles']:
         print()
-        print('| compile | 2q gates in | bqrt 2q | BQSKit 2q |')
-        print('| --- | ---: | ---: | ---: |')
+        print('| compile | 2q gates in | bqrt 2q | BQSKit 2q | BQSKit warm 2q |')
+        print('| --- | ---: | ---: | ---: | ---: |')
         for k, e in w6['compiles'].items():
             print(f'| {k[3:]} | {e["two_qubit_in"]} | '
-                  f'{"/".join(map(str, e["two_qubit"]["bqrt"]))} | '
-                  f'{"/".join(map(str, e["two_qubit"]["bqskit"]))} |')
+                  + ' | '.join('/'.join(map(str, e['two_qubit'][s])) for s in NAMES) + ' |')
         print()
-        print('| all compiles, last round | wall s | worker CPU s | worker idle s | '
+        print('| all compiles, every round | wall s | worker CPU s | worker idle s (%) | '
               'server CPU s | session start s |')
         print('| --- | ---: | ---: | ---: | ---: | ---: |')
         for side, s in w6['split'].items():
-            print(f'| {side} | {s["wall_s"]:.2f} | {s["worker_cpu_s"]:.2f} | '
-                  f'{s["worker_idle_s"]:.2f} | {s["server_cpu_s"]:.2f} | '
-                  f'{s["session_start_s"]:.2f} |')
+            print(f'| {LABELS[side]} | {s["wall_s"]:.2f} | {s["worker_cpu_s"]:.2f} | '
+                  f'{s["worker_idle_s"]:.2f} ({s["worker_idle_pct"]:.0f}%) | '
+                  f'{s["server_cpu_s"]:.2f} | {s["session_start_s"]:.2f} |')
     args.png.parent.mkdir(parents=True, exist_ok=True)
     plot(summary, args.png, f'{result["date"]}, {result["machine"]["cpu"]}, '
          f'{result["machine"]["cores"]} cores')

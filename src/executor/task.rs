@@ -120,6 +120,17 @@ impl Registry {
         self
     }
 
+    /// Check the arguments of the raw task `name` at submit, as typed tasks' are (`check`
+    /// returns the error a client is told).
+    pub fn check_raw(
+        mut self,
+        name: &str,
+        check: impl Fn(&[u8], Format) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Registry {
+        self.checks.insert(name.to_string(), Arc::new(check));
+        self
+    }
+
     /// Whether a job of `name(args)` can start here: the task exists and, for a typed task,
     /// its arguments decode into its argument type. The error names the task and the fix.
     pub fn check(&self, name: &str, args: &[u8], format: Format) -> Result<(), String> {

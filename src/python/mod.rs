@@ -6,10 +6,12 @@
 //! Python is found once per rank before MPI starts ([`env`]); rank 0 embeds it lazily to decode
 //! BQSKit clients' frames ([`interp`]).
 
+pub mod call;
 pub mod child;
 pub mod compile;
 pub mod env;
 pub mod interp;
+pub mod level;
 pub mod pickle;
 pub mod session;
 pub mod size;
@@ -126,6 +128,8 @@ pub fn setup(registry: Registry, opts: &ServeOptions, listen: &str) -> Result<Re
     let _ = GATEWAY.set((Some(foreign), notice));
     Ok(registry
         .task_raw(task::FUNCTION, |ctx, args, _format| task::run(ctx, args))
+        .task_raw(call::FUNCTION, call::run)
+        .check_raw(call::FUNCTION, call::check)
         .warm_up(task::warm_up))
 }
 

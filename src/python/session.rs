@@ -394,7 +394,7 @@ impl Session {
                 args.extend_from_slice(&frame);
                 drop(frame);
                 let log = LogSpec {
-                    level: super::task::level_to_bqrt(level),
+                    level: super::level::to_bqrt(level),
                     max_depth: u32::try_from(depth).ok(),
                 };
                 if !self.link.request(Request::Submit {
@@ -469,7 +469,7 @@ impl Session {
             Reply::Log { record, .. } => {
                 let f = pickle::log(
                     &record.target,
-                    super::task::level_to_python(record.level),
+                    super::level::to_python(record.level),
                     &record.message,
                 );
                 if self.waiting.is_some() {

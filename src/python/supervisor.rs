@@ -275,9 +275,11 @@ impl Supervisor {
     /// Send `msg` (a start or a resume of task `tid`) and serve the task's calls until its step
     /// ends. Blocks the executor like any computing task; watches the cancel flag and the
     /// memory limit meanwhile.
+    /// Children the task submits are tasks of `function`.
     pub fn step(
         &mut self,
         ctx: &Ctx,
+        function: &str,
         msg: ToChild<'_>,
         boxes: &mut HashMap<u64, PyFuture>,
     ) -> StepEnd {
@@ -322,7 +324,7 @@ impl Supervisor {
                         let raw = children
                             .into_iter()
                             .map(|(name, args)| RawChild {
-                                function: super::task::FUNCTION.to_string(),
+                                function: function.to_string(),
                                 args,
                                 format: Format::Bincode,
                                 label: Some(name),
@@ -361,7 +363,7 @@ impl Supervisor {
                         }
                     }
                     FromChild::Log { level, name, text } => {
-                        ctx.log_raw(super::task::level_to_bqrt(level), &name, text);
+                        ctx.log_raw(super::level::to_bqrt(level), &name, text);
                     }
                     FromChild::Hello(_) => {}
                 },

@@ -21,29 +21,6 @@ use std::task::Poll;
 /// The registered name of BQSKit tasks.
 pub const FUNCTION: &str = "bqskit";
 
-/// Python log level to bqrt's 1 = error .. 5 = trace (monotone, so a record at or above the
-/// job's Python level always passes the job's bqrt level).
-pub fn level_to_bqrt(levelno: i64) -> u8 {
-    match levelno {
-        l if l >= 40 => 1,
-        l if l >= 30 => 2,
-        l if l >= 20 => 3,
-        l if l >= 10 => 4,
-        _ => 5,
-    }
-}
-
-/// bqrt's level back to the Python level a client sees.
-pub fn level_to_python(level: u8) -> i64 {
-    match level {
-        0 | 1 => 40,
-        2 => 30,
-        3 => 20,
-        4 => 10,
-        _ => 5,
-    }
-}
-
 /// The worker's Python process, started as the worker starts, so that it has imported BQSKit
 /// (about a second) by the time the first task arrives.
 pub fn warm_up(rank: crate::protocol::Rank) {
@@ -137,7 +114,7 @@ async fn attempt(ctx: &Ctx, envelope: &[u8]) -> Attempt {
                 },
                 Resume::Next(pairs) => ToChild::Next { tid, pairs },
             };
-            s.step(ctx, msg, &mut boxes)
+            s.step(ctx, FUNCTION, msg, &mut boxes)
         });
         let (mailbox, next) = match end {
             StepEnd::Await { mailbox, next } => (mailbox, next),

@@ -379,3 +379,8 @@ class AllocatePass(BasePass):
 
     async def run(self, circuit: Circuit, data: PassData) -> None:
         data['allocated'] = await get_runtime().submit(allocate, self.mib)
+
+
+async def ranks_of(n: int, t: float) -> list[int]:
+    """The ranks that ran `n` short tasks."""
+    return await get_runtime().map(rank_after, [t] * n)

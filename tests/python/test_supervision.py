@@ -203,3 +203,77 @@ def test_a_python_process_that_cannot_start_is_reported_not_restarted_forever(tm
         assert rt.output().count('bqrt-test: no worker process here') == 3
     finally:
         rt.stop()
+
+
+def cli(rt: Runtime, *args: str) -> 'subprocess.CompletedProcess[str]':
+    import subprocess
+    from conftest import BIN
+    return subprocess.run(
+        [str(BIN), *args, '--server', f'{rt.host}:{rt.port}', '--token-file', str(rt.dir / 'token')],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def native_call(rt: Runtime, fn: str, *args: object) -> 'subprocess.CompletedProcess[str]':
+    """A native client's job calling a Python function (task 'python'), to its result."""
+    import json
+    spec = json.dumps({'call': fn, 'args': list(args), 'path': [str(Path(__file__).parent)]})
+    sub = cli(rt, 'submit', 'python', spec)
+    assert sub.returncode == 0, sub.stderr
+    return cli(rt, 'result', sub.stdout.strip())
+
+
+def test_native_clients_get_the_memory_limit_too(solo) -> None:  # type: ignore[no-untyped-def]
+    r = native_call(solo, 'bqrt_testpasses.allocate', 2048)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert 'MemoryError' in r.stderr and '--memory-limit' in r.stderr, r.stderr
+    r = native_call(solo, 'bqrt_testpasses.allocate', 64)
+    assert (r.returncode, r.stdout.strip()) == (0, str(64 << 20)), r.stderr
+    # a crash through the native API fails that job only, with its cause
+    r = native_call(solo, 'os._exit', 3)
+    assert r.returncode == 1 and 'it exited with status 3' in r.stderr, r.stderr
+    r = native_call(solo, 'math.factorial', 20)
+    assert (r.returncode, r.stdout.strip()) == (0, '2432902008176640000'), r.stderr
+    # a call that cannot be made is refused at submit
+    bad = cli(solo, 'submit', 'python', '{"call": "factorial"}')
+    assert bad.returncode != 0 and "'call' must name a module's function" in bad.stderr, bad.stderr
+
+
+def test_native_clients_get_the_time_limit_and_stall_warnings_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rt = Runtime('flat', ['--job-time-limit', '3', '--stall-warning', '1'], ranks=2)
+    try:
+        t = time.time()
+        r = native_call(rt, 'bqrt_testpasses.swallow_forever', str(tmp_path / 'm'))
+        assert r.returncode == 1 and 'time limit' in r.stderr, r.stderr
+        assert time.time() - t < 15
+        import json
+        spec = json.dumps({'call': 'bqrt_testpasses.sleepy', 'args': [1.6],
+                           'path': [str(Path(__file__).parent)]})
+        sub = cli(rt, 'submit', 'python', spec, '--log-level', 'warn')
+        watch = cli(rt, 'watch', sub.stdout.strip())
+        assert 'without yielding' in watch.stdout + watch.stderr, (watch.stdout, watch.stderr)
+    finally:
+        rt.stop()
+
+
+def test_a_native_cancel_stops_a_python_call_that_does_not_yield(runtime, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    mark = tmp_path / 'spinning'
+    spec = json.dumps({'call': 'bqrt_testpasses.swallow_forever', 'args': [str(mark)],
+                       'path': [str(Path(__file__).parent)]})
+    sub = cli(runtime, 'submit', 'python', spec)
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip()
+    wait_for(lambda: mark.exists() and mark.read_text(), 60, 'the call started')
+    t = time.time()
+    c = cli(runtime, 'cancel', job)
+    assert c.returncode == 0, c.stderr
+    status = cli(runtime, 'status', job)
+    assert 'cancelled' in status.stdout.lower(), status.stdout
+    rank = int(mark.read_text())
+    seen: set[int] = set()
+    while rank not in seen:
+        assert time.time() - t < 5, f'rank {rank} ran nothing for 5 s: {seen}'
+        r = native_call(runtime, 'bqrt_testpasses.ranks_of', 12, 0.02)
+        assert r.returncode == 0, r.stderr
+        seen |= set(json.loads(r.stdout))
