@@ -312,7 +312,8 @@ def free_port() -> int:
 
 class BqskitDetached:
     """BQSKit's detached runtime, started as its docs say (manager first, then the server) on
-    free loopback ports, kept up across compiles: 2 workers under one manager."""
+    free loopback ports, kept up across compiles: 2 workers under one manager (the entry points
+    of `bqskit-manager` and `bqskit-server`, run with this interpreter)."""
 
     name = 'warm'
 
@@ -325,13 +326,13 @@ class BqskitDetached:
         self.log = open(self.dir / 'runtime.log', 'wb')
         t0 = time.perf_counter()
         self.manager = subprocess.Popen(
-            [sys.executable, '-m', 'bqskit.runtime.manager', '-n', '2', '-p', str(mport),
-             '-w', str(wport)],
+            [sys.executable, '-c', 'from bqskit.runtime.manager import start_manager as m; m()',
+             '-n', '2', '-p', str(mport), '-w', str(wport)],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.server = subprocess.Popen(
-            [sys.executable, '-m', 'bqskit.runtime.detached', f'localhost:{mport}',
-             '-p', str(self.port)],
+            [sys.executable, '-c', 'from bqskit.runtime.detached import start_server as s; s()',
+             f'localhost:{mport}', '-p', str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         while time.perf_counter() - t0 < 120:
