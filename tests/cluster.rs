@@ -505,3 +505,95 @@ fn a_rank_that_never_arrives_under_srun_ends_the_step() {
         c
     });
 }
+
+/// The hook log: (kind, node, host, nanoseconds since the epoch) per line.
+fn hook_lines(log: &std::path::Path) -> Vec<(String, u32, String, u128)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                w.first()?.to_string(),
+                w.get(1)?.parse().ok()?,
+                w.get(2)?.to_string(),
+                w.get(3)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn epoch_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+#[test]
+fn node_hooks_run_once_per_node_set_up_before_the_workers_tear_down_after() {
+    let dir = common::tempdir("hooks");
+    let log = dir.join("hooks.log");
+    let line = |kind: &str| {
+        format!(
+            "echo \"{kind} $BQRT_NODE $(hostname) $(date +%s%N) $BQRT_NODE_WORKERS\" >> {}",
+            log.display()
+        )
+    };
+    let setup = format!("sleep 0.3; {}", line("setup"));
+    let teardown = line("teardown");
+    let before = epoch_ns();
+    let mut s = Serve::start_with(
+        fake(3, 3),
+        &["--node-setup", &setup, "--node-teardown", &teardown],
+    );
+    let ready = epoch_ns();
+    let lines = hook_lines(&log);
+    assert_eq!(
+        lines.len(),
+        3,
+        "one set-up per node, all done when ready: {lines:?}"
+    );
+    let mut nodes: Vec<u32> = lines.iter().map(|l| l.1).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec![0, 1, 2]);
+    let hosts: std::collections::BTreeSet<&String> = lines.iter().map(|l| &l.2).collect();
+    assert_eq!(hosts.len(), 3, "each on its own host: {lines:?}");
+    assert!(lines
+        .iter()
+        .all(|l| l.0 == "setup" && l.3 > before && l.3 < ready));
+    // the workers run tasks; no tear-down yet
+    let mut c = s.client();
+    let j = c.submit("fib", "15", LogSpec::OFF, false).unwrap();
+    assert_eq!(
+        common::done(c.result(j, None).unwrap()),
+        serde_json::json!(610)
+    );
+    let finished = epoch_ns();
+    assert_eq!(hook_lines(&log).len(), 3);
+    c.shutdown().unwrap();
+    let (code, _, stderr) = s.stop_by(|_| {});
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines = hook_lines(&log);
+    let downs: Vec<_> = lines.iter().filter(|l| l.0 == "teardown").collect();
+    assert_eq!(downs.len(), 3, "one tear-down per node: {lines:?}");
+    assert!(downs.iter().all(|l| l.3 > finished));
+}
+
+#[test]
+fn a_failing_node_set_up_stops_start_up_with_its_output() {
+    let hook = "test $BQRT_NODE != 1 || { echo mps-daemon-failed >&2; exit 3; }";
+    let t0 = std::time::Instant::now();
+    let r = fake_bqrt(3, 2, &["run", "fib", "10", "--node-setup", hook]);
+    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("node 1")
+            && r.stderr.contains("--node-setup")
+            && r.stderr.contains("mps-daemon-failed")
+            && r.stderr.contains("exit status: 3"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("55"), "no job ran: {}", r.stdout);
+    assert!(t0.elapsed() < Duration::from_secs(60));
+}

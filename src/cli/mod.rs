@@ -232,6 +232,14 @@ struct Common {
         env = "BQRT_STALL_WARNING"
     )]
     stall_warning: f64,
+    /// A shell command the first rank of each node runs before the node's workers start (for
+    /// example `nvidia-cuda-mps-control -d`); if it fails, start-up stops with its output.
+    #[arg(long, value_name = "CMD", env = "BQRT_NODE_SETUP")]
+    node_setup: Option<String>,
+    /// A shell command the first rank of each node runs after every rank stopped (for example
+    /// `echo quit | nvidia-cuda-mps-control`).
+    #[arg(long, value_name = "CMD", env = "BQRT_NODE_TEARDOWN")]
+    node_teardown: Option<String>,
 }
 
 impl Common {
@@ -273,6 +281,8 @@ impl Common {
             stuck_after: std::time::Duration::from_secs(self.stuck_after),
             stall_warning: (stall > 0.0).then(|| std::time::Duration::from_secs_f64(stall)),
             job_time_limit: None,
+            node_setup: self.node_setup.clone().filter(|c| !c.trim().is_empty()),
+            node_teardown: self.node_teardown.clone().filter(|c| !c.trim().is_empty()),
         })
     }
 }

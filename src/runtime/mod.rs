@@ -9,6 +9,7 @@
 
 mod fault;
 mod handle;
+pub mod hooks;
 pub mod launcher;
 pub mod liveness;
 mod local;

@@ -2,6 +2,7 @@
 //! nodes are found, the layout computed and workers set up; then this rank runs its role and
 //! MPI is finalised within the stop policy's bound.
 
+use super::hooks;
 use super::{run_member, server_parts, stop, RankReport, ServerHandle};
 use crate::executor::Registry;
 use crate::topology::pinning::{self, PinPolicy};
@@ -101,6 +102,10 @@ pub struct MpiOptions {
     pub stall_warning: Option<std::time::Duration>,
     /// Jobs running longer than this from their submission fail (none: no limit).
     pub job_time_limit: Option<std::time::Duration>,
+    /// Shell commands the first rank of each node runs before its workers start and after
+    /// every rank stopped (`runtime/hooks.rs`).
+    pub node_setup: Option<String>,
+    pub node_teardown: Option<String>,
 }
 
 impl Default for MpiOptions {
@@ -117,6 +122,8 @@ impl Default for MpiOptions {
             stuck_after: super::stop::STUCK_AFTER,
             stall_warning: Some(super::stall::DEFAULT_AFTER),
             job_time_limit: None,
+            node_setup: None,
+            node_teardown: None,
         }
     }
 }
@@ -189,7 +196,15 @@ fn start_up(
     super::fault::stall_if_asked(rank);
     let lay = layout(&world.node_leaders(), opts.fanout)?;
     let role = lay.roles[rank as usize].clone();
-    let (core, failure) = match prepare_worker(opts, rank as usize, &lay) {
+    startup.enter(rank, Phase::NodeSetUp);
+    let hooked = match (&opts.node_setup, first_of_node(&lay, rank)) {
+        (Some(cmd), true) => {
+            let node = lay.node_of[rank as usize];
+            hooks::run(hooks::Hook::Setup, cmd, node, workers_on(&lay, node), None).map(|_| ())
+        }
+        _ => Ok(()),
+    };
+    let (core, failure) = match hooked.and_then(|()| prepare_worker(opts, rank as usize, &lay)) {
         Ok(c) => (c, None),
         Err(e) => (None, Some(e)),
     };
@@ -198,11 +213,14 @@ fn start_up(
     let all = world.all_gather(&mine);
     startup.disarm();
     if let Some(e) = &failure {
-        crate::eline!("bqrt: rank {rank}: cannot set up the worker: {e}");
+        match e.starts_with("bqrt: node ") {
+            true => crate::eline!("{e}"),
+            false => crate::eline!("bqrt: rank {rank}: cannot set up the worker: {e}"),
+        }
     }
     if all.chunks(FIELDS).any(|c| c[4] != 0) {
         return Err(StartError::Setup(
-            "a worker could not be set up (see the messages above)".into(),
+            "a node or a worker could not be set up (see the messages above)".into(),
         ));
     }
     Ok(Started {
@@ -301,8 +319,31 @@ where
     if opts.stats {
         print_stats(&s, &report);
     }
-    finalize(world, code);
+    let teardown = match (&opts.node_teardown, first_of_node(&s.lay, s.rank)) {
+        (Some(cmd), true) => Some((cmd.clone(), s.lay.node_of[s.rank as usize])),
+        _ => None,
+    };
+    let workers = teardown.as_ref().map_or(0, |t| workers_on(&s.lay, t.1));
+    let _finalized = finalize(world, code);
+    if let Some((cmd, node)) = teardown {
+        let limit = Some(hooks::TEARDOWN_LIMIT);
+        if let Err(e) = hooks::run(hooks::Hook::Teardown, &cmd, node, workers, limit) {
+            crate::eline!("{e}");
+        }
+    }
     Ok(code)
+}
+
+/// Whether `rank` is the first rank of its node (the one that runs the node's hooks).
+fn first_of_node(lay: &Layout, rank: u32) -> bool {
+    let node = lay.node_of[rank as usize];
+    lay.node_of.iter().position(|&n| n == node) == Some(rank as usize)
+}
+
+fn workers_on(lay: &Layout, node: u32) -> u32 {
+    (0..lay.roles.len())
+        .filter(|&r| lay.node_of[r] == node && matches!(lay.roles[r], Role::Worker { .. }))
+        .count() as u32
 }
 
 /// `--stats`: one line per rank at exit.
@@ -327,11 +368,17 @@ fn print_stats(s: &Started, report: &RankReport) {
 /// Finalise MPI, bounded by [`stop::finalize_bound`]: `MPI_Finalize` waits for the launcher,
 /// which never answers while it aborts the job after a signal, and a rank that is done must
 /// still exit promptly with its own status.
-fn finalize(world: MpiWorld, code: i32) {
+fn finalize(world: MpiWorld, code: i32) -> Finalized {
+    let (tx, rx) = crossbeam::channel::bounded::<()>(1);
     let _ = std::thread::Builder::new()
         .name("bqrt-finalize".into())
         .spawn(move || {
-            std::thread::sleep(stop::finalize_bound());
+            // the bound runs again after MPI_Finalize returned (and a tear-down hook ran), so
+            // that an exit stuck after it is ended as well
+            if rx.recv_timeout(stop::finalize_bound()).is_ok() {
+                let _ = rx.recv();
+                std::thread::sleep(stop::finalize_bound());
+            }
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();
@@ -340,6 +387,17 @@ fn finalize(world: MpiWorld, code: i32) {
             unsafe { libc::_exit(code) };
         });
     world.finalize();
+    let _ = tx.send(());
+    Finalized(tx)
+}
+
+/// MPI is finalised; dropping this starts the bound on the rest of the exit.
+struct Finalized(crossbeam::channel::Sender<()>);
+
+impl Drop for Finalized {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 /// Where start-up is; named by the start-up watchdog when it gives up.
@@ -348,7 +406,8 @@ fn finalize(world: MpiWorld, code: i32) {
 enum Phase {
     MpiInit = 0,
     NodeDiscovery = 1,
-    WorkerSetUp = 2,
+    NodeSetUp = 2,
+    WorkerSetUp = 3,
 }
 
 impl Phase {
@@ -356,6 +415,7 @@ impl Phase {
         match code {
             0 => "initialising MPI",
             1 => "finding the job's nodes (every rank must arrive)",
+            2 => "running --node-setup (every node's hook must finish)",
             _ => "setting up workers (every rank must arrive)",
         }
     }

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Where the client round trip of an empty BQSKit job goes (W0 of compare.py), part by part.
+
+    bash benches/with-bqskit.sh w0_profile.py [--calls N]
+
+Measures, each as the median of N calls on this machine:
+  client   BQSKit's own client work: pickling SUBMIT and REQUEST, unpickling the RESULT;
+  gateway  rank 0 decoding the two frames with bqrt's restricted unpickler (python/bqrt_codec.py);
+  python   a worker's Python process running the job: opening the envelope, unpickling the
+           CompilationTask, stepping its coroutine to the end, pickling the result
+           (python/bqrt_worker.py, without the pipe);
+  total    the whole round trip against `mpirun -n 3 bqrt serve` (submit, then result);
+and prints the rest (total minus the parts: the runtime's messages, scheduling, the pipe to
+the worker's process, TCP) as `runtime`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / 'benches'))
+
+
+def median_us(f: Any, n: int) -> float:
+    xs = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        xs.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(xs)
+
+
+def load(name: str, path: Path, extra: dict[str, Any] | None = None) -> types.ModuleType:
+    m = types.ModuleType(name)
+    m.__dict__.update(extra or {})
+    sys.modules[name] = m
+    exec(compile(path.read_text(), str(path), 'exec'), m.__dict__)
+    return m
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog='w0_profile.py')
+    ap.add_argument('--calls', type=int, default=200)
+    ap.add_argument('--bin', type=Path, default=REPO / 'target' / 'py' / 'release' / 'bqrt')
+    args = ap.parse_args()
+    n = args.calls
+
+    from bqskit.compiler import CompilationTask
+    from bqskit.ir.circuit import Circuit
+    from bqskit.runtime.message import RuntimeMessage
+
+    import compare
+    task = CompilationTask(Circuit(1), [compare.Nothing()])
+    submit = pickle.dumps((RuntimeMessage.SUBMIT, task))
+    request = pickle.dumps((RuntimeMessage.REQUEST, task.task_id))
+    client = median_us(lambda: pickle.dumps((RuntimeMessage.SUBMIT, task)), n)
+    client += median_us(lambda: pickle.dumps((RuntimeMessage.REQUEST, task.task_id)), n)
+    result_frame = pickle.dumps((RuntimeMessage.RESULT, (Circuit(1), {})), protocol=3)
+    client += median_us(lambda: pickle.loads(result_frame), n)
+
+    codec = load('bqrt_codec', REPO / 'python' / 'bqrt_codec.py')
+    gateway = median_us(lambda: codec.decode(submit), n) + median_us(
+        lambda: codec.decode(request), n)
+
+    # the worker's side, with the calls of python/bqrt_child.py replaced by no-ops
+    native = types.ModuleType('_bqrt')
+    native.has_box = lambda box: False
+    native.worker_id = lambda: 1
+    native.log = lambda *a: None
+    sys.modules['_bqrt'] = native
+    worker = load('bqrt_worker', REPO / 'python' / 'bqrt_worker.py')
+    header = json.dumps({'path': sys.path, 'level': 30, 'max_depth': -1, 'context': {}}).encode()
+    envelope = b'R' + len(header).to_bytes(4, 'little') + header + submit
+
+    def run_job() -> None:
+        made = worker.start(envelope, 0)
+        assert made[0] == 'task', made
+        r = made[1].step(0, None)
+        assert r[0] == 'done', r
+    run_job()
+    python = median_us(run_job, n)
+
+    server = compare.BqrtServer(args.bin)
+    server.start()
+    try:
+        c = server.connect()
+        compare.run_pass(c, compare.Nothing())
+        compare.client_round_trips(c, 20)
+        total = statistics.median(compare.client_round_trips(c, n)) * 1e3
+        c.close()
+    finally:
+        server.stop()
+    rest = total - client - gateway - python
+    rows = [('client (BQSKit)', client), ('gateway decode', gateway),
+            ('worker Python', python), ('runtime (messages, scheduling, pipe, TCP)', rest),
+            ('total round trip', total)]
+    print('| part | us (median) |')
+    print('| --- | ---: |')
+    for k, v in rows:
+        print(f'| {k} | {v:.0f} |')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
