@@ -129,8 +129,9 @@ impl Default for MpiOptions {
 }
 
 /// This rank's place, shared with every rank: role, node, core (-1: none), parent (-1), whether
-/// setting up the worker failed (1), and its process id (for liveness watching).
-const FIELDS: usize = 6;
+/// setting up the worker failed (1), its process id (for liveness watching) and a random number
+/// (rank 0's, with its process id, names the runtime's doorbells).
+const FIELDS: usize = 7;
 
 fn describe(role: &Role, node: u32, core: Option<u32>, failed: bool) -> [i32; FIELDS] {
     let code = match role {
@@ -145,6 +146,11 @@ fn describe(role: &Role, node: u32, core: Option<u32>, failed: bool) -> [i32; FI
         role.parent().map_or(-1, |p| p.0 as i32),
         failed as i32,
         std::process::id() as i32,
+        {
+            let mut b = [0u8; 4];
+            let _ = getrandom::fill(&mut b);
+            i32::from_le_bytes(b) & i32::MAX
+        },
     ]
 }
 
@@ -281,6 +287,7 @@ where
     let heartbeat = super::liveness::Heartbeat::new(to, opts.stuck_after);
     let mut report = RankReport::default();
     let mut fabric = world.fabric();
+    open_doorbell(&mut fabric, &s);
     let code = match &s.role {
         Role::Server { employees } => {
             let (mut logic, cmd_rx, mut handle) = server_parts(
@@ -332,6 +339,26 @@ where
         }
     }
     Ok(code)
+}
+
+/// Ring the ranks of this node when sending to them, and wake on their rings (best effort: a
+/// rank whose doorbell cannot be opened polls as before).
+fn open_doorbell(fabric: &mut crate::transport::mpi::MpiFabric, s: &Started) {
+    let (Some(zero), me) = (s.all.chunks(FIELDS).next(), crate::protocol::Rank(s.rank)) else {
+        return;
+    };
+    let key = format!("bqrt-{:08x}-{}", zero[6], zero[5]);
+    let node = s.lay.node_of[s.rank as usize];
+    let mates: Vec<crate::protocol::Rank> = (0..s.lay.node_of.len())
+        .filter(|&r| s.lay.node_of[r] == node)
+        .map(|r| crate::protocol::Rank(r as u32))
+        .collect();
+    match crate::transport::doorbell::Doorbell::open(&key, me, &mates, s.lay.node_of.len() as u32) {
+        Ok((bell, wakes)) => fabric.set_doorbell(bell, wakes),
+        Err(e) => {
+            log::debug!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); polling", s.rank)
+        }
+    }
 }
 
 /// Whether `rank` is the first rank of its node (the one that runs the node's hooks).

@@ -13,14 +13,15 @@
 //! [`MAX_SLEEP`]): a packet that arrives after an idle gap waits at most ~5% of that gap, and a
 //! rank idle for long polls 20 times a second (a poll of Open MPI costs tens of microseconds
 //! here, see docs/performance.md). Local events (a worker's executor, a client) wake the sleep at
-//! once because the sleep is a wait on their channel; packets from other ranks are seen at the
-//! next turn.
+//! once because the sleep is a wait on their channel; so do packets from ranks of the same node,
+//! which ring the rank's [`doorbell`]; packets from other nodes are seen at the next turn.
 
+pub mod doorbell;
 pub mod local;
 pub mod mpi;
 
 use crate::protocol::{codec, Msg, Outbox, Rank};
-use crossbeam::channel::{Receiver, RecvTimeoutError};
+use crossbeam::channel::{select, Receiver, RecvTimeoutError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -53,6 +54,11 @@ pub trait Fabric {
     fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)>;
     /// Advance pending sends; true if some are still pending.
     fn progress(&mut self) -> bool;
+    /// Wakes for the idle wait: a message on it means a packet was sent here (a
+    /// [`doorbell`]). None: packets are seen at the next poll.
+    fn wakes(&self) -> Option<Receiver<()>> {
+        None
+    }
 }
 
 /// Continue or stop the loop.
@@ -136,6 +142,7 @@ pub fn drive<F: Fabric, L: Logic>(
 ) -> Result<(), TransportError> {
     let mut out = Outbox::new();
     let mut clock = Clock::new();
+    let wakes = fabric.wakes();
     loop {
         let mut flow = clock.periodic(logic, stop, pace, &mut out);
         let mut active = receive(fabric, logic, &mut out, &mut flow)?;
@@ -153,7 +160,7 @@ pub fn drive<F: Fabric, L: Logic>(
             clock.last_active = Instant::now();
             continue;
         }
-        if let Some(ev) = clock.idle(local) {
+        if let Some(ev) = clock.idle(local, wakes.as_ref()) {
             clock.last_active = Instant::now();
             if logic.on_local(ev, &mut out) == Flow::Stop {
                 send_grouped(fabric, &mut out);
@@ -252,12 +259,25 @@ impl Clock {
 
     /// Nothing moved this turn: spin a little, then sleep on the local channel (see the module
     /// documentation). Returns a local event that arrived meanwhile.
-    fn idle<T>(&self, local: &Receiver<T>) -> Option<T> {
+    fn idle<T>(&mut self, local: &Receiver<T>, wakes: Option<&Receiver<()>>) -> Option<T> {
         if self.last_active.elapsed() < SPIN {
             std::thread::yield_now();
             return None;
         }
         let sleep = (self.last_active.elapsed() / SLEEP_FRACTION).clamp(MIN_SLEEP, MAX_SLEEP);
+        if let Some(wakes) = wakes {
+            select! {
+                recv(local) -> ev => match ev {
+                    Ok(ev) => return Some(ev),
+                    Err(_) => std::thread::sleep(sleep),
+                },
+                // a ring is activity: the packet may take a few polls to show (Open MPI's TCP
+                // path), so spin again rather than sleep as long as before
+                recv(wakes) -> _ => self.last_active = Instant::now(),
+                default(sleep) => {}
+            }
+            return None;
+        }
         match local.recv_timeout(sleep) {
             Ok(ev) => Some(ev),
             Err(RecvTimeoutError::Timeout) => None,

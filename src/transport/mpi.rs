@@ -144,6 +144,7 @@ pub struct MpiFabric {
     rank: Rank,
     size: u32,
     in_flight: Vec<InFlight>,
+    bell: Option<(super::doorbell::Doorbell, crossbeam::channel::Receiver<()>)>,
 }
 
 impl MpiFabric {
@@ -155,7 +156,18 @@ impl MpiFabric {
             rank,
             size,
             in_flight: Vec::new(),
+            bell: None,
         }
+    }
+
+    /// Ring the ranks of this node on sends, and wake on their rings (see
+    /// [`super::doorbell`]).
+    pub fn set_doorbell(
+        &mut self,
+        bell: super::doorbell::Doorbell,
+        wakes: crossbeam::channel::Receiver<()>,
+    ) {
+        self.bell = Some((bell, wakes));
     }
 }
 
@@ -182,6 +194,13 @@ impl Fabric for MpiFabric {
             request: Some(request),
             buffer,
         });
+        if let Some((bell, _)) = self.bell.as_mut() {
+            bell.sent(to);
+        }
+    }
+
+    fn wakes(&self) -> Option<crossbeam::channel::Receiver<()>> {
+        self.bell.as_ref().map(|(_, w)| w.clone())
     }
 
     fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
