@@ -161,9 +161,7 @@ fn prepare_worker(
     lay: &crate::topology::Layout,
 ) -> Result<Option<u32>, String> {
     let node = lay.node_of[rank];
-    let mates: Vec<usize> = (0..lay.roles.len())
-        .filter(|&r| lay.node_of[r] == node && matches!(lay.roles[r], Role::Worker { .. }))
-        .collect();
+    let mates = workers_of(lay, node);
     let Some(index) = mates.iter().position(|&r| r == rank) else {
         return Ok(None);
     };
@@ -367,10 +365,15 @@ fn first_of_node(lay: &Layout, rank: u32) -> bool {
     lay.node_of.iter().position(|&n| n == node) == Some(rank as usize)
 }
 
-fn workers_on(lay: &Layout, node: u32) -> u32 {
+/// The worker ranks of `node`, in rank order.
+fn workers_of(lay: &Layout, node: u32) -> Vec<usize> {
     (0..lay.roles.len())
         .filter(|&r| lay.node_of[r] == node && matches!(lay.roles[r], Role::Worker { .. }))
-        .count() as u32
+        .collect()
+}
+
+fn workers_on(lay: &Layout, node: u32) -> u32 {
+    workers_of(lay, node).len() as u32
 }
 
 /// `--stats`: one line per rank at exit.
