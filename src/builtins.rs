@@ -288,6 +288,10 @@ pub struct EnvProbe {
     pub omp_num_threads: Option<String>,
     pub openblas_num_threads: Option<String>,
     pub cpus: String,
+    /// The worker's group and the resources it offers (`BQRT_GROUP`, `BQRT_RESOURCES`).
+    pub group: Option<String>,
+    pub resources: Option<String>,
+    pub xla_python_client_preallocate: Option<String>,
 }
 
 impl EnvProbe {
@@ -306,6 +310,9 @@ impl EnvProbe {
             omp_num_threads: std::env::var("OMP_NUM_THREADS").ok(),
             openblas_num_threads: std::env::var("OPENBLAS_NUM_THREADS").ok(),
             cpus,
+            group: std::env::var("BQRT_GROUP").ok(),
+            resources: std::env::var("BQRT_RESOURCES").ok(),
+            xla_python_client_preallocate: std::env::var("XLA_PYTHON_CLIENT_PREALLOCATE").ok(),
         }
     }
 }

@@ -35,7 +35,7 @@ fn roles(stderr: &str) -> BTreeMap<u32, (String, u32, String, String)> {
         .filter_map(|l| {
             let w: Vec<&str> = l.strip_prefix("bqrt: rank ")?.split_whitespace().collect();
             // "R role ROLE node N core C parent P"
-            if w.len() != 9 || w[1] != "role" {
+            if w.len() < 9 || w[1] != "role" {
                 return None;
             }
             Some((
@@ -596,4 +596,201 @@ fn a_failing_node_set_up_stops_start_up_with_its_output() {
     );
     assert!(!r.stdout.contains("55"), "no job ran: {}", r.stdout);
     assert!(t0.elapsed() < Duration::from_secs(60));
+}
+
+/// `Cpus_allowed_list` of a process, expanded to cpu numbers.
+fn allowed_cpus(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    bqrt::topology::pinning::parse_cpus(&list).unwrap_or_default()
+}
+
+/// One probe per worker rank (`env_all`), by rank.
+fn probes(c: &mut Client, n: u32) -> BTreeMap<u64, serde_json::Value> {
+    let j = c
+        .submit("env_all", &n.to_string(), LogSpec::OFF, false)
+        .unwrap();
+    let all = common::done(c.result(j, None).unwrap());
+    all.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["rank"].as_u64().unwrap(), p.clone()))
+        .collect()
+}
+
+#[test]
+fn worker_groups_give_each_worker_its_group_environment_on_every_node() {
+    let gpu = "gpu workers=2 gpus=2 offers=gpu=1 env.CUDA_VISIBLE_DEVICES={gpu} env.XLA_PYTHON_CLIENT_PREALLOCATE=false";
+    // 2 fake nodes of 6 ranks: node 0 has the server and a manager, node 1 a manager
+    let mut s = Serve::start_with(
+        fake(2, 6),
+        &["-v", "--group", gpu, "--group", "cpu workers=rest"],
+    );
+    let mut c = s.client();
+    let mut by_rank = BTreeMap::new();
+    wait_for("a probe from every worker", Duration::from_secs(60), || {
+        by_rank.extend(probes(&mut c, 90));
+        by_rank.len() >= 9
+    });
+    assert_eq!(by_rank.len(), 9, "{by_rank:?}");
+    // bqrt top shows the groups per node
+    let top = common::bare(&[
+        "top",
+        "--once",
+        "--interval",
+        "0.1",
+        "--server",
+        &s.addr,
+        "--token-file",
+    ])
+    .arg(&s.token_file)
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&top.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 5 && (w[1] == "gpu" || w[1] == "cpu"))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["0", "gpu", "2", "1", "gpu=1"],
+            vec!["0", "cpu", "2", "1", "-"],
+            vec!["1", "gpu", "2", "1", "gpu=1"],
+            vec!["1", "cpu", "3", "1", "-"],
+        ],
+        "{text}"
+    );
+    c.shutdown().unwrap();
+    let (code, _, stderr) = s.stop_by(|_| {});
+    assert_eq!(code, Some(0), "{stderr}");
+    let map = roles(&stderr);
+    // -v names each worker's group, then the groups per node
+    assert_eq!(stderr.matches(" group gpu\n").count(), 4, "{stderr}");
+    assert_eq!(stderr.matches(" group cpu\n").count(), 5, "{stderr}");
+    assert!(
+        stderr.contains("bqrt: node 1 group cpu workers 3 cores 1 offers -")
+            && stderr.contains("bqrt: node 0 group gpu workers 2 cores 1 offers gpu=1"),
+        "{stderr}"
+    );
+    let mut seen: BTreeMap<(u32, String), Vec<serde_json::Value>> = BTreeMap::new();
+    for (rank, p) in &by_rank {
+        let node = map[&(*rank as u32)].1;
+        let group = p["group"].as_str().unwrap_or("?").to_string();
+        match group.as_str() {
+            "gpu" => {
+                assert_eq!(p["resources"], "gpu=1", "{p}");
+                assert_eq!(p["xla_python_client_preallocate"], "false", "{p}");
+            }
+            "cpu" => assert_eq!(p["resources"], "", "{p}"),
+            other => panic!("rank {rank} in group {other:?}"),
+        }
+        seen.entry((node, group))
+            .or_default()
+            .push(p["cuda_visible_devices"].clone());
+    }
+    for node in [0, 1] {
+        let mut gpus: Vec<String> = seen[&(node, "gpu".to_string())]
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        gpus.sort();
+        assert_eq!(gpus, vec!["\"0\"", "\"1\""], "node {node}: {seen:?}");
+        let cpus = &seen[&(node, "cpu".to_string())];
+        assert!(cpus.iter().all(|v| v.is_null()), "{seen:?}");
+    }
+    assert_eq!(seen[&(0, "cpu".into())].len(), 2);
+    assert_eq!(seen[&(1, "cpu".into())].len(), 3);
+}
+
+#[test]
+fn a_worker_of_k_cores_is_pinned_to_k_cores_and_its_blas_sees_k_threads() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let cores: std::collections::BTreeSet<u32> = (0..cpus).map(core_of).collect();
+    if cores.len() < 2 {
+        eprintln!("skipped: this machine has one core");
+        return;
+    }
+    let r = bqrt(
+        3,
+        &[
+            "run",
+            "env_all",
+            "40",
+            "--group",
+            "wide workers=1 cores=2",
+            "--group",
+            "one workers=rest",
+        ],
+    );
+    r.ok();
+    let probes: Vec<serde_json::Value> = serde_json::from_str(r.last_line()).unwrap();
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    let mut groups = Vec::new();
+    for p in &probes {
+        let group = p["group"].as_str().unwrap_or("?");
+        groups.push(group.to_string());
+        let k = if group == "wide" { 2 } else { 1 };
+        let cpus = bqrt::topology::pinning::parse_cpus(p["cpus"].as_str().unwrap()).unwrap();
+        let on_cores: std::collections::BTreeSet<u32> = cpus.iter().map(|&c| core_of(c)).collect();
+        assert_eq!(on_cores.len(), k, "group {group}: {p}");
+        assert_eq!(p["omp_num_threads"], k.to_string(), "{p}");
+        assert_eq!(p["openblas_num_threads"], k.to_string(), "{p}");
+    }
+    groups.sort();
+    assert_eq!(groups, vec!["one", "wide"]);
+}
+
+/// The core a cpu belongs to (its sysfs core id and package).
+fn core_of(cpu: u32) -> u32 {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{what}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(cpu)
+    };
+    read("physical_package_id") * 65536 + read("core_id")
+}
+
+#[test]
+fn groups_that_do_not_fit_a_node_stop_start_up_naming_the_node_once() {
+    let r = fake_bqrt(
+        2,
+        4,
+        &[
+            "run",
+            "fib",
+            "10",
+            "--group",
+            "gpu workers=3",
+            "--group",
+            "cpu workers=1",
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(
+        r.stderr
+            .matches("worker groups: node 0 runs 2 workers but the groups take 4")
+            .count(),
+        1,
+        "said once: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("workers=rest"), "{}", r.stderr);
+    let r = bqrt(
+        2,
+        &["run", "fib", "10", "--group", "gpu workers=1 env.X={gpux}"],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--group: group \"gpu\"") && r.stderr.contains("unknown template {gpux}"),
+        "{}",
+        r.stderr
+    );
 }

@@ -140,7 +140,7 @@ fn node_of(out: &str) -> std::collections::BTreeMap<u32, u32> {
     out.lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.strip_prefix("bqrt: rank ")?.split_whitespace().collect();
-            (w.len() == 9 && w[1] == "role")
+            (w.len() >= 9 && w[1] == "role")
                 .then(|| Some((w[0].parse().ok()?, w[4].parse().ok()?)))?
         })
         .collect()

@@ -240,6 +240,14 @@ struct Common {
     /// `echo quit | nvidia-cuda-mps-control`).
     #[arg(long, value_name = "CMD", env = "BQRT_NODE_TEARDOWN")]
     node_teardown: Option<String>,
+    /// A worker group, as `NAME workers=N|rest [cores=K] [blas=T] [gpus=G] [offers=gpu=1,...]
+    /// [env.VAR=VALUE ...]` (templates {gpu} {index} {local_rank} {node} {group}); repeat for
+    /// more groups. Each node's workers fill the groups in order.
+    #[arg(long = "group", value_name = "SPEC")]
+    group: Vec<String>,
+    /// A file of worker groups, one `--group` declaration per line (`#` comments).
+    #[arg(long, value_name = "FILE", env = "BQRT_GROUPS")]
+    groups: Option<std::path::PathBuf>,
 }
 
 impl Common {
@@ -269,6 +277,7 @@ impl Common {
         let pin =
             crate::topology::pinning::PinPolicy::from_flags(self.no_pin, self.cpus.as_deref())
                 .map_err(|e| e.to_string())?;
+        let groups = self.worker_groups()?;
         Ok(MpiOptions {
             fanout: self.fanout,
             seed: self.seed,
@@ -283,7 +292,25 @@ impl Common {
             job_time_limit: None,
             node_setup: self.node_setup.clone().filter(|c| !c.trim().is_empty()),
             node_teardown: self.node_teardown.clone().filter(|c| !c.trim().is_empty()),
+            groups,
         })
+    }
+
+    /// `--groups FILE` then each `--group`, checked together.
+    fn worker_groups(&self) -> Result<Vec<crate::topology::groups::GroupSpec>, String> {
+        use crate::topology::groups;
+        let mut out = Vec::new();
+        if let Some(path) = &self.groups {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--groups {shown}: cannot read it: {e}"))?;
+            out.extend(groups::parse_file(&text, &shown).map_err(|e| format!("--groups {e}"))?);
+        }
+        for spec in &self.group {
+            out.push(groups::GroupSpec::parse(spec).map_err(|e| format!("--group: {e}"))?);
+        }
+        groups::check(&out).map_err(|e| format!("worker groups: {e}"))?;
+        Ok(out)
     }
 }
 
@@ -501,7 +528,9 @@ fn publish(
 /// A start-up that failed: the reason, said once per job when every process hits it.
 fn start_failed(e: crate::runtime::StartError) -> ExitCode {
     match e {
-        crate::runtime::StartError::WrongLauncher(_) if !crate::runtime::mpi::first_of_job() => {
+        crate::runtime::StartError::WrongLauncher(_) | crate::runtime::StartError::Groups(_)
+            if !crate::runtime::mpi::first_of_job() =>
+        {
             ExitCode::from(2)
         }
         e => fail(&e.to_string()),

@@ -222,9 +222,9 @@ fn render_top(server: &str, t: &TopView, rate: Option<f64>) -> String {
     );
     s.push_str(&format!(
         "{:<14} {:>8} {:>6} {:>6}\n",
-        "group", "workers", "busy", "idle"
+        "branch", "workers", "busy", "idle"
     ));
-    for g in &t.groups {
+    for g in &t.branches {
         s.push_str(&format!(
             "{:<14} {:>8} {:>6} {:>6}\n",
             format!("rank {}", g.rank),
@@ -232,6 +232,22 @@ fn render_top(server: &str, t: &TopView, rate: Option<f64>) -> String {
             g.workers.saturating_sub(g.idle),
             g.idle
         ));
+    }
+    if !t.groups.is_empty() {
+        s.push_str(&format!(
+            "{:<6} {:<14} {:>8} {:>6}  offers\n",
+            "node", "group", "workers", "cores"
+        ));
+        for g in &t.groups {
+            s.push_str(&format!(
+                "{:<6} {:<14} {:>8} {:>6}  {}\n",
+                g.node,
+                g.name,
+                g.workers,
+                g.cores,
+                if g.offers.is_empty() { "-" } else { &g.offers }
+            ));
+        }
     }
     s
 }

@@ -110,10 +110,21 @@ pub enum JobResult {
 
 /// Workers of one of the server's employees (a node's manager, or a worker on one node).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupView {
+pub struct BranchView {
     pub rank: u32,
     pub workers: u32,
     pub idle: u32,
+}
+
+/// One worker group on one node (`topology/groups.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerGroupView {
+    pub node: u32,
+    pub name: String,
+    pub workers: u32,
+    pub cores: u32,
+    /// Resources each of its workers offers, as `gpu=1,ssd=2` (empty: none).
+    pub offers: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +135,9 @@ pub struct TopView {
     pub active_jobs: usize,
     pub finished_tasks: u64,
     pub clients: u32,
-    pub groups: Vec<GroupView>,
+    pub branches: Vec<BranchView>,
+    /// Worker groups per node (empty when the runtime did not say).
+    pub groups: Vec<WorkerGroupView>,
 }
 
 /// Server -> client.

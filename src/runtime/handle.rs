@@ -8,7 +8,7 @@
 use super::roles::Command;
 use crate::executor::Registry;
 use crate::jobs::{ConnId, Effect, JobTable, LOCAL};
-use crate::protocol::native::{GroupView, JobResult, Reply, Request, TopView};
+use crate::protocol::native::{BranchView, JobResult, Reply, Request, TopView, WorkerGroupView};
 use crate::protocol::{Failure, Format, JobId, LogRecord, LogSpec};
 use crate::sched::{ClusterView, JobSpec, ServerEvent};
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -37,6 +37,8 @@ pub struct ServerHandle {
     fatal: Option<String>,
     /// A client asked the runtime to stop.
     stop_requested: bool,
+    /// Worker groups per node, for `top`.
+    worker_groups: Vec<WorkerGroupView>,
 }
 
 impl ServerHandle {
@@ -55,7 +57,13 @@ impl ServerHandle {
             local: VecDeque::new(),
             fatal: None,
             stop_requested: false,
+            worker_groups: Vec::new(),
         }
+    }
+
+    /// The worker groups per node, for `top`.
+    pub fn set_worker_groups(&mut self, groups: Vec<WorkerGroupView>) {
+        self.worker_groups = groups;
     }
 
     /// Fail jobs that run longer than `limit` (`--job-time-limit`).
@@ -170,15 +178,16 @@ impl ServerHandle {
             active_jobs: c.active_jobs,
             finished_tasks: c.finished_tasks,
             clients: self.table.clients() as u32,
-            groups: c
+            branches: c
                 .employees
                 .iter()
-                .map(|&(r, w, i)| GroupView {
+                .map(|&(r, w, i)| BranchView {
                     rank: r.0,
                     workers: w,
                     idle: i,
                 })
                 .collect(),
+            groups: self.worker_groups.clone(),
         }
     }
 

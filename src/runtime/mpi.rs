@@ -5,6 +5,8 @@
 use super::hooks;
 use super::{run_member, server_parts, stop, RankReport, ServerHandle};
 use crate::executor::Registry;
+use crate::protocol::native::WorkerGroupView;
+use crate::topology::groups::{self, GroupSpec, Placement};
 use crate::topology::pinning::{self, PinPolicy};
 use crate::topology::{layout, Layout, LayoutError, Role};
 use crate::transport::mpi::MpiWorld;
@@ -27,6 +29,9 @@ pub enum StartError {
     /// interface): each process is alone in a world of its own.
     #[error("{0}")]
     WrongLauncher(String),
+    /// The worker groups do not fit a node's workers (every rank finds it alike).
+    #[error("{0}")]
+    Groups(String),
 }
 
 /// A launcher that said it started `n` > 1 processes, when MPI sees a world of one: every
@@ -106,6 +111,32 @@ pub struct MpiOptions {
     /// every rank stopped (`runtime/hooks.rs`).
     pub node_setup: Option<String>,
     pub node_teardown: Option<String>,
+    /// Worker groups (`topology/groups.rs`); empty: one group `default` from `blas_threads`
+    /// and `gpus_per_node`.
+    pub groups: Vec<GroupSpec>,
+}
+
+impl MpiOptions {
+    /// The declared groups, or the default one.
+    pub fn worker_groups(&self) -> Vec<GroupSpec> {
+        match self.groups.is_empty() {
+            true => vec![GroupSpec::default_group(
+                self.blas_threads,
+                self.gpus_per_node,
+            )],
+            false => self
+                .groups
+                .iter()
+                .cloned()
+                .map(|mut g| {
+                    if g.gpus.is_none() && self.gpus_per_node > 0 {
+                        g.gpus = Some(self.gpus_per_node);
+                    }
+                    g
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Default for MpiOptions {
@@ -124,16 +155,23 @@ impl Default for MpiOptions {
             job_time_limit: None,
             node_setup: None,
             node_teardown: None,
+            groups: Vec::new(),
         }
     }
 }
 
 /// This rank's place, shared with every rank: role, node, core (-1: none), parent (-1), whether
-/// setting up the worker failed (1), its process id (for liveness watching) and a random number
-/// (rank 0's, with its process id, names the runtime's doorbells).
-const FIELDS: usize = 7;
+/// setting up the worker failed (1), its process id (for liveness watching), a random number
+/// (rank 0's, with its process id, names the runtime's doorbells) and its worker group (-1).
+const FIELDS: usize = 8;
 
-fn describe(role: &Role, node: u32, core: Option<u32>, failed: bool) -> [i32; FIELDS] {
+fn describe(
+    role: &Role,
+    node: u32,
+    core: Option<u32>,
+    failed: bool,
+    group: Option<usize>,
+) -> [i32; FIELDS] {
     let code = match role {
         Role::Server { .. } => 0,
         Role::Manager { .. } => 1,
@@ -151,31 +189,54 @@ fn describe(role: &Role, node: u32, core: Option<u32>, failed: bool) -> [i32; FI
             let _ = getrandom::fill(&mut b);
             i32::from_le_bytes(b) & i32::MAX
         },
+        group.map_or(-1, |g| g as i32),
     ]
 }
 
-/// A worker's environment and binding: BLAS threads, its GPU, its core.
+/// Every node's workers placed in the groups, in node order (the same on every rank).
+fn place_groups(specs: &[GroupSpec], lay: &Layout) -> Result<Vec<Vec<Placement>>, StartError> {
+    let nodes = lay.node_of.iter().max().map_or(0, |&n| n + 1);
+    (0..nodes)
+        .map(|node| {
+            groups::assign(specs, workers_on(lay, node), node)
+                .map_err(|e| StartError::Groups(format!("worker groups: {e}")))
+        })
+        .collect()
+}
+
+/// A worker's environment and binding (its group's BLAS threads, environment and cores).
+/// Returns its core and group.
 fn prepare_worker(
-    opts: &MpiOptions,
+    specs: &[GroupSpec],
+    placed: &[Vec<Placement>],
+    pin: &PinPolicy,
     rank: usize,
-    lay: &crate::topology::Layout,
-) -> Result<Option<u32>, String> {
+    lay: &Layout,
+) -> Result<(Option<u32>, Option<usize>), String> {
     let node = lay.node_of[rank];
     let mates = workers_of(lay, node);
-    let Some(index) = mates.iter().position(|&r| r == rank) else {
-        return Ok(None);
+    let (Some(index), Some(here)) = (
+        mates.iter().position(|&r| r == rank),
+        placed.get(node as usize),
+    ) else {
+        return Ok((None, None));
     };
+    let Some(at) = here.get(index) else {
+        return Err(format!(
+            "worker {index} of node {node} has no group (a runtime bug)"
+        ));
+    };
+    let g = &specs[at.group];
     // Only this thread runs yet (the executor thread starts later), so changing the
     // environment races with nothing.
-    for (k, v) in pinning::blas_env(opts.blas_threads) {
+    for (k, v) in groups::worker_env(g, at, node) {
         std::env::set_var(k, v);
     }
-    if let Some((k, v)) = pinning::gpu_env(opts.gpus_per_node, index as u32) {
-        std::env::set_var(k, v);
-    }
-    match pinning::pin_worker(&opts.pin, mates.len() as u32, index as u32) {
-        Ok((_, core)) => Ok(core),
-        Err(e) => Err(e.to_string()),
+    let slots = groups::slots(specs, here);
+    let compact = here.iter().any(|p| specs[p.group].cores > 1);
+    match pinning::pin_worker(pin, slots, at.first_slot, g.cores, compact) {
+        Ok((_, core)) => Ok((core, Some(at.group))),
+        Err(e) => Err(format!("group {:?}: {e}", g.name)),
     }
 }
 
@@ -186,6 +247,8 @@ struct Started {
     role: Role,
     /// Every rank's [`describe`] fields, in rank order.
     all: Vec<i32>,
+    /// The worker groups in effect.
+    specs: Vec<GroupSpec>,
 }
 
 /// Start-up: MPI, nodes, layout, worker set-up, and the exchange of every rank's place. Bounded
@@ -199,6 +262,8 @@ fn start_up(
     startup.enter(rank, Phase::NodeDiscovery);
     super::fault::stall_if_asked(rank);
     let lay = layout(&world.node_leaders(), opts.fanout)?;
+    let specs = opts.worker_groups();
+    let placed = place_groups(&specs, &lay)?;
     let role = lay.roles[rank as usize].clone();
     startup.enter(rank, Phase::NodeSetUp);
     let hooked = match (&opts.node_setup, first_of_node(&lay, rank)) {
@@ -208,12 +273,20 @@ fn start_up(
         }
         _ => Ok(()),
     };
-    let (core, failure) = match hooked.and_then(|()| prepare_worker(opts, rank as usize, &lay)) {
+    let prepared =
+        hooked.and_then(|()| prepare_worker(&specs, &placed, &opts.pin, rank as usize, &lay));
+    let ((core, group), failure) = match prepared {
         Ok(c) => (c, None),
-        Err(e) => (None, Some(e)),
+        Err(e) => ((None, None), Some(e)),
     };
     startup.enter(rank, Phase::WorkerSetUp);
-    let mine = describe(&role, lay.node_of[rank as usize], core, failure.is_some());
+    let mine = describe(
+        &role,
+        lay.node_of[rank as usize],
+        core,
+        failure.is_some(),
+        group,
+    );
     let all = world.all_gather(&mine);
     startup.disarm();
     if let Some(e) = &failure {
@@ -232,11 +305,13 @@ fn start_up(
         lay,
         role,
         all,
+        specs,
     })
 }
 
-/// `-v`: one line per rank (rank, role, node, core, parent), printed by rank 0.
-fn print_role_map(all: &[i32]) {
+/// `-v`: one line per rank (rank, role, node, core, parent, and a worker's group), then one
+/// line per node and group, printed by rank 0.
+fn print_role_map(all: &[i32], specs: &[GroupSpec]) {
     let names = ["server", "manager", "worker"];
     let dash = |v: i32| {
         if v < 0 {
@@ -246,14 +321,52 @@ fn print_role_map(all: &[i32]) {
         }
     };
     for (r, c) in all.chunks(FIELDS).enumerate() {
+        let group = specs
+            .get(c[7].max(0) as usize)
+            .filter(|_| c[7] >= 0)
+            .map_or(String::new(), |g| format!(" group {}", g.name));
         crate::eline!(
-            "bqrt: rank {r} role {} node {} core {} parent {}",
+            "bqrt: rank {r} role {} node {} core {} parent {}{group}",
             names.get(c[0] as usize).unwrap_or(&"?"),
             c[1],
             dash(c[2]),
             dash(c[3])
         );
     }
+    for row in group_rows(all, specs) {
+        crate::eline!(
+            "bqrt: node {} group {} workers {} cores {} offers {}",
+            row.node,
+            row.name,
+            row.workers,
+            row.cores,
+            match row.offers.is_empty() {
+                true => "-",
+                false => &row.offers,
+            }
+        );
+    }
+}
+
+/// Workers per node and group, from every rank's fields.
+fn group_rows(all: &[i32], specs: &[GroupSpec]) -> Vec<WorkerGroupView> {
+    let mut rows: Vec<WorkerGroupView> = Vec::new();
+    for c in all.chunks(FIELDS).filter(|c| c[7] >= 0) {
+        let (node, gi) = (c[1] as u32, c[7] as usize);
+        let Some(g) = specs.get(gi) else { continue };
+        match rows.iter_mut().find(|r| r.node == node && r.name == g.name) {
+            Some(r) => r.workers += 1,
+            None => rows.push(WorkerGroupView {
+                node,
+                name: g.name.clone(),
+                workers: 1,
+                cores: g.cores,
+                offers: g.offers_text(),
+            }),
+        }
+    }
+    rows.sort_by_key(|r| (r.node, specs.iter().position(|g| g.name == r.name)));
+    rows
 }
 
 /// Run this process's rank. On rank 0, `client` runs in its own thread with the server handle;
@@ -274,7 +387,7 @@ where
             "bqrt: MPI library: {}",
             crate::transport::mpi::library_version()
         );
-        print_role_map(&s.all);
+        print_role_map(&s.all, &s.specs);
     }
     log::debug!(target: "bqrt::runtime", "rank {}: {:?} on node {}", s.rank, s.role, s.lay.node_of[s.rank as usize]);
     super::fault::inject(s.rank);
@@ -297,6 +410,7 @@ where
                 registry,
             );
             handle.set_time_limit(opts.job_time_limit);
+            handle.set_worker_groups(group_rows(&s.all, &s.specs));
             let client = std::thread::Builder::new()
                 .name("bqrt-client".into())
                 .spawn(move || client(handle))

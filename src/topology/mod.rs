@@ -1,5 +1,6 @@
 //! Ranks, nodes and roles: who is the server, a manager or a worker, and where each is pinned.
 
+pub mod groups;
 pub mod layout;
 pub mod pinning;
 

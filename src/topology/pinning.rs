@@ -91,6 +91,13 @@ pub enum PinPlan {
         /// More workers than cores on this node: this core is shared with other workers.
         wrapped: bool,
     },
+    /// Bind the process to `pus`, which belong to the cores `cores` (a worker of a group with
+    /// `cores=k`, k > 1).
+    Cores {
+        cores: Vec<u32>,
+        pus: Vec<u32>,
+        wrapped: bool,
+    },
 }
 
 impl fmt::Display for PinPlan {
@@ -110,6 +117,24 @@ impl fmt::Display for PinPlan {
                 if *wrapped {
                     f.write_str(
                         "; this node runs more workers than it has cores, so cores are shared",
+                    )?;
+                }
+                Ok(())
+            }
+            PinPlan::Cores {
+                cores,
+                pus,
+                wrapped,
+            } => {
+                write!(
+                    f,
+                    "pinned to cores {} (cpus {})",
+                    format_cpus(cores),
+                    format_cpus(pus)
+                )?;
+                if *wrapped {
+                    f.write_str(
+                        "; this node's workers ask for more cores than it has, so cores are shared",
                     )?;
                 }
                 Ok(())
@@ -223,6 +248,82 @@ pub fn plan(
             })
         }
     }
+}
+
+/// Decide the binding of a worker that takes `k` cores: core slots `first .. first + k` of
+/// the node's `slots` (the sum of its workers' cores). With `k == 1` on a node where every
+/// worker takes one core (`compact == false`) this is [`plan`]; otherwise the slots follow
+/// hwloc's compact order, so a worker's cores are neighbours (decision 47).
+pub fn plan_cores(
+    cores: &[CoreInfo],
+    slots: u32,
+    first: u32,
+    k: u32,
+    compact: bool,
+    policy: &PinPolicy,
+    current: &[u32],
+) -> Result<PinPlan, PinError> {
+    if k <= 1 && !compact {
+        return plan(cores, slots, first, policy, current);
+    }
+    match policy {
+        PinPolicy::None => {
+            return Ok(PinPlan::Leave {
+                reason: "--no-pin".into(),
+            })
+        }
+        PinPolicy::Cpus(_) => {
+            // one cpu per core slot, in slot order: the worker takes its k entries
+            let mut pus = Vec::new();
+            let mut ids = Vec::new();
+            for j in 0..k.max(1) {
+                if let PinPlan::Core {
+                    core_os_index,
+                    pus: p,
+                    ..
+                } = plan(cores, slots, first + j, policy, current)?
+                {
+                    ids.push(core_os_index);
+                    pus.extend(p);
+                }
+            }
+            return Ok(PinPlan::Cores {
+                cores: ids,
+                pus,
+                wrapped: false,
+            });
+        }
+        PinPolicy::Auto => {}
+    }
+    if cores.is_empty() {
+        return Err(PinError::NoCores);
+    }
+    if first.saturating_add(k) > slots {
+        return Err(PinError::WorkerIndex {
+            index: first,
+            workers: slots,
+        });
+    }
+    if launcher_bound(cores, current) {
+        return Ok(PinPlan::Leave {
+            reason: format!("bound by the launcher to cpus {}", format_cpus(current)),
+        });
+    }
+    let n = cores.len() as u32;
+    let mut ids = Vec::new();
+    let mut pus = Vec::new();
+    for j in 0..k.max(1) {
+        let c = &cores[((first + j) % n) as usize];
+        ids.push(c.os_index);
+        pus.extend(c.pus.iter().copied());
+    }
+    pus.sort_unstable();
+    pus.dedup();
+    Ok(PinPlan::Cores {
+        cores: ids,
+        pus,
+        wrapped: slots > n,
+    })
 }
 
 /// Every PU of the machine, sorted.
@@ -423,14 +524,24 @@ pub fn apply(plan: &PinPlan) -> Result<Option<u32>, PinError> {
                 })?;
             Ok(Some(*core_os_index))
         }
+        PinPlan::Cores { cores, pus, .. } => {
+            let first = cores.first().copied().unwrap_or(0);
+            apply(&PinPlan::Core {
+                core_os_index: first,
+                pus: pus.clone(),
+                wrapped: false,
+            })
+        }
     }
 }
 
 /// Plan and apply in one step, from the live machine: what a worker calls at start.
 pub fn pin_worker(
     policy: &PinPolicy,
-    workers_on_node: u32,
-    worker_index: u32,
+    slots: u32,
+    first: u32,
+    k: u32,
+    compact: bool,
 ) -> Result<(PinPlan, Option<u32>), PinError> {
     if *policy == PinPolicy::None {
         return Ok((
@@ -442,7 +553,7 @@ pub fn pin_worker(
     }
     let cores = machine_cores()?;
     let current = current_cpuset()?;
-    let p = plan(&cores, workers_on_node, worker_index, policy, &current)?;
+    let p = plan_cores(&cores, slots, first, k, compact, policy, &current)?;
     let core = apply(&p)?;
     Ok((p, core))
 }
@@ -512,6 +623,41 @@ mod tests {
                 },
             )
             .collect()
+    }
+
+    #[test]
+    fn a_worker_of_k_cores_takes_k_neighbouring_cores() {
+        let m = machine(2, 1, 4, 2); // 2 packages x 4 cores x 2 threads
+                                     // a node of one 1-core worker and two 3-core workers: 7 slots, compact order
+        let ps: Vec<PinPlan> = [(0, 1), (1, 3), (4, 3)]
+            .iter()
+            .map(|&(first, k)| {
+                plan_cores(&m, 7, first, k, true, &PinPolicy::Auto, &all(&m)).unwrap()
+            })
+            .collect();
+        let pus = |p: &PinPlan| match p {
+            PinPlan::Core { pus, .. } | PinPlan::Cores { pus, .. } => pus.clone(),
+            other => panic!("{other:?}"),
+        };
+        let mut seen: Vec<u32> = ps.iter().flat_map(pus).collect();
+        assert_eq!(pus(&ps[1]).len(), 6, "3 cores of 2 threads: {:?}", ps[1]);
+        let n = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "no core shared: {ps:?}");
+        assert!(
+            ps[1].to_string().starts_with("pinned to cores "),
+            "{}",
+            ps[1]
+        );
+        // --cpus: one entry per core slot
+        let list = PinPolicy::Cpus(vec![0, 1, 2, 3]);
+        let p = plan_cores(&m, 4, 2, 2, true, &list, &all(&m)).unwrap();
+        assert_eq!(pus(&p), vec![2, 3]);
+        // bound by the launcher: left alone; too few slots: an error
+        let bound = plan_cores(&m, 4, 0, 2, true, &PinPolicy::Auto, &[0, 1]).unwrap();
+        assert!(matches!(bound, PinPlan::Leave { .. }));
+        assert!(plan_cores(&m, 4, 3, 2, true, &PinPolicy::Auto, &all(&m)).is_err());
     }
 
     #[test]
