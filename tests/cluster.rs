@@ -598,18 +598,6 @@ fn a_failing_node_set_up_stops_start_up_with_its_output() {
     assert!(t0.elapsed() < Duration::from_secs(60));
 }
 
-/// `Cpus_allowed_list` of a process, expanded to cpu numbers.
-fn allowed_cpus(pid: u32) -> Vec<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    bqrt::topology::pinning::parse_cpus(&list).unwrap_or_default()
-}
-
 /// One probe per worker rank (`env_all`), by rank.
 fn probes(c: &mut Client, n: u32) -> BTreeMap<u64, serde_json::Value> {
     let j = c
