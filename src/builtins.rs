@@ -76,6 +76,7 @@ pub(crate) fn register(r: Registry) -> Registry {
             Ok(EnvProbe::here(ctx.rank().0))
         })
         .task("env_all", env_all)
+        .task("resource_mix", resource_mix)
 }
 
 /// Block the worker for `ms` milliseconds (as a long computation would), in slices that look at
@@ -315,6 +316,68 @@ impl EnvProbe {
             xla_python_client_preallocate: std::env::var("XLA_PYTHON_CLIENT_PREALLOCATE").ok(),
         }
     }
+}
+
+/// `resource_mix`: `n` probes that need `needs` (empty: nothing) beside `n` that need nothing, submitted
+/// interleaved in batches of `batch`, each probe sleeping `ms`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Mix {
+    pub n: u32,
+    pub needs: String,
+    #[serde(default)]
+    pub ms: u64,
+    #[serde(default = "Mix::default_batch")]
+    pub batch: u32,
+}
+
+impl Mix {
+    fn default_batch() -> u32 {
+        50
+    }
+}
+
+/// Where the probes of `resource_mix` ran: `(rank, group, CUDA_VISIBLE_DEVICES, probes)` for
+/// those that needed the resource and for the others.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct MixReport {
+    pub needing: Vec<(u32, String, String, u32)>,
+    pub free: Vec<(u32, String, String, u32)>,
+}
+
+async fn resource_mix(ctx: Ctx, m: Mix) -> TaskResult<MixReport> {
+    let batch = m.batch.max(1);
+    let mut needing = Vec::new();
+    let mut free = Vec::new();
+    let mut left = m.n;
+    while left > 0 {
+        let k = left.min(batch);
+        left -= k;
+        let opts = match m.needs.is_empty() {
+            true => crate::executor::Options::new(),
+            false => crate::executor::Options::new().needs(m.needs.clone()),
+        };
+        let a = ctx.map_with("env_probe", (0..k).map(|_| m.ms), opts)?;
+        let b = ctx.map("env_probe", (0..k).map(|_| m.ms))?;
+        let (a, b): (Vec<EnvProbe>, Vec<EnvProbe>) = (a.await?, b.await?);
+        needing.extend(a);
+        free.extend(b);
+    }
+    let tally = |probes: Vec<EnvProbe>| {
+        let mut t: BTreeMap<(u32, String, String), u32> = BTreeMap::new();
+        for p in probes {
+            let key = (
+                p.rank,
+                p.group.unwrap_or_default(),
+                p.cuda_visible_devices.unwrap_or_default(),
+            );
+            *t.entry(key).or_default() += 1;
+        }
+        t.into_iter().map(|((r, g, c), n)| (r, g, c, n)).collect()
+    };
+    Ok(MixReport {
+        needing: tally(needing),
+        free: tally(free),
+    })
 }
 
 async fn env_all(ctx: Ctx, n: u64) -> TaskResult<Vec<EnvProbe>> {

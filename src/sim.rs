@@ -47,6 +47,9 @@ pub enum Action {
     Abandon(Vec<Script>),
     /// Fail the job.
     Fail,
+    /// Run the script only on a worker that offers these resources (`TaskMsg::needs`); the
+    /// simulation checks that it does.
+    Needing(u64, Box<Script>),
 }
 
 impl Script {
@@ -59,6 +62,9 @@ impl Script {
 
     /// The job result this script must produce, or `None` if it fails.
     pub fn expected(&self) -> Option<u64> {
+        if let Action::Needing(_, s) = &self.action {
+            return s.expected();
+        }
         Some(
             1 + match &self.action {
                 Action::Leaf | Action::CancelMap(_) | Action::Abandon(_) => 0,
@@ -70,12 +76,16 @@ impl Script {
                     s
                 }
                 Action::Fail => return None,
+                Action::Needing(..) => unreachable!("handled above"),
             },
         )
     }
 
     /// Tasks that certainly run (awaited subtrees).
     pub fn size(&self) -> u64 {
+        if let Action::Needing(_, s) = &self.action {
+            return s.size();
+        }
         1 + match &self.action {
             Action::MapAll(c)
             | Action::MapNext(c)
@@ -89,10 +99,24 @@ impl Script {
     /// A random tree of about `budget` tasks. `fail`: allow failing tasks.
     pub fn random(seed: u64, budget: u64, fail: bool) -> Script {
         let mut rng = SimRng::new(seed);
-        Self::gen(&mut rng, budget, 0, fail)
+        Self::gen(&mut rng, budget, 0, fail, &[])
     }
 
-    fn gen(rng: &mut SimRng, budget: u64, depth: u32, fail: bool) -> Script {
+    /// [`Script::random`] where about a third of the tasks below the root need one of `masks`.
+    pub fn random_needing(seed: u64, budget: u64, fail: bool, masks: &[u64]) -> Script {
+        let mut rng = SimRng::new(seed);
+        Self::gen(&mut rng, budget, 0, fail, masks)
+    }
+
+    /// The resources this script's task needs.
+    pub fn needs(&self) -> u64 {
+        match &self.action {
+            Action::Needing(m, _) => *m,
+            _ => 0,
+        }
+    }
+
+    fn gen(rng: &mut SimRng, budget: u64, depth: u32, fail: bool, masks: &[u64]) -> Script {
         let work = rng.below(20) as u32;
         if budget <= 1 || depth > 12 {
             return Script::leaf(work);
@@ -103,7 +127,19 @@ impl Script {
         // a failure under a cancelled subtree may or may not run: keep the outcome determined
         let mut kids = |f: bool| -> Vec<Script> {
             (0..k)
-                .map(|_| Self::gen(rng, per.max(1), depth + 1, f))
+                .map(|_| {
+                    let s = Self::gen(rng, per.max(1), depth + 1, f, masks);
+                    match masks.is_empty() || rng.below(3) != 0 {
+                        true => s,
+                        false => Script {
+                            work: 0,
+                            action: Action::Needing(
+                                masks[rng.below(masks.len() as u64) as usize],
+                                Box::new(s),
+                            ),
+                        },
+                    }
+                })
                 .collect()
         };
         let action = match kind {
@@ -157,6 +193,9 @@ pub struct SimConfig {
     /// A worker inside one task this many ticks is occupied, as the runtime's driver decides
     /// (0: never).
     pub occupied_after: u64,
+    /// Resources the workers of each node offer, by their index on the node (cycled; empty:
+    /// none).
+    pub offers: Vec<u64>,
 }
 
 impl SimConfig {
@@ -171,6 +210,7 @@ impl SimConfig {
             keep_local: true,
             progress_every: 100,
             occupied_after: 50,
+            offers: Vec::new(),
         }
     }
 }
@@ -204,6 +244,8 @@ struct SimWorker {
     /// The child the current step kept for this worker (work-first): it runs next, right after
     /// the step, so it does not wait behind a computation.
     kept: Option<Address>,
+    /// Resources it offers.
+    offers: u64,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -240,6 +282,8 @@ pub struct SimStats {
     /// The longest time one task waited in the queue of a worker that was computing while one
     /// other worker was idle the whole time (over every such pair of task and idle worker).
     pub max_wait_beside_idle: u64,
+    /// Tasks that needed resources, started (each on a worker that offers them).
+    pub needing_started: u64,
 }
 
 /// A simulated cluster.
@@ -301,22 +345,57 @@ impl Sim {
             })
             .max()
             .unwrap_or(0);
+        // each worker's mask: by its index among its node's workers
+        let mut on_node: HashMap<u32, usize> = HashMap::new();
+        let masks: Vec<u64> = lay
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(r, role)| match (role, cfg.offers.is_empty()) {
+                (Role::Worker { .. }, false) => {
+                    let i = on_node.entry(lay.node_of[r]).or_default();
+                    *i += 1;
+                    cfg.offers[(*i - 1) % cfg.offers.len()]
+                }
+                _ => 0,
+            })
+            .collect();
+        let classes = |employees: &[(Rank, u32)]| -> Vec<Vec<(u64, u32)>> {
+            employees
+                .iter()
+                .map(|e| crate::topology::resources::classes_under(&lay, e.0 .0 as usize, &masks))
+                .collect()
+        };
+        let resourced = masks.iter().any(|&m| m != 0);
         let nodes: Vec<Node> = lay
             .roles
             .iter()
             .enumerate()
             .map(|(r, role)| match role {
-                Role::Server { employees } => Node::Server(ServerCore::new(employees, cfg.seed)),
+                Role::Server { employees } => {
+                    let mut s = ServerCore::new(employees, cfg.seed);
+                    if resourced {
+                        s.boss.set_classes(classes(employees));
+                    }
+                    Node::Server(s)
+                }
                 Role::Manager {
                     parent, employees, ..
-                } => Node::Manager(ManagerCore::new(
-                    Rank(r as u32),
-                    *parent,
-                    employees,
-                    cfg.seed ^ r as u64,
-                )),
+                } => {
+                    let mut m =
+                        ManagerCore::new(Rank(r as u32), *parent, employees, cfg.seed ^ r as u64);
+                    if resourced {
+                        m.boss.set_classes(classes(employees));
+                    }
+                    Node::Manager(m)
+                }
                 Role::Worker { parent } => Node::Worker(Box::new(SimWorker {
-                    core: WorkerCore::new(Rank(r as u32), *parent),
+                    core: {
+                        let mut w = WorkerCore::new(Rank(r as u32), *parent);
+                        w.set_offers(masks[r]);
+                        w
+                    },
+                    offers: masks[r],
                     last_progress: 0,
                     tasks: HashMap::new(),
                     busy_until: 0,
@@ -717,6 +796,19 @@ impl Sim {
                 if let Some(addr) = addr {
                     assert!(self.started.insert(addr), "task {addr} started twice");
                 }
+                let script = match script.action {
+                    Action::Needing(needs, inner) => {
+                        assert_eq!(
+                            needs & !w.offers,
+                            0,
+                            "task {addr:?} needing {needs:#x} started on rank {rank} offering {:#x}",
+                            w.offers
+                        );
+                        self.stats.needing_started += 1;
+                        *inner
+                    }
+                    _ => script,
+                };
                 self.stats.tasks_started += 1;
                 let work = u64::from(script.work);
                 w.tasks.insert(
@@ -878,6 +970,7 @@ fn children(c: &[Script]) -> Vec<ChildSpec> {
             args: s.encode(),
             format: Format::Bincode,
             context: Vec::new(),
+            needs: s.needs(),
         })
         .collect()
 }
@@ -896,6 +989,7 @@ fn step(
     };
     match t.script.action.clone() {
         Action::Leaf => Some(Ok(1)),
+        Action::Needing(..) => unreachable!("unwrapped when the task started"),
         Action::Fail => Some(Err("scripted failure".into())),
         Action::CancelMap(c) | Action::Abandon(c) => {
             let cancel = matches!(t.script.action, Action::CancelMap(_));

@@ -782,3 +782,82 @@ fn groups_that_do_not_fit_a_node_stop_start_up_naming_the_node_once() {
         r.stderr
     );
 }
+
+/// `(rank, group, CUDA_VISIBLE_DEVICES, probes)` rows of a `resource_mix` report.
+fn mix_rows(v: &serde_json::Value) -> Vec<(u64, String, String, u64)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_u64().unwrap(),
+                r[1].as_str().unwrap().to_string(),
+                r[2].as_str().unwrap().to_string(),
+                r[3].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tasks_that_need_a_gpu_run_only_on_gpu_group_workers_on_two_nodes() {
+    let gpu = "gpu workers=2 gpus=2 offers=gpu=1 env.CUDA_VISIBLE_DEVICES={gpu}";
+    let mut s = Serve::start_with(fake(2, 6), &["--group", gpu, "--group", "cpu workers=rest"]);
+    let mut c = s.client();
+    let args = r#"{"n": 1000, "needs": "gpu", "ms": 1, "batch": 100}"#;
+    let j = c.submit("resource_mix", args, LogSpec::OFF, false).unwrap();
+    let r = common::done(c.result(j, Some(Duration::from_secs(120))).unwrap());
+    let needing = mix_rows(&r["needing"]);
+    let free = mix_rows(&r["free"]);
+    let total = |rows: &[(u64, String, String, u64)]| rows.iter().map(|x| x.3).sum::<u64>();
+    assert_eq!(total(&needing), 1000, "{r}");
+    assert_eq!(total(&free), 1000, "{r}");
+    assert!(
+        needing
+            .iter()
+            .all(|x| x.1 == "gpu" && (x.2 == "0" || x.2 == "1")),
+        "every task that needs a gpu ran on a gpu worker: {needing:?}"
+    );
+    assert_eq!(needing.len(), 4, "on all four gpu workers: {needing:?}");
+    let kinds: std::collections::BTreeSet<&str> = free.iter().map(|x| x.1.as_str()).collect();
+    assert!(kinds.contains("cpu"), "{free:?}");
+    // tasks that need nothing run on both kinds: idle gpu workers take them too
+    let j = c
+        .submit(
+            "resource_mix",
+            r#"{"n": 200, "needs": "", "ms": 5}"#,
+            LogSpec::OFF,
+            false,
+        )
+        .unwrap();
+    let r = common::done(c.result(j, Some(Duration::from_secs(120))).unwrap());
+    let anywhere: Vec<_> = mix_rows(&r["needing"])
+        .into_iter()
+        .chain(mix_rows(&r["free"]))
+        .collect();
+    assert_eq!(total(&anywhere), 400);
+    let kinds: std::collections::BTreeSet<&str> = anywhere.iter().map(|x| x.1.as_str()).collect();
+    assert_eq!(kinds, ["cpu", "gpu"].into(), "{anywhere:?}");
+    // a requirement no worker meets fails at submit, naming it; the runtime keeps serving
+    let bad = r#"{"n": 3, "needs": "tpu"}"#;
+    let j = c.submit("resource_mix", bad, LogSpec::OFF, false).unwrap();
+    match c.result(j, Some(Duration::from_secs(60))).unwrap() {
+        bqrt::protocol::native::JobResult::Failed(f) => {
+            let message = f.message;
+            assert!(
+                message.contains("\"tpu\"") && message.contains("offers=tpu"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let j = c.submit("fib", "15", LogSpec::OFF, false).unwrap();
+    assert_eq!(
+        common::done(c.result(j, None).unwrap()),
+        serde_json::json!(610)
+    );
+    c.shutdown().unwrap();
+    let (code, _, stderr) = s.stop_by(|_| {});
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("runtime bug"), "{stderr}");
+}

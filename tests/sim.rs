@@ -227,3 +227,46 @@ fn no_task_waits_behind_a_busy_worker_while_another_is_idle() {
         );
     }
 }
+
+/// Tasks needing resources (three kinds, 1/3 of all tasks below the roots) on workers of which
+/// some offer them: every task runs exactly once, each on a worker that offers what it needs
+/// (the simulation asserts it at every start), and nothing is left anywhere at the end.
+#[test]
+fn resources_thousand_workers_many_seeds() {
+    for seed in 0..6u64 {
+        let mut cfg = SimConfig::new(1024, 32, 100 + seed);
+        cfg.fanout = 4 + (seed % 3) as u32 * 6;
+        cfg.codec = seed % 3 == 0;
+        cfg.keep_local = seed % 2 == 0;
+        // per node: 2 "gpu", 1 "big", 1 with both, the rest plain
+        cfg.offers = vec![0b01, 0b01, 0, 0, 0b10, 0b11, 0, 0];
+        let scripts: Vec<Script> = (0..4)
+            .map(|j| Script::random_needing(seed * 31 + j, 3000, false, &[0b01, 0b10, 0b11]))
+            .collect();
+        let sim = run_jobs(cfg, &scripts);
+        assert!(
+            sim.stats.needing_started > 500,
+            "seed {seed}: {} tasks needed resources",
+            sim.stats.needing_started
+        );
+    }
+}
+
+#[test]
+fn resources_small_clusters_many_seeds_with_failures() {
+    for seed in 0..120u64 {
+        let workers = 1 + (seed % 9) as u32;
+        let per_node = 1 + (seed % 4) as u32;
+        let mut cfg = SimConfig::new(workers, per_node, seed);
+        cfg.fanout = 2 + (seed % 3) as u32;
+        cfg.max_delay = seed % 40;
+        cfg.keep_local = seed % 3 != 0;
+        cfg.occupied_after = [0, 50, 5][(seed % 3) as usize];
+        // the first worker of each node offers everything
+        cfg.offers = vec![0b11, 0, 0b01];
+        let scripts: Vec<Script> = (0..3)
+            .map(|j| Script::random_needing(seed * 7 + j, 200, seed % 2 == 0, &[0b01, 0b10, 0b11]))
+            .collect();
+        run_jobs(cfg, &scripts);
+    }
+}

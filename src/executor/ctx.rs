@@ -19,11 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// Display name and log context for submitted tasks.
+/// Display name, log context and needed resources for submitted tasks.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub name: Option<String>,
     pub context: Vec<(String, String)>,
+    /// Resources a worker must offer to run the tasks (names of worker groups' `offers`).
+    pub needs: Vec<String>,
 }
 
 impl Options {
@@ -40,6 +42,17 @@ impl Options {
         self.context.push((key.into(), value.into()));
         self
     }
+    /// Run only on workers that offer `resource` (for example `gpu`); submitting fails with a
+    /// clear error when no worker of the runtime offers it.
+    pub fn needs(mut self, resource: impl Into<String>) -> Options {
+        self.needs.push(resource.into());
+        self
+    }
+}
+
+/// The mask of the resources `opts` needs, or why no worker can meet them.
+fn needs_of(opts: &Options) -> TaskResult<u64> {
+    crate::topology::resources::needs(&opts.needs).map_err(TaskError::new)
 }
 
 /// The running task's handle to the runtime.
@@ -62,6 +75,7 @@ impl Ctx {
             args: bytes,
             format: Format::Bincode,
             context: opts.context.clone(),
+            needs: 0,
         })
     }
 
@@ -87,7 +101,8 @@ impl Ctx {
         args: A,
         opts: Options,
     ) -> TaskResult<TaskFuture<R>> {
-        let spec = self.spec(task, &args, &opts)?;
+        let mut spec = self.spec(task, &args, &opts)?;
+        spec.needs = needs_of(&opts)?;
         let mailbox = self.submit_specs(vec![spec])?;
         Ok(TaskFuture {
             handle: Handle::new(self, mailbox),
@@ -111,9 +126,14 @@ impl Ctx {
         args: impl IntoIterator<Item = A>,
         opts: Options,
     ) -> TaskResult<MapFuture<R>> {
+        let needs = needs_of(&opts)?;
         let specs = args
             .into_iter()
-            .map(|a| self.spec(task, &a, &opts))
+            .map(|a| {
+                let mut s = self.spec(task, &a, &opts)?;
+                s.needs = needs;
+                Ok(s)
+            })
             .collect::<TaskResult<Vec<_>>>()?;
         let len = specs.len();
         let mailbox = self.submit_specs(specs)?;
@@ -142,6 +162,7 @@ impl Ctx {
                 args: c.args,
                 format: c.format,
                 context: c.context,
+                needs: c.needs,
             })
             .collect();
         let mailbox = self.submit_specs(specs)?;
@@ -414,6 +435,8 @@ pub struct RawChild {
     pub format: Format,
     pub label: Option<String>,
     pub context: Vec<(String, String)>,
+    /// Resources needed (a mask from [`crate::topology::resources::needs`]; 0: none).
+    pub needs: u64,
 }
 
 /// A result with its slot: `(slot, encoded value)`.

@@ -89,6 +89,7 @@ mod tests {
                 max_depth: Some(2),
             },
             context: vec![("k".into(), "v".into())],
+            needs: 5,
         };
         vec![
             Msg::Down(Down::Assign {

@@ -57,6 +57,9 @@ pub struct TaskMsg {
     pub log: LogSpec,
     /// Log context, inherited and extended by children.
     pub context: Vec<(String, String)>,
+    /// Resources a worker must offer to run it (bits of the runtime's resource names,
+    /// `topology::groups::Resources`; 0: none, any worker).
+    pub needs: u64,
 }
 
 impl TaskMsg {

@@ -329,6 +329,7 @@ impl Supervisor {
                                 format: Format::Bincode,
                                 label: Some(name),
                                 context: Vec::new(),
+                                needs: 0,
                             })
                             .collect();
                         match ctx.submit_raw(raw) {

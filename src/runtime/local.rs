@@ -64,6 +64,7 @@ impl LocalCluster {
                         heartbeat: super::liveness::Heartbeat::new(None, super::stop::STUCK_AFTER),
                         stall_warning: None,
                     },
+                    super::Offers::default(),
                 ) {
                     panic!("local rank: {e}");
                 }

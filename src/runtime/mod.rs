@@ -86,6 +86,15 @@ pub(crate) struct Vigil {
     pub(crate) stall_warning: Option<std::time::Duration>,
 }
 
+/// What a rank knows of the resources its workers offer (`topology::resources`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Offers {
+    /// A worker's own mask.
+    pub(crate) own: u64,
+    /// A boss's employees' classes, in its employee order (empty: nobody offers anything).
+    pub(crate) employees: Vec<Vec<(u64, u32)>>,
+}
+
 pub(crate) fn run_member<F: Fabric>(
     fabric: F,
     role: &Role,
@@ -93,13 +102,14 @@ pub(crate) fn run_member<F: Fabric>(
     seed: u64,
     report: &mut RankReport,
     vigil: Vigil,
+    offers: Offers,
 ) -> Result<i32, TransportError> {
     match role {
         Role::Server { .. } => unreachable!("the server is started with server_parts"),
         Role::Manager {
             parent, employees, ..
-        } => run_manager(fabric, *parent, employees, seed, report, vigil),
-        Role::Worker { parent } => run_worker(fabric, *parent, registry, report, vigil),
+        } => run_manager(fabric, *parent, employees, seed, report, vigil, offers),
+        Role::Worker { parent } => run_worker(fabric, *parent, registry, report, vigil, offers),
     }
 }
 
@@ -110,11 +120,16 @@ fn run_manager<F: Fabric>(
     seed: u64,
     report: &mut RankReport,
     vigil: Vigil,
+    offers: Offers,
 ) -> Result<i32, TransportError> {
     let me = fabric.rank();
+    let mut core = ManagerCore::new(me, parent, employees, seed ^ u64::from(me.0));
+    if !offers.employees.is_empty() {
+        core.boss.set_classes(offers.employees);
+    }
     let mut logic = ManagerLogic {
         me,
-        core: ManagerCore::new(me, parent, employees, seed ^ u64::from(me.0)),
+        core,
         employees: employees.iter().map(|e| e.0).collect(),
         watcher: vigil.watcher,
         heartbeat: vigil.heartbeat,
@@ -134,13 +149,16 @@ fn run_worker<F: Fabric>(
     registry: Registry,
     report: &mut RankReport,
     vigil: Vigil,
+    offers: Offers,
 ) -> Result<i32, TransportError> {
     let me = fabric.rank();
+    let mut core = WorkerCore::new(me, parent);
+    core.set_offers(offers.own);
     let (in_tx, in_rx) = unbounded();
     let (out_tx, out_rx) = unbounded();
     let running = Arc::new(LiveTasks::default());
     let state = Arc::new(std::sync::Mutex::new(WorkerState {
-        core: WorkerCore::new(me, parent),
+        core,
         out: crate::protocol::Outbox::new(),
     }));
     let stats_slot = Arc::new(std::sync::Mutex::new(None));

@@ -3,11 +3,12 @@
 //! MPI is finalised within the stop policy's bound.
 
 use super::hooks;
-use super::{run_member, server_parts, stop, RankReport, ServerHandle};
+use super::{run_member, server_parts, stop, Offers, RankReport, ServerHandle};
 use crate::executor::Registry;
 use crate::protocol::native::WorkerGroupView;
 use crate::topology::groups::{self, GroupSpec, Placement};
 use crate::topology::pinning::{self, PinPolicy};
+use crate::topology::resources::{self, Resources};
 use crate::topology::{layout, Layout, LayoutError, Role};
 use crate::transport::mpi::MpiWorld;
 use crate::transport::{drive, TransportError};
@@ -264,6 +265,8 @@ fn start_up(
     let lay = layout(&world.node_leaders(), opts.fanout)?;
     let specs = opts.worker_groups();
     let placed = place_groups(&specs, &lay)?;
+    Resources::from_groups(&specs)
+        .map_err(|e| StartError::Groups(format!("worker groups: {e}")))?;
     let role = lay.roles[rank as usize].clone();
     startup.enter(rank, Phase::NodeSetUp);
     let hooked = match (&opts.node_setup, first_of_node(&lay, rank)) {
@@ -348,6 +351,45 @@ fn print_role_map(all: &[i32], specs: &[GroupSpec]) {
     }
 }
 
+/// The runtime's resources (installed for this process's tasks) and what this rank needs to
+/// know of them: its own mask, or its employees' classes.
+fn offers_of(s: &Started) -> Offers {
+    let Ok(mut res) = Resources::from_groups(&s.specs) else {
+        return Offers::default(); // checked at start-up
+    };
+    let masks: Vec<u64> = s
+        .all
+        .chunks(FIELDS)
+        .map(
+            |c| match usize::try_from(c[7]).ok().and_then(|g| s.specs.get(g)) {
+                Some(g) => res.mask_of(g),
+                None => 0,
+            },
+        )
+        .collect();
+    for (c, &m) in s.all.chunks(FIELDS).zip(&masks) {
+        if c[7] >= 0 {
+            res.offered_by_a_worker(m);
+        }
+    }
+    crate::topology::resources::install(res);
+    let me = s.rank as usize;
+    let employees = match &s.role {
+        Role::Server { employees } | Role::Manager { employees, .. } => employees.clone(),
+        Role::Worker { .. } => Vec::new(),
+    };
+    Offers {
+        own: masks[me],
+        employees: match masks.iter().any(|&m| m != 0) {
+            true => employees
+                .iter()
+                .map(|e| resources::classes_under(&s.lay, e.0 .0 as usize, &masks))
+                .collect(),
+            false => Vec::new(),
+        },
+    }
+}
+
 /// Workers per node and group, from every rank's fields.
 fn group_rows(all: &[i32], specs: &[GroupSpec]) -> Vec<WorkerGroupView> {
     let mut rows: Vec<WorkerGroupView> = Vec::new();
@@ -399,6 +441,7 @@ where
     let mut report = RankReport::default();
     let mut fabric = world.fabric();
     open_doorbell(&mut fabric, &s);
+    let offers = offers_of(&s);
     let code = match &s.role {
         Role::Server { employees } => {
             let (mut logic, cmd_rx, mut handle) = server_parts(
@@ -409,6 +452,9 @@ where
                 heartbeat,
                 registry,
             );
+            if !offers.employees.is_empty() {
+                logic.core.boss.set_classes(offers.employees);
+            }
             handle.set_time_limit(opts.job_time_limit);
             handle.set_worker_groups(group_rows(&s.all, &s.specs));
             let client = std::thread::Builder::new()
@@ -432,7 +478,15 @@ where
                 heartbeat,
                 stall_warning: opts.stall_warning,
             };
-            run_member(fabric, &s.role, registry, opts.seed, &mut report, vigil)?
+            run_member(
+                fabric,
+                &s.role,
+                registry,
+                opts.seed,
+                &mut report,
+                vigil,
+                offers,
+            )?
         }
     };
     if opts.stats {

@@ -17,6 +17,17 @@
 //! what it had queued, and whatever reaches it while it stays occupied. A worker starts the last
 //! task of a batch and delays the rest, LIFO.
 //!
+//! # Resources
+//! An employee's workers fall into *classes*, the resource masks they offer with how many
+//! workers offer each (`set_classes`; a worker has one class). A task that needs resources
+//! (`TaskMsg::needs != 0`) takes an idle slot only of an employee all of whose workers can run
+//! it (for a worker: it offers them), and otherwise goes to the eligible employee with the least
+//! backlog per eligible worker. Tasks that need nothing fill any idle slot, but their overflow
+//! goes to employees with workers that offer nothing, while such workers are available: the
+//! queues of resource workers stay short, so what needs them never waits behind work any worker
+//! could do (decision 47). Steals move only tasks that need nothing (a worker hands back no
+//! other), so a task is never moved to a worker that cannot run it.
+//!
 //! # Stealing
 //! `backlog` estimates the tasks an employee holds beyond its idle capacity (overflow it was
 //! assigned since it last reported an idle worker). When this boss has idle workers and nothing to
@@ -61,6 +72,25 @@ pub(crate) struct Employee {
     pub(crate) occupied: u32,
     /// Tasks ever assigned (statistics).
     pub(crate) assigned: u64,
+    /// Resource masks its workers offer, with how many workers offer each.
+    classes: Vec<(u64, u32)>,
+    /// Its workers that offer nothing.
+    plain: u32,
+}
+
+impl Employee {
+    /// Workers under this employee that can run a task needing `needs`.
+    fn eligible(&self, needs: u64) -> u32 {
+        self.classes
+            .iter()
+            .filter(|&&(m, _)| m & needs == needs)
+            .map(|&(_, n)| n)
+            .sum()
+    }
+    /// Whether every worker under it can run such a task (so an idle slot is one for it).
+    fn covers(&self, needs: u64) -> bool {
+        self.classes.iter().all(|&(m, _)| m & needs == needs)
+    }
 }
 
 #[derive(Debug)]
@@ -85,6 +115,8 @@ pub(crate) struct Boss {
     spares: usize,
     /// Idle reports that raised an employee from no idle worker to some (orders `idle_since`).
     idle_reports: u64,
+    /// Some worker offers resources (`set_classes`).
+    resourced: bool,
 }
 
 impl Boss {
@@ -104,6 +136,8 @@ impl Boss {
                 asked: 0,
                 occupied: 0,
                 assigned: 0,
+                classes: vec![(0, workers)],
+                plain: workers,
             })
             .collect();
         let index = employees
@@ -126,7 +160,19 @@ impl Boss {
             requests: 0,
             spares: 0,
             idle_reports: 0,
+            resourced: false,
         }
+    }
+
+    /// The resource classes of each employee, in the order of [`Boss::new`]'s list: `(mask,
+    /// workers offering it)`, adding up to its workers.
+    pub(crate) fn set_classes(&mut self, classes: Vec<Vec<(u64, u32)>>) {
+        for (e, c) in self.employees.iter_mut().zip(classes) {
+            debug_assert_eq!(c.iter().map(|x| x.1).sum::<u32>(), e.workers);
+            e.plain = c.iter().filter(|x| x.0 == 0).map(|x| x.1).sum();
+            e.classes = c;
+        }
+        self.resourced = self.employees.iter().any(|e| e.plain < e.workers);
     }
 
     pub(crate) fn employee(&self, rank: Rank) -> Option<usize> {
@@ -240,7 +286,45 @@ impl Boss {
     }
 
     /// Place tasks on idle slots only; returns what did not fit.
-    pub(crate) fn place_idle(&mut self, mut tasks: Vec<TaskMsg>, out: &mut Outbox) -> Vec<TaskMsg> {
+    pub(crate) fn place_idle(&mut self, tasks: Vec<TaskMsg>, out: &mut Outbox) -> Vec<TaskMsg> {
+        if !self.resourced || tasks.iter().all(|t| t.needs == 0) {
+            return self.place_idle_free(tasks, out);
+        }
+        let (bound, free): (Vec<TaskMsg>, Vec<TaskMsg>) =
+            tasks.into_iter().partition(|t| t.needs != 0);
+        let mut rest = self.place_idle_free(free, out);
+        rest.extend(self.place_idle_bound(bound, out));
+        rest
+    }
+
+    /// Tasks that need resources, on idle slots of employees whose workers all offer them
+    /// (longest idle first); returns the others.
+    fn place_idle_bound(&mut self, tasks: Vec<TaskMsg>, out: &mut Outbox) -> Vec<TaskMsg> {
+        if self.idle_sum == 0 {
+            return tasks;
+        }
+        let m = self.employees.len();
+        let mut idle: Vec<u32> = self.employees.iter().map(|e| e.idle).collect();
+        let mut per: Vec<Vec<TaskMsg>> = (0..m).map(|_| Vec::new()).collect();
+        let mut rest = Vec::new();
+        for t in tasks {
+            let best = (0..m)
+                .filter(|&i| idle[i] > 0 && self.employees[i].covers(t.needs))
+                .min_by_key(|&i| self.employees[i].idle_since);
+            match best {
+                Some(i) => {
+                    idle[i] -= 1;
+                    per[i].push(t);
+                }
+                None => rest.push(t),
+            }
+        }
+        self.send_batches(per, false, out);
+        rest
+    }
+
+    /// Tasks that need nothing, on any idle slot.
+    fn place_idle_free(&mut self, mut tasks: Vec<TaskMsg>, out: &mut Outbox) -> Vec<TaskMsg> {
         if self.idle_sum == 0 || tasks.is_empty() {
             return tasks;
         }
@@ -272,7 +356,7 @@ impl Boss {
         let mut load: Vec<u64> = self.employees.iter().map(|e| e.backlog).collect();
         // workers that can take work: those not occupied, unless every one is
         let all_occupied = !self.any_available();
-        let avail: Vec<u64> = self
+        let mut avail: Vec<u64> = self
             .employees
             .iter()
             .map(|e| match all_occupied {
@@ -280,7 +364,53 @@ impl Boss {
                 false => u64::from(e.workers - e.occupied),
             })
             .collect();
+        let (bound, rest): (Vec<TaskMsg>, Vec<TaskMsg>) = match self.resourced {
+            true => rest.into_iter().partition(|t| t.needs != 0),
+            false => (Vec::new(), rest),
+        };
+        if self.resourced {
+            // overflow that needs nothing goes where workers offer nothing, while any is
+            // available
+            let plain: Vec<u64> = self
+                .employees
+                .iter()
+                .zip(&avail)
+                .map(|(e, &a)| a.min(u64::from(e.plain)))
+                .collect();
+            if plain.iter().any(|&a| a > 0) {
+                avail = plain;
+            }
+        }
         let start = self.rng.below(m);
+        for task in bound {
+            // least backlog per eligible worker
+            let elig: Vec<u64> = self
+                .employees
+                .iter()
+                .map(|e| u64::from(e.eligible(task.needs)))
+                .collect();
+            let mut best: Option<usize> = None;
+            for k in 0..m {
+                let i = (start + k) % m;
+                if elig[i] == 0 {
+                    continue;
+                }
+                if best.is_none_or(|b| load[i] * elig[b] < load[b] * elig[i]) {
+                    best = Some(i);
+                }
+            }
+            let Some(best) = best else {
+                log::error!(
+                    "a task needing resources {:#x} reached a boss none of whose workers offers them (a runtime bug); placed as if it needed none",
+                    task.needs
+                );
+                load[start] += 1;
+                per[start].push(task);
+                continue;
+            };
+            load[best] += 1;
+            per[best].push(task);
+        }
         for task in rest {
             // least backlog per available worker; ties broken by a rotating random start
             let mut best = (0..m)
@@ -440,8 +570,77 @@ pub(crate) mod tests {
                 breadcrumbs: crate::protocol::Breadcrumbs::new(),
                 log: LogSpec::OFF,
                 context: vec![],
+                needs: 0,
             })
             .collect()
+    }
+
+    fn needing(n: usize, needs: u64) -> Vec<TaskMsg> {
+        tasks(n)
+            .into_iter()
+            .map(|t| TaskMsg { needs, ..t })
+            .collect()
+    }
+
+    fn assigned(out: &Outbox) -> std::collections::BTreeMap<u32, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for (to, msg) in out {
+            if let Msg::Down(Down::Assign { tasks, .. }) = msg {
+                *m.entry(to.0).or_default() += tasks.len();
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn tasks_that_need_resources_go_only_where_workers_offer_them() {
+        // ranks 1, 2: gpu workers; 3, 4: plain; 5: a manager of 2 gpu and 2 plain workers
+        let mut b = Boss::new(
+            &[
+                (Rank(1), 1),
+                (Rank(2), 1),
+                (Rank(3), 1),
+                (Rank(4), 1),
+                (Rank(5), 4),
+            ],
+            3,
+        );
+        b.set_classes(vec![
+            vec![(1, 1)],
+            vec![(1, 1)],
+            vec![(0, 1)],
+            vec![(0, 1)],
+            vec![(0, 2), (1, 2)],
+        ]);
+        let mut out = Outbox::new();
+        b.place_all(needing(40, 1), &mut out);
+        let got = assigned(&out);
+        assert!(!got.contains_key(&3) && !got.contains_key(&4), "{got:?}");
+        assert_eq!(got.values().sum::<usize>(), 40);
+        assert!(
+            got[&5] >= 10 && got[&1] >= 5 && got[&2] >= 5,
+            "spread by eligible workers: {got:?}"
+        );
+        // overflow that needs nothing goes where workers offer nothing
+        out.clear();
+        b.place_all(tasks(30), &mut out);
+        let got = assigned(&out);
+        assert!(!got.contains_key(&1) && !got.contains_key(&2), "{got:?}");
+        assert_eq!(got.values().sum::<usize>(), 30);
+        // an idle gpu worker takes a task that needs nothing, and one that needs a gpu
+        b.on_waiting(0, 1, BatchSeq(u64::MAX));
+        out.clear();
+        assert!(b.place_idle(tasks(1), &mut out).is_empty());
+        assert_eq!(assigned(&out), [(1, 1)].into());
+        b.on_waiting(1, 1, BatchSeq(u64::MAX));
+        out.clear();
+        assert!(b.place_idle(needing(1, 1), &mut out).is_empty());
+        assert_eq!(assigned(&out), [(2, 1)].into());
+        // an idle plain worker takes none that needs a gpu: it goes back to the caller
+        b.on_waiting(2, 1, BatchSeq(u64::MAX));
+        out.clear();
+        assert_eq!(b.place_idle(needing(1, 1), &mut out).len(), 1);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -143,6 +143,7 @@ impl ServerCore {
             breadcrumbs: crate::protocol::Breadcrumbs::new(),
             log: spec.log,
             context: Vec::new(),
+            needs: 0,
         };
         self.jobs.insert(
             job,

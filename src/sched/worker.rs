@@ -55,6 +55,8 @@ pub struct ChildSpec {
     pub args: Vec<u8>,
     pub format: Format,
     pub context: Vec<(String, String)>,
+    /// Resources the child needs (`TaskMsg::needs`).
+    pub needs: u64,
 }
 
 /// What the executor should run next.
@@ -183,6 +185,11 @@ pub struct WorkerCore {
     told: u64,
     progress: IdMap<JobId, (u64, u64)>,
     reported_queued: u32,
+    /// Resources this worker offers (`TaskMsg::needs` bits).
+    offers: u64,
+    /// Some task that needs resources reached the delayed queue: steals then hand back only
+    /// tasks that need none (a thief may not offer what they need).
+    bound: bool,
     pub stats: WorkerStats,
 }
 
@@ -206,6 +213,8 @@ impl WorkerCore {
             told: 0,
             progress: IdMap::default(),
             reported_queued: 0,
+            offers: 0,
+            bound: false,
             stats: WorkerStats::default(),
         }
     }
@@ -275,13 +284,19 @@ impl WorkerCore {
                 self.on_assign(seq, tasks, out)
             }
             Msg::Down(Down::Steal { max }) => {
-                let n = (max as usize).min(self.delayed.len());
-                let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
+                let (tasks, left) = match self.bound {
+                    false => {
+                        let n = (max as usize).min(self.delayed.len());
+                        let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
+                        (tasks, self.delayed.len() as u64)
+                    }
+                    true => self.steal_free(max as usize),
+                };
                 self.told = self.delayed.len() as u64;
                 self.stats.stolen_from += tasks.len() as u64;
                 let stolen = Up::Stolen {
                     tasks,
-                    left: self.delayed.len() as u64,
+                    left,
                     receipt: self.receipt,
                 };
                 out.push((self.boss, Msg::Up(stolen)));
@@ -310,6 +325,27 @@ impl WorkerCore {
         }
     }
 
+    /// The resources this worker offers (its group's, `topology::resources`).
+    pub fn set_offers(&mut self, offers: u64) {
+        self.offers = offers;
+    }
+
+    /// A steal when some delayed task needs resources: the oldest `max` tasks that need none,
+    /// and how many such tasks are left (the others stay here, in order).
+    fn steal_free(&mut self, max: usize) -> (Vec<TaskMsg>, u64) {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.delayed.len());
+        for t in self.delayed.drain(..) {
+            match t.needs == 0 && taken.len() < max {
+                true => taken.push(t),
+                false => kept.push_back(t),
+            }
+        }
+        self.delayed = kept;
+        let left = self.delayed.iter().filter(|t| t.needs == 0).count() as u64;
+        (taken, left)
+    }
+
     fn on_assign(&mut self, seq: BatchSeq, tasks: Vec<TaskMsg>, out: &mut Outbox) {
         self.receipt = seq;
         self.stats.received += tasks.len() as u64;
@@ -334,6 +370,17 @@ impl WorkerCore {
                         at: self.rank,
                     }),
                 ));
+            }
+            if task.needs != 0 {
+                self.bound = true;
+                if task.needs & !self.offers != 0 {
+                    log::error!(
+                        "{}: placed a task that needs resources this worker does not offer (needs {:#x}, offers {:#x}): a runtime bug",
+                        self.rank,
+                        task.needs,
+                        self.offers
+                    );
+                }
             }
             self.delayed.push_back(task);
         }
@@ -541,8 +588,14 @@ impl WorkerCore {
         else {
             return;
         };
+        let offers = self.offers;
         let task = match &mut out[i].1 {
-            Msg::Up(Up::Submit { tasks, .. }) => tasks.pop(),
+            // a child that needs what this worker does not offer goes to the boss
+            Msg::Up(Up::Submit { tasks, .. })
+                if tasks.last().is_some_and(|t| t.needs & !offers == 0) =>
+            {
+                tasks.pop()
+            }
             _ => None,
         };
         if matches!(&out[i].1, Msg::Up(Up::Submit { tasks, .. }) if tasks.is_empty()) {
@@ -553,6 +606,7 @@ impl WorkerCore {
             if let Some(mb) = self.mailboxes.get_mut(&task.addr.mailbox) {
                 mb.add_location(self.rank, target, out);
                 self.stats.kept += 1;
+                self.bound |= task.needs != 0;
                 self.delayed.push_back(task);
             }
         }
@@ -633,6 +687,7 @@ impl WorkerCore {
                     breadcrumbs: breadcrumbs.clone(),
                     log: p.msg.log,
                     context,
+                    needs: c.needs,
                 }
             })
             .collect();
@@ -951,6 +1006,7 @@ mod tests {
                 max_depth: Some(0),
             },
             context: vec![],
+            needs: 0,
         }
     }
 
@@ -961,6 +1017,7 @@ mod tests {
             args: vec![],
             format: Format::Bincode,
             context: vec![],
+            needs: 0,
         }
     }
 
@@ -1207,6 +1264,63 @@ mod tests {
             overflow,
         };
         w.handle(Msg::Down(assign), out);
+    }
+
+    #[test]
+    fn a_steal_hands_back_only_tasks_that_need_nothing() {
+        let mut w = WorkerCore::new(Rank(2), Rank(1));
+        w.set_offers(1);
+        let mut out = Outbox::new();
+        let tasks: Vec<TaskMsg> = (0..6)
+            .map(|i| TaskMsg {
+                needs: if i % 2 == 0 { 1 } else { 0 },
+                ..root_task(Rank(2))
+            })
+            .collect();
+        w.handle(
+            Msg::Down(Down::Assign {
+                seq: BatchSeq(1),
+                tasks,
+                overflow: true,
+            }),
+            &mut out,
+        );
+        out.clear();
+        w.handle(Msg::Down(Down::Steal { max: 2 }), &mut out);
+        match &out[..] {
+            [(_, Msg::Up(Up::Stolen { tasks, left, .. }))] => {
+                assert_eq!(tasks.len(), 2);
+                assert!(tasks.iter().all(|t| t.needs == 0));
+                assert_eq!(*left, 1, "one more that needs nothing");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(w.delayed_len(), 4);
+    }
+
+    #[test]
+    fn a_worker_keeps_no_child_it_cannot_run() {
+        let (mut w, key) = running();
+        let mut out = Outbox::new();
+        let needing = ChildSpec {
+            needs: 4,
+            ..child()
+        };
+        w.submit(key, vec![needing], &mut out).unwrap();
+        w.keep_one_for_self(&mut out);
+        assert_eq!(w.delayed_len(), 0, "it offers nothing");
+        assert!(out
+            .iter()
+            .any(|(_, m)| matches!(m, Msg::Up(Up::Submit { tasks, .. }) if tasks.len() == 1)));
+        w.set_offers(4);
+        let mut out = Outbox::new();
+        let needing = ChildSpec {
+            needs: 4,
+            ..child()
+        };
+        w.submit(key, vec![needing], &mut out).unwrap();
+        w.keep_one_for_self(&mut out);
+        assert_eq!(w.delayed_len(), 1, "now it offers it");
     }
 
     #[test]

@@ -3,5 +3,6 @@
 pub mod groups;
 pub mod layout;
 pub mod pinning;
+pub mod resources;
 
 pub use layout::{layout, Layout, LayoutError, Role};
