@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # setup-python.sh - create the Python environment bqrt's BQSKit support uses: .venv in the repo
-# with bqskit==1.2.1 and pytest from PyPI. Idempotent: a complete .venv is left alone.
+# with bqskit==1.2.1 and pytest from PyPI, and bqrt's bqrt_resources module. Idempotent: a
+# complete .venv is left alone (but for that module, copied again).
 #
 #   bash launch/setup-python.sh            # then build with PYO3_PYTHON=$PWD/.venv/bin/python
 #
@@ -15,10 +16,19 @@ venv=$PWD/.venv
 say() { echo "setup-python: $*"; }
 die() { echo "setup-python: $*" >&2; exit 1; }
 
-# A complete environment: nothing to do.
+# bqrt_resources (resource requirements for BQSKit passes, falling back to BQSKit's own
+# submit and map) goes into the environment's site-packages, kept up to date with the repo.
+install_helper() {
+  local site
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  cp python/bqrt_resources.py "$site/bqrt_resources.py"
+}
+
+# A complete environment: nothing to do but the helper.
 if [ -x "$venv/bin/python" ] &&
   "$venv/bin/python" -c "import bqskit, pytest, dill, sys; assert bqskit.__version__ == '$BQSKIT_VERSION', bqskit.__version__" 2>/dev/null; then
-  say "$venv has bqskit $BQSKIT_VERSION and pytest"
+  install_helper
+  say "$venv has bqskit $BQSKIT_VERSION, pytest and bqrt_resources"
   exit 0
 fi
 
@@ -76,4 +86,5 @@ if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q "bqskit==$
   die "pip install failed (log: $log)"
 fi
 rm -f "$log"
+install_helper
 "$venv/bin/python" -c "import bqskit; print('setup-python: bqskit', bqskit.__version__, 'ready in $venv')"

@@ -14,7 +14,8 @@ next results (u64 id, u32 n, n x (u32 slot, u32 len, bytes)), ``X`` close a task
 ``G`` the reply to ``g`` (u32 n, n x (u32 len, bytes)), ``Q`` quit.
 
 Child to rank, during a step of one task: ``s`` submit (u64 mailbox, u8 single, u32 n,
-n x (u32 len, name, u32 len, envelope)), ``c`` cancel (u64 mailbox), ``m`` communicate (u64
+n x (u32 len, name, u32 len, envelope), and optionally u32 len, the resources the children
+need, comma-separated), ``c`` cancel (u64 mailbox), ``m`` communicate (u64
 mailbox, message), ``g`` get the task's messages, ``l`` a log record (i32 level, u32 len, name,
 text); then the step's end: ``d`` done (result), ``e`` failed (traceback text) or ``a`` awaits
 (u64 mailbox, u8 next). Once, before anything else: ``H`` ready (text: what the warm-up could
@@ -102,7 +103,7 @@ def _boxes() -> set[int]:
     return _run.boxes[_run.tid]
 
 
-def _submit(children: list[tuple[bytes, str]], single: bool) -> int:
+def _submit(children: list[tuple[bytes, str]], single: bool, needs: str = '') -> int:
     global _next_box
     boxes = _boxes()
     _next_box += 1
@@ -112,6 +113,9 @@ def _submit(children: list[tuple[bytes, str]], single: bool) -> int:
         label = name.encode('utf-8', 'replace')
         parts.append(struct.pack('<I', len(label)) + label)
         parts.append(struct.pack('<I', len(envelope)) + envelope)
+    if needs:
+        spec = needs.encode('utf-8', 'replace')
+        parts.append(struct.pack('<I', len(spec)) + spec)
     _send(b''.join(parts))
     boxes.add(box)
     return box

@@ -329,6 +329,25 @@ class _Mailboxes:
         return _BoxView(box)
 
 
+_needs = ''
+
+
+class _Needing:
+    """Sets the resources submits need for the extent of a ``with`` block."""
+
+    def __init__(self, needs: str) -> None:
+        self.needs = needs
+        self.before = ''
+
+    def __enter__(self) -> None:
+        global _needs
+        self.before, _needs = _needs, self.needs
+
+    def __exit__(self, *_: Any) -> None:
+        global _needs
+        _needs = self.before
+
+
 class Handle:
     """``bqskit.runtime.get_runtime()`` inside a task running on bqrt."""
 
@@ -345,7 +364,7 @@ class Handle:
             raise RuntimeError('task_name must be a string.')
         _check_context(log_context)
         envelope = task.child((fn, args, kwargs), {**task.context, **log_context})
-        box = _bqrt.submit([(envelope, _name(fn, task_name))], True)
+        box = _bqrt.submit([(envelope, _name(fn, task_name))], True, _needs)
         return RuntimeFuture(box)
 
     def map(
@@ -388,7 +407,13 @@ class Handle:
             )
             for i, fa in enumerate(fnargs)
         ]
-        return RuntimeFuture(_bqrt.submit(children, False))
+        return RuntimeFuture(_bqrt.submit(children, False, _needs))
+
+    def needing(self, needs: str) -> Any:
+        """Within ``with get_runtime().needing('gpu'):``, submit and map place their tasks
+        only on workers that offer these resources (comma-separated names); what
+        ``bqrt_resources`` uses."""
+        return _Needing(needs)
 
     def cancel(self, future: Any) -> None:
         """Cancel the future's tasks and their descendants; returns at once."""

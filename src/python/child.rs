@@ -64,6 +64,8 @@ pub enum FromChild {
         mailbox: u64,
         single: bool,
         children: Vec<(String, Vec<u8>)>,
+        /// Resources the children need, comma-separated (empty: none).
+        needs: String,
     },
     Cancel(u64),
     Communicate(u64, Vec<u8>),
@@ -504,10 +506,16 @@ fn decode(frame: &[u8]) -> Result<FromChild, String> {
                 let name = text(c.blob()?);
                 children.push((name, c.blob()?.to_vec()));
             }
+            // an optional trailing blob: the resources the children need
+            let needs = match c.0.is_empty() {
+                true => String::new(),
+                false => text(c.blob()?),
+            };
             FromChild::Submit {
                 mailbox,
                 single,
                 children,
+                needs,
             }
         }
         b'c' => FromChild::Cancel(c.u64()?),
@@ -557,10 +565,19 @@ mod tests {
             Ok(FromChild::Submit {
                 mailbox: 7,
                 single: true,
-                children: vec![("fn".into(), b"abc".to_vec())]
+                children: vec![("fn".into(), b"abc".to_vec())],
+                needs: String::new(),
             })
         );
         assert!(decode(&f[..f.len() - 1]).is_err());
+        let mut with_needs = f.clone();
+        with_needs.extend_from_slice(&3u32.to_le_bytes());
+        with_needs.extend_from_slice(b"gpu");
+        assert!(matches!(
+            decode(&with_needs),
+            Ok(FromChild::Submit { needs, .. }) if needs == "gpu"
+        ));
+        assert!(decode(&with_needs[..with_needs.len() - 1]).is_err());
         assert!(decode(b"z").is_err());
         assert!(decode(b"").is_err());
         let mut big = vec![b's'];

@@ -320,7 +320,17 @@ impl Supervisor {
                         mailbox,
                         single,
                         children,
+                        needs,
                     } => {
+                        let names: Vec<&str> = needs.split(',').filter(|n| !n.is_empty()).collect();
+                        let needs = match crate::topology::resources::needs(&names) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                call_error
+                                    .get_or_insert_with(|| format!("bqrt: submit failed: {e}"));
+                                continue;
+                            }
+                        };
                         let raw = children
                             .into_iter()
                             .map(|(name, args)| RawChild {
@@ -329,7 +339,7 @@ impl Supervisor {
                                 format: Format::Bincode,
                                 label: Some(name),
                                 context: Vec::new(),
-                                needs: 0,
+                                needs,
                             })
                             .collect();
                         match ctx.submit_raw(raw) {

@@ -384,3 +384,23 @@ class AllocatePass(BasePass):
 async def ranks_of(n: int, t: float) -> list[int]:
     """The ranks that ran `n` short tasks."""
     return await get_runtime().map(rank_after, [t] * n)
+
+
+def where(_i: int) -> tuple[str, str]:
+    """The worker group and GPU of the worker a task ran on ('' on BQSKit's own runtime)."""
+    import os
+    return os.environ.get('BQRT_GROUP', ''), os.environ.get('CUDA_VISIBLE_DEVICES', '')
+
+
+class ResourcePass(BasePass):
+    """Maps `n` tasks that need `needs` (through bqrt_resources) and `n` that need nothing."""
+
+    def __init__(self, n: int, needs: str) -> None:
+        self.n = n
+        self.needs = needs
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        import bqrt_resources
+        data['needing'] = await bqrt_resources.map(where, list(range(self.n)), needs=self.needs)
+        data['one'] = await bqrt_resources.submit(where, 0, needs=[self.needs])
+        data['free'] = await get_runtime().map(where, list(range(self.n)))
