@@ -804,7 +804,7 @@ fn tasks_that_need_a_gpu_run_only_on_gpu_group_workers_on_two_nodes() {
     let gpu = "gpu workers=2 gpus=2 offers=gpu=1 env.CUDA_VISIBLE_DEVICES={gpu}";
     let mut s = Serve::start_with(fake(2, 6), &["--group", gpu, "--group", "cpu workers=rest"]);
     let mut c = s.client();
-    let args = r#"{"n": 1000, "needs": "gpu", "ms": 1, "batch": 100}"#;
+    let args = r#"{"n": 1000, "needs": "gpu", "ms": 0, "batch": 100}"#;
     let j = c.submit("resource_mix", args, LogSpec::OFF, false).unwrap();
     let r = common::done(c.result(j, Some(Duration::from_secs(120))).unwrap());
     let needing = mix_rows(&r["needing"]);

@@ -89,15 +89,21 @@ fn thousand_workers_many_seeds() {
     }
 }
 
+/// A cluster of 1 to 9 workers, shaped and timed by the seed.
+fn small_cluster(seed: u64) -> SimConfig {
+    let workers = 1 + (seed % 9) as u32;
+    let per_node = 1 + (seed % 4) as u32;
+    let mut cfg = SimConfig::new(workers, per_node, seed);
+    cfg.fanout = 2 + (seed % 3) as u32;
+    cfg.max_delay = seed % 40;
+    cfg.keep_local = seed % 3 != 0;
+    cfg
+}
+
 #[test]
 fn small_clusters_many_seeds_with_failures() {
     for seed in 0..150u64 {
-        let workers = 1 + (seed % 9) as u32;
-        let per_node = 1 + (seed % 4) as u32;
-        let mut cfg = SimConfig::new(workers, per_node, seed);
-        cfg.fanout = 2 + (seed % 3) as u32;
-        cfg.max_delay = seed % 40;
-        cfg.keep_local = seed % 3 != 0;
+        let cfg = small_cluster(seed);
         let scripts: Vec<Script> = (0..3)
             .map(|j| Script::random(seed * 7 + j, 200, seed % 2 == 0))
             .collect();
@@ -255,12 +261,7 @@ fn resources_thousand_workers_many_seeds() {
 #[test]
 fn resources_small_clusters_many_seeds_with_failures() {
     for seed in 0..120u64 {
-        let workers = 1 + (seed % 9) as u32;
-        let per_node = 1 + (seed % 4) as u32;
-        let mut cfg = SimConfig::new(workers, per_node, seed);
-        cfg.fanout = 2 + (seed % 3) as u32;
-        cfg.max_delay = seed % 40;
-        cfg.keep_local = seed % 3 != 0;
+        let mut cfg = small_cluster(seed);
         cfg.occupied_after = [0, 50, 5][(seed % 3) as usize];
         // the first worker of each node offers everything
         cfg.offers = vec![0b11, 0, 0b01];

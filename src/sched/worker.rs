@@ -1301,12 +1301,12 @@ mod tests {
     #[test]
     fn a_worker_keeps_no_child_it_cannot_run() {
         let (mut w, key) = running();
-        let mut out = Outbox::new();
-        let needing = ChildSpec {
+        let needing = || ChildSpec {
             needs: 4,
             ..child()
         };
-        w.submit(key, vec![needing], &mut out).unwrap();
+        let mut out = Outbox::new();
+        w.submit(key, vec![needing()], &mut out).unwrap();
         w.keep_one_for_self(&mut out);
         assert_eq!(w.delayed_len(), 0, "it offers nothing");
         assert!(out
@@ -1314,11 +1314,7 @@ mod tests {
             .any(|(_, m)| matches!(m, Msg::Up(Up::Submit { tasks, .. }) if tasks.len() == 1)));
         w.set_offers(4);
         let mut out = Outbox::new();
-        let needing = ChildSpec {
-            needs: 4,
-            ..child()
-        };
-        w.submit(key, vec![needing], &mut out).unwrap();
+        w.submit(key, vec![needing()], &mut out).unwrap();
         w.keep_one_for_self(&mut out);
         assert_eq!(w.delayed_len(), 1, "now it offers it");
     }
