@@ -528,11 +528,11 @@ fn publish(
 /// A start-up that failed: the reason, said once per job when every process hits it.
 fn start_failed(e: crate::runtime::StartError) -> ExitCode {
     match e {
-        crate::runtime::StartError::WrongLauncher(_) | crate::runtime::StartError::Groups(_)
-            if !crate::runtime::mpi::first_of_job() =>
-        {
+        crate::runtime::StartError::WrongLauncher(_) if !crate::runtime::mpi::first_of_job() => {
             ExitCode::from(2)
         }
+        // rank 0 printed it during start-up
+        crate::runtime::StartError::Groups(_) => ExitCode::from(2),
         e => fail(&e.to_string()),
     }
 }

@@ -30,7 +30,8 @@ pub enum StartError {
     /// interface): each process is alone in a world of its own.
     #[error("{0}")]
     WrongLauncher(String),
-    /// The worker groups do not fit a node's workers (every rank finds it alike).
+    /// The worker groups do not fit a node's workers (every rank finds it alike; rank 0 has
+    /// printed it).
     #[error("{0}")]
     Groups(String),
 }
@@ -248,8 +249,9 @@ struct Started {
     role: Role,
     /// Every rank's [`describe`] fields, in rank order.
     all: Vec<i32>,
-    /// The worker groups in effect.
+    /// The worker groups in effect, and their resource names.
     specs: Vec<GroupSpec>,
+    resources: Resources,
 }
 
 /// Start-up: MPI, nodes, layout, worker set-up, and the exchange of every rank's place. Bounded
@@ -264,9 +266,23 @@ fn start_up(
     super::fault::stall_if_asked(rank);
     let lay = layout(&world.node_leaders(), opts.fanout)?;
     let specs = opts.worker_groups();
-    let placed = place_groups(&specs, &lay)?;
-    Resources::from_groups(&specs)
-        .map_err(|e| StartError::Groups(format!("worker groups: {e}")))?;
+    let grouped = place_groups(&specs, &lay).and_then(|placed| {
+        Resources::from_groups(&specs)
+            .map(|r| (placed, r))
+            .map_err(|e| StartError::Groups(format!("worker groups: {e}")))
+    });
+    let (placed, resources) = match grouped {
+        Ok(g) => g,
+        Err(e) => {
+            // every rank finds this alike and rank 0 says it, before the ranks meet: no rank
+            // leaves (making the launcher kill the others) before it has been said
+            if rank == 0 {
+                crate::eline!("bqrt: {e}");
+            }
+            let _ = world.all_gather(&[0i32; FIELDS]);
+            return Err(e);
+        }
+    };
     let role = lay.roles[rank as usize].clone();
     startup.enter(rank, Phase::NodeSetUp);
     let hooked = match (&opts.node_setup, first_of_node(&lay, rank)) {
@@ -309,7 +325,13 @@ fn start_up(
         role,
         all,
         specs,
+        resources,
     })
+}
+
+/// The worker group in a rank's [`describe`] fields (none for a server or manager).
+fn group_in<'a>(fields: &[i32], specs: &'a [GroupSpec]) -> Option<&'a GroupSpec> {
+    usize::try_from(fields[7]).ok().and_then(|g| specs.get(g))
 }
 
 /// `-v`: one line per rank (rank, role, node, core, parent, and a worker's group), then one
@@ -324,10 +346,7 @@ fn print_role_map(all: &[i32], specs: &[GroupSpec]) {
         }
     };
     for (r, c) in all.chunks(FIELDS).enumerate() {
-        let group = specs
-            .get(c[7].max(0) as usize)
-            .filter(|_| c[7] >= 0)
-            .map_or(String::new(), |g| format!(" group {}", g.name));
+        let group = group_in(c, specs).map_or(String::new(), |g| format!(" group {}", g.name));
         crate::eline!(
             "bqrt: rank {r} role {} node {} core {} parent {}{group}",
             names.get(c[0] as usize).unwrap_or(&"?"),
@@ -354,23 +373,18 @@ fn print_role_map(all: &[i32], specs: &[GroupSpec]) {
 /// The runtime's resources (installed for this process's tasks) and what this rank needs to
 /// know of them: its own mask, or its employees' classes.
 fn offers_of(s: &Started) -> Offers {
-    let Ok(mut res) = Resources::from_groups(&s.specs) else {
-        return Offers::default(); // checked at start-up
-    };
-    let masks: Vec<u64> = s
-        .all
-        .chunks(FIELDS)
-        .map(
-            |c| match usize::try_from(c[7]).ok().and_then(|g| s.specs.get(g)) {
-                Some(g) => res.mask_of(g),
-                None => 0,
-            },
-        )
-        .collect();
-    for (c, &m) in s.all.chunks(FIELDS).zip(&masks) {
-        if c[7] >= 0 {
-            res.offered_by_a_worker(m);
-        }
+    let mut res = s.resources.clone();
+    let mut masks: Vec<u64> = Vec::with_capacity(s.all.len() / FIELDS);
+    for c in s.all.chunks(FIELDS) {
+        let m = match group_in(c, &s.specs) {
+            Some(g) => {
+                let m = res.mask_of(g);
+                res.offered_by_a_worker(m);
+                m
+            }
+            None => 0,
+        };
+        masks.push(m);
     }
     crate::topology::resources::install(res);
     let me = s.rank as usize;
@@ -393,9 +407,10 @@ fn offers_of(s: &Started) -> Offers {
 /// Workers per node and group, from every rank's fields.
 fn group_rows(all: &[i32], specs: &[GroupSpec]) -> Vec<WorkerGroupView> {
     let mut rows: Vec<WorkerGroupView> = Vec::new();
-    for c in all.chunks(FIELDS).filter(|c| c[7] >= 0) {
-        let (node, gi) = (c[1] as u32, c[7] as usize);
-        let Some(g) = specs.get(gi) else { continue };
+    for c in all.chunks(FIELDS) {
+        let (node, Some(g)) = (c[1] as u32, group_in(c, specs)) else {
+            continue;
+        };
         match rows.iter_mut().find(|r| r.node == node && r.name == g.name) {
             Some(r) => r.workers += 1,
             None => rows.push(WorkerGroupView {
