@@ -383,23 +383,16 @@ impl Boss {
         }
         let start = self.rng.below(m);
         for task in bound {
-            // least backlog per eligible worker
-            let elig: Vec<u64> = self
-                .employees
-                .iter()
-                .map(|e| u64::from(e.eligible(task.needs)))
-                .collect();
-            let mut best: Option<usize> = None;
+            // least backlog per eligible worker: (employee, its eligible workers)
+            let mut best: Option<(usize, u64)> = None;
             for k in 0..m {
                 let i = (start + k) % m;
-                if elig[i] == 0 {
-                    continue;
-                }
-                if best.is_none_or(|b| load[i] * elig[b] < load[b] * elig[i]) {
-                    best = Some(i);
+                let el = u64::from(self.employees[i].eligible(task.needs));
+                if el > 0 && best.is_none_or(|(b, eb)| load[i] * eb < load[b] * el) {
+                    best = Some((i, el));
                 }
             }
-            let Some(best) = best else {
+            let Some((best, _)) = best else {
                 log::error!(
                     "a task needing resources {:#x} reached a boss none of whose workers offers them (a runtime bug); placed as if it needed none",
                     task.needs

@@ -454,6 +454,29 @@ mod tests {
         assert!(env.contains(&("OPENBLAS_NUM_THREADS".into(), "4".into())));
     }
 
+    /// `CUDA_VISIBLE_DEVICES` of each of a node's `n` workers in the default group.
+    fn default_gpus(gpus_per_node: u32, n: u32) -> Vec<Option<String>> {
+        let d = GroupSpec::default_group(1, gpus_per_node);
+        assign(std::slice::from_ref(&d), n, 0)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                worker_env(&d, p, 0)
+                    .into_iter()
+                    .find(|(k, _)| k == "CUDA_VISIBLE_DEVICES")
+                    .map(|(_, v)| v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gpu_round_robin() {
+        assert!(default_gpus(0, 4).iter().all(Option::is_none));
+        let got: Vec<String> = default_gpus(2, 5).into_iter().flatten().collect();
+        assert_eq!(got, ["0", "1", "0", "1", "0"]);
+        assert_eq!(default_gpus(4, 7)[6].as_deref(), Some("2"));
+    }
+
     #[test]
     fn the_default_group_keeps_the_old_flags_meaning() {
         let d = GroupSpec::default_group(2, 3);

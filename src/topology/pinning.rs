@@ -25,8 +25,8 @@
 //!   per worker in worker order; worker `i` is bound to exactly the `i`-th entry. Fewer entries
 //!   than workers is an error; extra entries are ignored.
 //!
-//! Besides the binding, each worker runs its numeric libraries single-threaded ([`blas_env`]) and,
-//! on GPU nodes, sees one GPU ([`gpu_env`]).
+//! Besides the binding, each worker's numeric libraries get its thread count ([`blas_env`]); its
+//! GPU and the rest of its environment come from its worker group (`topology/groups.rs`).
 //!
 //! # hwloc2 2.2
 //!
@@ -573,18 +573,6 @@ pub fn blas_env(threads: u32) -> Vec<(&'static str, String)> {
     .collect()
 }
 
-/// `CUDA_VISIBLE_DEVICES` for a worker on a node with `gpus_per_node` GPUs: worker `i` sees GPU
-/// `i % gpus_per_node`. `None` when the node has no GPUs.
-pub fn gpu_env(gpus_per_node: u32, worker_index_on_node: u32) -> Option<(&'static str, String)> {
-    if gpus_per_node == 0 {
-        return None;
-    }
-    Some((
-        "CUDA_VISIBLE_DEVICES",
-        (worker_index_on_node % gpus_per_node).to_string(),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -907,14 +895,6 @@ mod tests {
             parse_cpus("1,x").unwrap_err().to_string(),
             "--cpus \"1,x\": \"x\" is not a cpu number; expected a list such as 0,2,4-7"
         );
-    }
-
-    #[test]
-    fn gpu_round_robin() {
-        assert_eq!(gpu_env(0, 3), None);
-        let got: Vec<String> = (0..5).filter_map(|w| gpu_env(2, w)).map(|e| e.1).collect();
-        assert_eq!(got, ["0", "1", "0", "1", "0"]);
-        assert_eq!(gpu_env(4, 6), Some(("CUDA_VISIBLE_DEVICES", "2".into())));
     }
 
     #[test]
