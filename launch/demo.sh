@@ -4,10 +4,8 @@
 # nested-task job under mpirun and print its result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash launch/setup.sh
+BQRT_FEATURES=python bash launch/setup.sh
 . launch/env.sh
-bash launch/setup-python.sh
-PYO3_PYTHON=$PWD/.venv/bin/python cargo build --release --quiet --features python
 bin=${CARGO_TARGET_DIR:-target}/release/bqrt
 echo "demo: $bin compile tests/data/circuits/qft_8.qasm -o /tmp/qft_8.bqrt.qasm -O 2 --seed 1"
 BQRT_PYTHON=$PWD/.venv/bin/python "$bin" compile tests/data/circuits/qft_8.qasm -o /tmp/qft_8.bqrt.qasm -O 2 --seed 1

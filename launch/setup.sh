@@ -4,6 +4,7 @@
 #
 #   bash launch/setup.sh                  # against Open MPI: target/release/bqrt
 #   BQRT_MPI=mpich bash launch/setup.sh   # against MPICH: target/mpich/release/bqrt
+#   BQRT_FEATURES=python bash launch/setup.sh   # with BQSKit support (sets up .venv first)
 #
 # The MPI a build is linked against decides its launcher (Open MPI: mpirun; MPICH: mpiexec.hydra,
 # or srun --mpi=pmi2); `bqrt --version` names it. Each MPI gets its own target directory (the
@@ -17,6 +18,15 @@ case "${BQRT_MPI:-openmpi}" in
   mpich) export MPICC=mpicc.mpich CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/mpich} ;;
   *) echo "setup: BQRT_MPI=$BQRT_MPI: must be openmpi or mpich" >&2; exit 2 ;;
 esac
-echo "setup: building bqrt (release, ${BQRT_MPI:-openmpi})"
-cargo build --release --quiet --bins --examples
+features=()
+case ",${BQRT_FEATURES:-}," in
+  ,,) ;;
+  *,python,*)
+    bash launch/setup-python.sh
+    export PYO3_PYTHON=${PYO3_PYTHON:-$PWD/.venv/bin/python}
+    features=(--features "$BQRT_FEATURES") ;;
+  *) features=(--features "$BQRT_FEATURES") ;;
+esac
+echo "setup: building bqrt (release, ${BQRT_MPI:-openmpi}${BQRT_FEATURES:+, features $BQRT_FEATURES})"
+cargo build --release --quiet --bins --examples "${features[@]}"
 echo "setup: built ${CARGO_TARGET_DIR:-target}/release/bqrt ($("${CARGO_TARGET_DIR:-target}"/release/bqrt --version))"

@@ -1,39 +1,41 @@
 #!/usr/bin/env bash
 # test.sh - set up, then run every check: formatting, lints, unit, simulation, in-process and
-# mpirun integration tests. Usage: bash launch/test.sh   (CI runs exactly this)
+# mpirun integration tests, BQSKit's Compiler against bqrt, the main job, then the MPICH build's
+# suites. Usage: bash launch/test.sh   (CI runs exactly this)
+#
+# One release build per MPI runs every suite: the tests' build has the features `python` (BQSKit
+# support) and, through the dev-dependency on itself, `sim` and `fault`; a build without
+# `python` is checked by clippy. Each stage line says the seconds since the start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
+stage() { echo "test: [$(( $(date +%s) - t0 )) s] $*"; }
 bash launch/install-deps.sh
 . launch/env.sh
-echo "test: cargo fmt --check"
-cargo fmt --check
-echo "test: cargo clippy"
-cargo clippy --release --all-targets --quiet -- -D warnings
-echo "test: cargo test"
-cargo test --release -- --test-threads=2
-echo "test: python environment (.venv with bqskit 1.2.1)"
+stage "python environment (.venv with bqskit 1.2.1)"
 bash launch/setup-python.sh
 export PYO3_PYTHON=$PWD/.venv/bin/python
-echo "test: cargo clippy --features python"
+# BQSKit's own results for the compile tests, computed by the first pytest pass, reused by the second
+export BQRT_PYTEST_REFERENCES=${CARGO_TARGET_DIR:-$PWD/target}/pytest-references.json
+rm -f "$BQRT_PYTEST_REFERENCES"
+stage "cargo fmt --check"
+cargo fmt --check
+stage "cargo clippy (default features, then --features python)"
+cargo clippy --release --all-targets --quiet -- -D warnings
 cargo clippy --release --all-targets --features python --quiet -- -D warnings
-echo "test: cargo test --features python (python module unit tests)"
-cargo test --release --features python --lib -- --test-threads=2 python::
-echo "test: cargo build --features python"
-cargo build --release --features python --quiet
-echo "test: pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node and 2 fake nodes)"
+stage "cargo test --features python (unit, simulation, in-process, mpirun, fake hosts, local SLURM)"
+cargo test --release --features python -- --test-threads=2
+stage "pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node and 2 fake nodes)"
 BQRT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
-echo "test: launch/demo.sh (the README's first command)"
+stage "launch/demo.sh (the README's first command)"
 bash launch/demo.sh
-echo "test: MPICH build (MPICC=mpicc.mpich, target/mpich): its own suite (Hydra, fake hosts, srun --mpi=pmi2), mpirun, gateway and launch suites"
+stage "MPICH build (MPICC=mpicc.mpich, target/mpich): its own suite (Hydra, fake hosts, srun --mpi=pmi2), mpirun, gateway and launch suites"
 (
   export MPICC=mpicc.mpich CARGO_TARGET_DIR=$PWD/target/mpich BQRT_TEST_MPI=mpich
-  unset PYO3_PYTHON
-  cargo test --release --test mpich --test mpirun --test gateway --test launch -- --test-threads=2
-  export PYO3_PYTHON=$PWD/.venv/bin/python
-  cargo build --release --features python --quiet
-  echo "test: pytest tests/python on the MPICH build (one node, mpiexec.hydra)"
+  bash launch/seed-target.sh "$PWD/target" "$CARGO_TARGET_DIR"
+  cargo test --release --features python --test mpich --test mpirun --test gateway --test launch -- --test-threads=2
+  stage "pytest tests/python on the MPICH build (one node, mpiexec.hydra)"
   BQRT_BIN=$CARGO_TARGET_DIR/release/bqrt BQRT_PYTEST_TOPOLOGIES=flat BQRT_PYTEST_LAUNCHER=mpiexec.hydra \
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
 )
-echo "test: all passed in $(( $(date +%s) - t0 )) s"
+stage "all passed"
