@@ -172,7 +172,7 @@ def _on_usr1(_sig: int, _frame: Any) -> None:
         raise TaskCancelled('bqrt: the task was cancelled')
 
 
-def main(worker_source: str, warm: list[str], rank: int) -> None:
+def main(worker_source: str, compile_source: str, warm: list[str], rank: int) -> None:
     global _rank
     _rank = rank
     signal.signal(signal.SIGUSR1, _on_usr1)
@@ -185,6 +185,7 @@ def main(worker_source: str, warm: list[str], rank: int) -> None:
         setattr(native, name, f)
     sys.modules['_bqrt'] = native
     worker = _module('bqrt_worker', worker_source, '<bqrt>/bqrt_worker.py')
+    _module('bqrt_compile', compile_source, '<bqrt>/bqrt_compile.py')
     missing = []
     for m in warm:
         try:

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 const CHILD_SRC: &str = include_str!("../../python/bqrt_child.py");
 const WORKER_SRC: &str = include_str!("../../python/bqrt_worker.py");
+const COMPILE_SRC: &str = include_str!("../../python/bqrt_compile.py");
 
 /// Reads the first frame (bqrt's sources and the modules to warm up) and runs the child.
 const BOOT: &str = "import os,struct,sys
@@ -32,7 +33,7 @@ n,=struct.unpack('<I',r(4))
 p=r(n).split(b'\\0')
 g={'__name__':'bqrt_child'}
 exec(compile(p[0].decode(),'<bqrt>/bqrt_child.py','exec'),g)
-g['main'](p[1].decode(),[m for m in p[2].decode().split(',') if m],int(sys.argv[1]))
+g['main'](p[1].decode(),p[2].decode(),[m for m in p[3].decode().split(',') if m],int(sys.argv[1]))
 ";
 
 /// A message to the child.
@@ -189,6 +190,8 @@ impl Child {
         boot.extend_from_slice(CHILD_SRC.as_bytes());
         boot.push(0);
         boot.extend_from_slice(WORKER_SRC.as_bytes());
+        boot.push(0);
+        boot.extend_from_slice(COMPILE_SRC.as_bytes());
         boot.push(0);
         boot.extend_from_slice(spec.warm.join(",").as_bytes());
         let mut frame = (boot.len() as u32).to_le_bytes().to_vec();
