@@ -5,7 +5,7 @@
 //! worker's Python process has) to the runtime at `--server`, or to one it starts under the MPI
 //! launcher on this machine and stops afterwards, shows the passes as their log records arrive,
 //! then writes the output file and the figures from the task's result. Only the workers import
-//! BQSKit, and they do it while the ranks come up (decision 48).
+//! BQSKit, and they do it while the ranks come up (decision 49).
 
 use crate::client::{Client, ClientError, WatchEvent};
 use crate::protocol::native::JobResult;
