@@ -219,18 +219,19 @@ fn lost_test(mut s: Serve, victim_rank: u32, role: &str) {
         .args(["-9", &victim.to_string()])
         .status();
     let t0 = std::time::Instant::now();
+    let told = c.result(job, None);
+    // the launcher ends by itself (no signal from the test)
+    let (code, _elapsed, stderr) = s.stop_by(|_| {});
     // the client hears about the lost rank (not merely that the server stopped)
-    match c.result(job, None) {
+    match told {
         Err(ClientError::Shutdown(reason)) => {
             assert!(
                 reason.contains(&format!("rank {victim_rank} ({role}")),
-                "{reason}"
+                "{reason}\n{stderr}"
             );
         }
-        other => panic!("client got {other:?}"),
+        other => panic!("client got {other:?}\n{stderr}"),
     }
-    // the launcher ends by itself (no signal from the test)
-    let (code, _elapsed, stderr) = s.stop_by(|_| {});
     assert_ne!(code, Some(0));
     wait_for("every rank gone", Duration::from_secs(10), || {
         common::all_gone(&all)
@@ -333,6 +334,9 @@ enum StepStop {
     Scancel,
     /// A signal to `srun` itself (Ctrl-C twice in its terminal, or `kill`).
     Srun(&'static str),
+    /// One Ctrl-C to `srun --disable-status` (or `SLURM_DISABLE_STATUS=1`), which forwards it
+    /// to every task as SIGINT.
+    SrunDisableStatus,
 }
 
 #[test]
@@ -343,9 +347,14 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
         StepStop::Scancel,
         StepStop::Srun("INT"),
         StepStop::Srun("TERM"),
+        StepStop::SrunDisableStatus,
     ] {
         let name = format!("bqrt-test-{}", std::process::id());
-        let mut s = Serve::start_srun(|| common::srun_step(&name, &[]), &[]);
+        let flags: &[&str] = match how {
+            StepStop::SrunDisableStatus => &["--disable-status"],
+            _ => &[],
+        };
+        let mut s = Serve::start_srun(|| common::srun_step(&name, flags), &[]);
         let mut cl = Client::connect(&s.addr, Some(s.token())).unwrap();
         let j = cl.submit("spin", "60000", LogSpec::OFF, false).unwrap();
         wait_for("the spin to run", Duration::from_secs(30), || {
@@ -373,6 +382,7 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
                     common::send_signal("INT", &[srun_pid]);
                 }
                 StepStop::Srun(sig) => common::send_signal(sig, &[srun_pid]),
+                StepStop::SrunDisableStatus => common::send_signal("INT", &[srun_pid]),
             }
             std::time::Instant::now()
         });
@@ -400,7 +410,10 @@ fn stopping_a_slurm_step_stops_every_rank_in_order() {
                 Err(other) => panic!("{how:?}: the client was not told why: {other}"),
             }
         }
-        if matches!(how, StepStop::ScancelInt | StepStop::Scancel) {
+        if matches!(
+            how,
+            StepStop::ScancelInt | StepStop::Scancel | StepStop::SrunDisableStatus
+        ) {
             assert_eq!(
                 code,
                 Some(0),

@@ -16,6 +16,7 @@
 
 use crate::protocol::Rank;
 use crate::topology::Layout;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A rank found dead or silent.
@@ -113,6 +114,11 @@ impl Watcher {
         (!peers.is_empty()).then_some(Watcher { peers, stuck_after })
     }
 
+    /// The process ids of the watched ranks.
+    pub fn pids(&self) -> Vec<i32> {
+        self.peers.iter().map(|p| p.pid).collect()
+    }
+
     /// A sign of life from `rank` (any message counts; the watcher hears `Peer::Alive`).
     pub fn heard(&mut self, rank: Rank) {
         if let Some(p) = self.peers.iter_mut().find(|p| p.rank == rank) {
@@ -140,12 +146,86 @@ impl Watcher {
     }
 }
 
+/// Set by a witness thread when a watched process ended; the transport loop then runs its tick
+/// (and so the watcher's check) at once instead of at the next [`WATCH_EVERY`].
+///
+/// [`WATCH_EVERY`]: super::stop::WATCH_EVERY
+static ENDED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a witness saw a watched process end since the last call.
+pub fn take_ended() -> bool {
+    ENDED.swap(false, Ordering::Relaxed)
+}
+
+/// Watch `pids` from a thread of their own, blocked in `poll(2)` on one pidfd each (Linux 5.3 and
+/// later): when one of them ends, the thread flags it ([`take_ended`]) and calls `wake`, so the
+/// loss is found within a transport turn instead of up to a check period later. A loss report
+/// then leaves before the launcher, which tears the job down as soon as it sees a rank die, can
+/// get in its way (Open MPI's TCP transport may hang a rank that sends to a dead peer, the
+/// server among them). Returns false, and watches nothing, where pidfds are not available: the
+/// periodic check covers that case alone.
+pub fn witness(pids: &[i32], wake: impl Fn() + Send + 'static) -> bool {
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    for &pid in pids.iter().filter(|&&p| p > 0) {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        if fd < 0 {
+            for f in &fds {
+                // SAFETY: closing descriptors this function opened.
+                unsafe { libc::close(f.fd) };
+            }
+            return false;
+        }
+        fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    if fds.is_empty() {
+        return false;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("bqrt-witness".into())
+        .spawn(move || {
+            while !fds.is_empty() {
+                // SAFETY: fds is a valid array of pollfd of the given length.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+                if n < 0 {
+                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return; // the periodic check goes on without us
+                }
+                fds.retain(|f| {
+                    let ended = f.revents != 0;
+                    if ended {
+                        // SAFETY: this descriptor was opened above and is closed once.
+                        unsafe { libc::close(f.fd) };
+                    }
+                    !ended
+                });
+                ENDED.store(true, Ordering::Relaxed);
+                wake();
+            }
+        });
+    spawned.is_ok()
+}
+
 /// Signs of life to this rank's watcher, every [`heartbeat`](super::stop::heartbeat).
+///
+/// A watcher on another node than the server's also sends the server one sign of life at its
+/// first beat: the link a loss report travels then exists before any loss. Over Open MPI's TCP
+/// transport a link is connected at its first message, and a first connection attempted while
+/// the launcher tears the job down (which it does as soon as a rank dies) can fail, so the
+/// report never arrived and clients were told of a stop signal instead of the lost rank.
 #[derive(Debug)]
 pub struct Heartbeat {
     to: Option<Rank>,
     every: Duration,
     last: Instant,
+    /// The server, until this rank's first beat has opened the link to it.
+    open_link: Option<Rank>,
 }
 
 impl Heartbeat {
@@ -155,11 +235,25 @@ impl Heartbeat {
             to,
             every: super::stop::heartbeat(stuck_after),
             last: Instant::now(),
+            open_link: None,
         }
+    }
+
+    /// The same, for a rank that watches ranks of another node than the server's: its first
+    /// beat also reaches the server (see [`Heartbeat`]).
+    pub fn reporting(mut self, watches_a_remote_node: bool) -> Heartbeat {
+        self.open_link = watches_a_remote_node.then_some(Rank::SERVER);
+        self
     }
 
     /// Send a sign of life if one is due.
     pub fn beat(&mut self, out: &mut crate::protocol::Outbox) {
+        if let Some(server) = self.open_link.take() {
+            out.push((
+                server,
+                crate::protocol::Msg::Peer(crate::protocol::Peer::Alive),
+            ));
+        }
         if let Some(to) = self.due() {
             out.push((to, crate::protocol::Msg::Peer(crate::protocol::Peer::Alive)));
         }
@@ -260,6 +354,43 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100)); // exited but not reaped: a zombie
         assert!(!alive(zpid));
         let _ = z.wait();
+    }
+
+    #[test]
+    fn a_witness_wakes_its_rank_as_soon_as_a_watched_process_ends() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (tx, rx) = crossbeam::channel::unbounded();
+        assert!(
+            witness(&[child.id() as i32], move || {
+                let _ = tx.send(());
+            }),
+            "pidfds are available on this kernel"
+        );
+        assert!(rx.try_recv().is_err());
+        let t0 = Instant::now();
+        child.kill().unwrap();
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok(), "no wake");
+        assert!(take_ended());
+        let _ = child.wait();
+        eprintln!("witness woke {:?} after the kill", t0.elapsed());
+    }
+
+    #[test]
+    fn a_watcher_of_another_node_opens_its_link_to_the_server_at_its_first_beat() {
+        let alive = |to: u32| (Rank(to), crate::protocol::Msg::Peer(crate::protocol::Peer::Alive));
+        let mut remote = Heartbeat::new(Some(Rank(4)), Duration::from_secs(30)).reporting(true);
+        let mut out = Vec::new();
+        remote.beat(&mut out);
+        assert_eq!(out, vec![alive(0)], "the first beat reaches the server");
+        out.clear();
+        remote.beat(&mut out);
+        assert!(out.is_empty(), "once: {out:?}");
+        let mut local = Heartbeat::new(Some(Rank(1)), Duration::from_secs(30)).reporting(false);
+        local.beat(&mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

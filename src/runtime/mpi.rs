@@ -452,10 +452,17 @@ where
     let me = crate::protocol::Rank(s.rank);
     let watcher = super::liveness::Watcher::new(me, &s.lay, &pids, opts.stuck_after);
     let to = super::liveness::watcher_of(me, &s.lay);
-    let heartbeat = super::liveness::Heartbeat::new(to, opts.stuck_after);
+    let remote = s.lay.node_of.get(s.rank as usize) != s.lay.node_of.first();
+    let heartbeat = super::liveness::Heartbeat::new(to, opts.stuck_after)
+        .reporting(watcher.is_some() && remote);
     let mut report = RankReport::default();
     let mut fabric = world.fabric();
-    open_doorbell(&mut fabric, &s);
+    let key = open_doorbell(&mut fabric, &s);
+    if let (Some(w), Some(key)) = (&watcher, key) {
+        if let Ok(ring) = crate::transport::doorbell::Doorbell::ringer(&key, me) {
+            super::liveness::witness(&w.pids(), ring);
+        }
+    }
     let offers = offers_of(&s);
     let code = match &s.role {
         Role::Server { employees } => {
@@ -523,10 +530,11 @@ where
 }
 
 /// Ring the ranks of this node when sending to them, and wake on their rings (best effort: a
-/// rank whose doorbell cannot be opened polls as before).
-fn open_doorbell(fabric: &mut crate::transport::mpi::MpiFabric, s: &Started) {
+/// rank whose doorbell cannot be opened polls as before). Returns the runtime's doorbell key
+/// when this rank's bell is open.
+fn open_doorbell(fabric: &mut crate::transport::mpi::MpiFabric, s: &Started) -> Option<String> {
     let (Some(zero), me) = (s.all.chunks(FIELDS).next(), crate::protocol::Rank(s.rank)) else {
-        return;
+        return None;
     };
     let key = format!("bqrt-{:08x}-{}", zero[6], zero[5]);
     let node = s.lay.node_of[s.rank as usize];
@@ -535,9 +543,13 @@ fn open_doorbell(fabric: &mut crate::transport::mpi::MpiFabric, s: &Started) {
         .map(|r| crate::protocol::Rank(r as u32))
         .collect();
     match crate::transport::doorbell::Doorbell::open(&key, me, &mates, s.lay.node_of.len() as u32) {
-        Ok((bell, wakes)) => fabric.set_doorbell(bell, wakes),
+        Ok((bell, wakes)) => {
+            fabric.set_doorbell(bell, wakes);
+            Some(key)
+        }
         Err(e) => {
-            log::debug!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); polling", s.rank)
+            log::debug!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); polling", s.rank);
+            None
         }
     }
 }

@@ -69,6 +69,17 @@ impl Doorbell {
         Ok((Doorbell { out, peers }, rx))
     }
 
+    /// A function that rings `me`'s own bell (`key` names the runtime): for a thread of this
+    /// rank that needs its transport loop awake at once.
+    pub fn ringer(key: &str, me: Rank) -> io::Result<impl Fn() + Send + 'static> {
+        let addr = SocketAddr::from_abstract_name(name(key, me).as_bytes())?;
+        let out = UnixDatagram::unbound()?;
+        out.set_nonblocking(true)?;
+        Ok(move || {
+            let _ = out.send_to_addr(&[1], &addr);
+        })
+    }
+
     /// A packet went to `to`: ring it if it shares this node and may be asleep.
     pub fn sent(&mut self, to: Rank) {
         let Some(Some((addr, last))) = self.peers.get_mut(to.0 as usize) else {

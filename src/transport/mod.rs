@@ -221,22 +221,23 @@ fn flush<F: Fabric>(fabric: &mut F, limit: Duration) {
 /// The loop's sense of time: periodic ticks, the stop flag, and idle back-off.
 struct Clock {
     last_active: Instant,
-    last_tick: Instant,
+    /// `None` until the first tick, which runs in the loop's first turn (a watcher's first beat
+    /// opens its link to the server before anything can be lost; see `liveness::Heartbeat`).
+    last_tick: Option<Instant>,
     signalled: Option<Instant>,
 }
 
 impl Clock {
     fn new() -> Clock {
-        let now = Instant::now();
         Clock {
-            last_active: now,
-            last_tick: now,
+            last_active: Instant::now(),
+            last_tick: None,
             signalled: None,
         }
     }
 
-    /// Run the logic's tick when due (and at once when the stop flag is first seen), and tell it
-    /// how long ago the stop flag was set.
+    /// Run the logic's tick when due (in the first turn, and at once when the stop flag is first
+    /// seen), and tell it how long ago the stop flag was set.
     fn periodic<L: Logic>(
         &mut self,
         logic: &mut L,
@@ -246,8 +247,10 @@ impl Clock {
     ) -> Flow {
         let stopping = stop.load(Ordering::Relaxed);
         let mut flow = Flow::Continue;
-        if (stopping && self.signalled.is_none()) || self.last_tick.elapsed() >= pace.tick {
-            self.last_tick = Instant::now();
+        let due = self.last_tick.is_none_or(|t| t.elapsed() >= pace.tick)
+            || crate::runtime::liveness::take_ended();
+        if (stopping && self.signalled.is_none()) || due {
+            self.last_tick = Some(Instant::now());
             flow = logic.on_tick(out);
         }
         if stopping {
