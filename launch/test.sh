@@ -26,7 +26,7 @@ cargo clippy --release --all-targets --features python --quiet -- -D warnings
 stage "cargo test --features python (unit, simulation, in-process, mpirun, fake hosts, local SLURM)"
 cargo test --release --features python -- --test-threads=2
 stage "pytest tests/python (BQSKit's Compiler against bqrt serve, 1 node and 2 fake nodes)"
-BQRT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
+BQRT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/bqrt .venv/bin/python -m pytest -q -p no:cacheprovider --durations=12 tests/python
 stage "launch/demo.sh (the README's first command)"
 bash launch/demo.sh
 stage "MPICH build (MPICC=mpicc.mpich, target/mpich): its own suite (Hydra, fake hosts, srun --mpi=pmi2), mpirun, gateway and launch suites"
@@ -36,6 +36,6 @@ stage "MPICH build (MPICC=mpicc.mpich, target/mpich): its own suite (Hydra, fake
   cargo test --release --features python --test mpich --test mpirun --test gateway --test launch -- --test-threads=2
   stage "pytest tests/python on the MPICH build (one node, mpiexec.hydra)"
   BQRT_BIN=$CARGO_TARGET_DIR/release/bqrt BQRT_PYTEST_TOPOLOGIES=flat BQRT_PYTEST_LAUNCHER=mpiexec.hydra \
-    .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
+    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=12 tests/python
 )
 stage "all passed"

@@ -380,7 +380,12 @@ mod tests {
 
     #[test]
     fn a_watcher_of_another_node_opens_its_link_to_the_server_at_its_first_beat() {
-        let alive = |to: u32| (Rank(to), crate::protocol::Msg::Peer(crate::protocol::Peer::Alive));
+        let alive = |to: u32| {
+            (
+                Rank(to),
+                crate::protocol::Msg::Peer(crate::protocol::Peer::Alive),
+            )
+        };
         let mut remote = Heartbeat::new(Some(Rank(4)), Duration::from_secs(30)).reporting(true);
         let mut out = Vec::new();
         remote.beat(&mut out);
