@@ -128,6 +128,12 @@ pub fn main(args: CompileArgs) -> ExitCode {
             crate::eline!("bqrt compile: compilation failed: {msg}");
             ExitCode::from(1)
         }
+        Err(Outcome::Client(e)) if e.to_string().contains("no task named 'python'") => {
+            fail(&format!(
+                "the runtime at {addr} has no BQSKit support (it found no Python environment with \
+             bqskit, or was started with --no-python); start it with --python PATH"
+            ))
+        }
         Err(Outcome::Client(e)) => fail(&e.to_string()),
     };
     if let Some(r) = runtime {

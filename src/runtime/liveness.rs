@@ -16,7 +16,6 @@
 
 use crate::protocol::Rank;
 use crate::topology::Layout;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A rank found dead or silent.
@@ -146,19 +145,9 @@ impl Watcher {
     }
 }
 
-/// Set by a witness thread when a watched process ended; the transport loop then runs its tick
-/// (and so the watcher's check) at once instead of at the next [`WATCH_EVERY`].
-///
-/// [`WATCH_EVERY`]: super::stop::WATCH_EVERY
-static ENDED: AtomicBool = AtomicBool::new(false);
-
-/// Whether a witness saw a watched process end since the last call.
-pub fn take_ended() -> bool {
-    ENDED.swap(false, Ordering::Relaxed)
-}
-
 /// Watch `pids` from a thread of their own, blocked in `poll(2)` on one pidfd each (Linux 5.3 and
-/// later): when one of them ends, the thread flags it ([`take_ended`]) and calls `wake`, so the
+/// later): when one of them ends, the thread asks the transport loop for its tick (and so the
+/// watcher's check; [`crate::transport::tick_now`]) and calls `wake`, so the
 /// loss is found within a transport turn instead of up to a check period later. A loss report
 /// then leaves before the launcher, which tears the job down as soon as it sees a rank die, can
 /// get in its way (Open MPI's TCP transport may hang a rank that sends to a dead peer, the
@@ -205,7 +194,7 @@ pub fn witness(pids: &[i32], wake: impl Fn() + Send + 'static) -> bool {
                     }
                     !ended
                 });
-                ENDED.store(true, Ordering::Relaxed);
+                crate::transport::tick_now();
                 wake();
             }
         });
@@ -373,7 +362,7 @@ mod tests {
         let t0 = Instant::now();
         child.kill().unwrap();
         assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok(), "no wake");
-        assert!(take_ended());
+        assert!(crate::transport::take_tick_now());
         let _ = child.wait();
         eprintln!("witness woke {:?} after the kill", t0.elapsed());
     }

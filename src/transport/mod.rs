@@ -218,6 +218,20 @@ fn flush<F: Fabric>(fabric: &mut F, limit: Duration) {
     }
 }
 
+/// Set by a thread of this process that needs the logic's tick in the loop's next turn (a
+/// watcher's witness that saw a watched process end); it wakes the loop itself.
+static TICK_NOW: AtomicBool = AtomicBool::new(false);
+
+/// Ask for the logic's tick in the loop's next turn.
+pub fn tick_now() {
+    TICK_NOW.store(true, Ordering::Relaxed);
+}
+
+/// Whether a tick was asked for since the last call.
+pub(crate) fn take_tick_now() -> bool {
+    TICK_NOW.swap(false, Ordering::Relaxed)
+}
+
 /// The loop's sense of time: periodic ticks, the stop flag, and idle back-off.
 struct Clock {
     last_active: Instant,
@@ -247,8 +261,7 @@ impl Clock {
     ) -> Flow {
         let stopping = stop.load(Ordering::Relaxed);
         let mut flow = Flow::Continue;
-        let due = self.last_tick.is_none_or(|t| t.elapsed() >= pace.tick)
-            || crate::runtime::liveness::take_ended();
+        let due = self.last_tick.is_none_or(|t| t.elapsed() >= pace.tick) || take_tick_now();
         if (stopping && self.signalled.is_none()) || due {
             self.last_tick = Some(Instant::now());
             flow = logic.on_tick(out);

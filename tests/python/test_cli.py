@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bqskit.ir.circuit import Circuit
 
-from conftest import BIN, mpi_env
+from conftest import BIN, Runtime, mpi_env
 from test_compile import SEED, reference, two_qubit
 
 CIRCUIT = Path(__file__).resolve().parents[1] / 'data' / 'circuits' / 'qft_6.qasm'
@@ -95,3 +95,13 @@ def test_a_missing_or_wrong_python_environment_is_named(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert 'bqskit' in p.stderr and str(bare) in p.stderr, p.stderr
     assert p.stderr.count('bqskit is not installed') == 1, p.stderr
+
+
+def test_compile_against_a_runtime_without_bqskit_says_so(tmp_path: Path) -> None:
+    rt = Runtime('flat', extra=['--no-python'], ranks=2)
+    try:
+        p = compile_cli(['--server', f'{rt.host}:{rt.port}', '--token-file',
+                         str(rt.dir / 'token')], tmp_path)
+        assert p.returncode == 2 and 'no BQSKit support' in p.stderr, p.stderr
+    finally:
+        rt.stop()
