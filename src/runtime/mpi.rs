@@ -433,6 +433,7 @@ pub fn run_mpi<C>(registry: Registry, opts: &MpiOptions, client: C) -> Result<i3
 where
     C: FnOnce(ServerHandle) -> i32 + Send + 'static,
 {
+    crate::transport::mpi::before_init();
     stop::install().map_err(StartError::Thread)?;
     let startup = StartupWatchdog::arm(opts.startup_timeout).map_err(StartError::Thread)?;
     let world = MpiWorld::init().ok_or(StartError::MpiInit)?;
