@@ -22,7 +22,6 @@ def _counts(circuit: Any) -> dict[str, int]:
 
 def _figures(circuit: Any) -> dict[str, Any]:
     return {
-        'qudits': int(circuit.num_qudits),
         'operations': int(circuit.num_operations),
         'depth': int(circuit.depth),
         'gates': _counts(circuit),
@@ -38,7 +37,6 @@ async def compile_circuit(
 ) -> dict[str, Any]:
     """Compile the circuit written in ``text`` (a language BQSKit reads, named by its file
     extension); the output written in ``output_format``, with the figures before and after."""
-    import bqskit
     from bqskit.compiler.compile import build_workflow
     from bqskit.compiler.task import CompilationTask
     from bqskit.ir.lang import get_language
@@ -71,5 +69,4 @@ async def compile_circuit(
         'before': before,
         'after': _figures(out),
         'distance': distance,
-        'bqskit': bqskit.__version__,
     }

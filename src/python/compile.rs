@@ -128,7 +128,10 @@ pub fn main(args: CompileArgs) -> ExitCode {
             crate::eline!("bqrt compile: compilation failed: {msg}");
             ExitCode::from(1)
         }
-        Err(Outcome::Client(e)) if e.to_string().contains("no task named 'python'") => {
+        Err(Outcome::Client(e))
+            if e.to_string()
+                .contains(&format!("no task named '{}'", super::call::FUNCTION)) =>
+        {
             fail(&format!(
                 "the runtime at {addr} has no BQSKit support (it found no Python environment with \
              bqskit, or was started with --no-python); start it with --python PATH"
@@ -214,26 +217,15 @@ fn report(args: &CompileArgs, v: &serde_json::Value, took: Duration, passes: u32
         args.seed.map(|s| format!(", seed {s}")).unwrap_or_default()
     );
     let count = |side: &serde_json::Value, key: &str| side[key].as_u64().unwrap_or(0);
-    let gates = |side: &serde_json::Value| -> Vec<(String, u64)> {
-        side["gates"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let (b, a) = (gates(before), gates(after));
-    let mut names: Vec<&String> = b.iter().chain(a.iter()).map(|(k, _)| k).collect();
-    names.sort();
-    names.dedup();
-    let of = |list: &[(String, u64)], name: &str| {
-        list.iter().find(|(k, _)| k == name).map_or(0, |(_, n)| *n)
-    };
+    let gates = |side: &serde_json::Value, name: &str| side["gates"][name].as_u64().unwrap_or(0);
+    let names: std::collections::BTreeSet<&String> = [before, after]
+        .iter()
+        .filter_map(|side| side["gates"].as_object())
+        .flat_map(|m| m.keys())
+        .collect();
     println!("  {:<14}{:>8}{:>8}", "gate", "before", "after");
     for g in names {
-        println!("  {g:<14}{:>8}{:>8}", of(&b, g), of(&a, g));
+        println!("  {g:<14}{:>8}{:>8}", gates(before, g), gates(after, g));
     }
     for (label, key) in [("total", "operations"), ("depth", "depth")] {
         println!(

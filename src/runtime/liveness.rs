@@ -147,7 +147,8 @@ impl Watcher {
 
 /// Watch `pids` from a thread of their own, blocked in `poll(2)` on one pidfd each (Linux 5.3 and
 /// later): when one of them ends, the thread asks the transport loop for its tick (and so the
-/// watcher's check; [`crate::transport::tick_now`]) and calls `wake`, so the
+/// watcher's check; [`crate::transport::tick_now`]) and calls `wake` (the rank's doorbell
+/// wakes its loop), so the
 /// loss is found within a transport turn instead of up to a check period later. A loss report
 /// then leaves before the launcher, which tears the job down as soon as it sees a rank die, can
 /// get in its way (Open MPI's TCP transport may hang a rank that sends to a dead peer, the

@@ -458,11 +458,9 @@ where
         .reporting(watcher.is_some() && remote);
     let mut report = RankReport::default();
     let mut fabric = world.fabric();
-    let key = open_doorbell(&mut fabric, &s);
-    if let (Some(w), Some(key)) = (&watcher, key) {
-        if let Ok(ring) = crate::transport::doorbell::Doorbell::ringer(&key, me) {
-            super::liveness::witness(&w.pids(), ring);
-        }
+    let waker = open_doorbell(&mut fabric, &s);
+    if let (Some(w), Some(wake)) = (&watcher, waker) {
+        super::liveness::witness(&w.pids(), wake);
     }
     let offers = offers_of(&s);
     let code = match &s.role {
@@ -531,9 +529,12 @@ where
 }
 
 /// Ring the ranks of this node when sending to them, and wake on their rings (best effort: a
-/// rank whose doorbell cannot be opened polls as before). Returns the runtime's doorbell key
-/// when this rank's bell is open.
-fn open_doorbell(fabric: &mut crate::transport::mpi::MpiFabric, s: &Started) -> Option<String> {
+/// rank whose doorbell cannot be opened polls as before). Returns what wakes this rank's loop
+/// when its bell is open.
+fn open_doorbell(
+    fabric: &mut crate::transport::mpi::MpiFabric,
+    s: &Started,
+) -> Option<impl Fn() + Send + 'static> {
     let (Some(zero), me) = (s.all.chunks(FIELDS).next(), crate::protocol::Rank(s.rank)) else {
         return None;
     };
@@ -545,8 +546,9 @@ fn open_doorbell(fabric: &mut crate::transport::mpi::MpiFabric, s: &Started) -> 
         .collect();
     match crate::transport::doorbell::Doorbell::open(&key, me, &mates, s.lay.node_of.len() as u32) {
         Ok((bell, wakes)) => {
+            let wake = bell.waker();
             fabric.set_doorbell(bell, wakes);
-            Some(key)
+            Some(wake)
         }
         Err(e) => {
             log::debug!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); polling", s.rank);

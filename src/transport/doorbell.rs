@@ -23,6 +23,8 @@ pub const QUIET: Duration = Duration::from_micros(150);
 /// This rank's side: the peers it may ring.
 pub struct Doorbell {
     out: UnixDatagram,
+    /// What the bell's thread sends the transport loop at a ring.
+    wake: crossbeam::channel::Sender<()>,
     /// Per rank: the peer's address if it shares this node, and when it last had a packet.
     peers: Vec<Option<(SocketAddr, Option<Instant>)>>,
 }
@@ -54,6 +56,7 @@ impl Doorbell {
             }
         }
         let (tx, rx) = bounded::<()>(1);
+        let wake = tx.clone();
         std::thread::Builder::new()
             .name("bqrt-doorbell".into())
             .spawn(move || {
@@ -66,18 +69,17 @@ impl Doorbell {
                     }
                 }
             })?;
-        Ok((Doorbell { out, peers }, rx))
+        Ok((Doorbell { out, wake, peers }, rx))
     }
 
-    /// A function that rings `me`'s own bell (`key` names the runtime): for a thread of this
-    /// rank that needs its transport loop awake at once.
-    pub fn ringer(key: &str, me: Rank) -> io::Result<impl Fn() + Send + 'static> {
-        let addr = SocketAddr::from_abstract_name(name(key, me).as_bytes())?;
-        let out = UnixDatagram::unbound()?;
-        out.set_nonblocking(true)?;
-        Ok(move || {
-            let _ = out.send_to_addr(&[1], &addr);
-        })
+    /// A function that wakes this rank's own transport loop, as a ring from a mate does: for a
+    /// thread of this rank that needs the loop awake at once.
+    pub fn waker(&self) -> impl Fn() + Send + 'static {
+        let wake = self.wake.clone();
+        move || {
+            // a full channel means a wake is pending already
+            let _ = wake.try_send(());
+        }
     }
 
     /// A packet went to `to`: ring it if it shares this node and may be asleep.
