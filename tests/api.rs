@@ -399,3 +399,79 @@ fn communicate_reaches_started_tasks_while_they_compute() {
     );
     c.shutdown();
 }
+
+const ROUNDS: usize = 40;
+static LEAVES_STARTED: [AtomicU64; ROUNDS] = [const { AtomicU64::new(0) }; ROUNDS];
+static LEAVES_ENDED: [AtomicU64; ROUNDS] = [const { AtomicU64::new(0) }; ROUNDS];
+static LEAVES_NEVER_CANCELLED: AtomicU64 = AtomicU64::new(0);
+
+/// The cancel of a mailbox reaches every rank that holds one of its tasks, and the running
+/// tasks below it there see their flags at once; the cancel of their own parent's mailbox comes
+/// a hop later, from the parent's rank. A task that ends in between (here: fails because it was
+/// cancelled) must not fail the job whose root cancelled that subtree and went on. And every
+/// task of the cancelled subtree that starts, however late, sees its flag.
+#[test]
+fn a_task_ended_by_an_ancestors_cancel_does_not_fail_its_job() {
+    const WORKERS: u32 = 5;
+    /// Runs until cancelled, then fails; on the root's rank it ends at once (the root, suspended
+    /// there, resumes only there, and it is the root that cancels).
+    async fn leaf(ctx: Ctx, (round, root_rank): (usize, u32)) -> TaskResult<()> {
+        if ctx.rank().0 == root_rank {
+            return Ok(());
+        }
+        LEAVES_STARTED[round].fetch_add(1, Ordering::SeqCst);
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end && !ctx.is_cancelled() {
+            std::hint::spin_loop();
+        }
+        if !ctx.is_cancelled() {
+            LEAVES_NEVER_CANCELLED.fetch_add(1, Ordering::SeqCst);
+        }
+        LEAVES_ENDED[round].fetch_add(1, Ordering::SeqCst);
+        Err(TaskError::new("leaf: stopped by its cancel"))
+    }
+    /// Two leaves: one runs beside it, the other on another rank.
+    async fn pair(ctx: Ctx, args: (usize, u32)) -> TaskResult<()> {
+        ctx.map::<_, ()>("leaf", [args, args])?.await?;
+        Ok(())
+    }
+    /// Spins until `n` leaves of the round run (n = 0: until every one started ended).
+    async fn watch(_c: Ctx, (round, n): (usize, u64)) -> TaskResult<()> {
+        let end = Instant::now() + Duration::from_secs(20);
+        let (started, ended) = (&LEAVES_STARTED[round], &LEAVES_ENDED[round]);
+        let done = || match n {
+            0 => ended.load(Ordering::SeqCst) == started.load(Ordering::SeqCst),
+            n => started.load(Ordering::SeqCst) >= n,
+        };
+        while !done() {
+            if Instant::now() > end {
+                return Err(TaskError::new(format!(
+                    "round {round}: waited 20 s for {n} leaves"
+                )));
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+    async fn root(ctx: Ctx, round: usize) -> TaskResult<()> {
+        let pairs = ctx.map::<_, ()>("pair", [(round, ctx.rank().0); 4])?;
+        // every worker but the root's and the watcher's runs a leaf, pairs wait beside them
+        ctx.submit::<_, ()>("watch", (round, (WORKERS - 2) as u64))?
+            .await?;
+        ctx.cancel(pairs);
+        // the failures the cancel provoked have left their ranks before the root ends
+        ctx.submit::<_, ()>("watch", (round, 0))?.await?;
+        Ok(())
+    }
+    let r = Registry::new()
+        .task("leaf", leaf)
+        .task("pair", pair)
+        .task("watch", watch)
+        .task("root", root);
+    let mut c = cluster(WORKERS, r);
+    for round in 0..ROUNDS {
+        done_json(run(&mut c, "root", &round.to_string()));
+    }
+    c.shutdown();
+    assert_eq!(LEAVES_NEVER_CANCELLED.load(Ordering::SeqCst), 0);
+}

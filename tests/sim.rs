@@ -271,3 +271,44 @@ fn resources_small_clusters_many_seeds_with_failures() {
         run_jobs(cfg, &scripts);
     }
 }
+
+/// While every worker is inside a long task, work that arrives queues behind them and stays
+/// there: an occupied worker keeps what its boss placed while all were occupied, instead of
+/// handing it back to be placed on another occupied worker, over and over (messages then grow
+/// with the length of the long tasks, not with the work). When the long tasks end, everything
+/// runs, on every worker.
+#[test]
+fn work_placed_while_every_worker_is_occupied_does_not_travel_in_circles() {
+    for (workers, per_node) in [(4, 8), (16, 4)] {
+        for seed in 0..8 {
+            let mut sim = Sim::new(SimConfig::new(workers, per_node, seed));
+            let long = Script {
+                work: 0,
+                action: Action::MapAll((0..workers).map(|_| Script::leaf(50_000)).collect()),
+            };
+            let short = Script {
+                work: 0,
+                action: Action::MapAll((0..200).map(|i| Script::leaf(1 + i % 7)).collect()),
+            };
+            let a = sim.submit(&long);
+            sim.run_until(2_000, u64::MAX);
+            let before = sim.stats.messages;
+            let b = sim.submit(&short);
+            sim.run_until(40_000, u64::MAX);
+            let during = sim.stats.messages - before;
+            eprintln!(
+                "{workers} workers, seed {seed}: {during} messages while every worker was occupied"
+            );
+            assert_eq!(sim.result(b), None, "seed {seed}: the short job waited");
+            assert!(
+                during < 100,
+                "seed {seed}, {workers} workers: {during} messages while every worker was occupied"
+            );
+            let events = sim.run(50_000_000);
+            assert!(events < 50_000_000, "seed {seed}: did not settle");
+            assert_eq!(sim.result(a).cloned(), Some(Ok(long.expected().unwrap())));
+            assert_eq!(sim.result(b).cloned(), Some(Ok(short.expected().unwrap())));
+            sim.check_quiescent();
+        }
+    }
+}

@@ -17,7 +17,9 @@
 //!
 //! A cancel that reaches the running task (its own return mailbox, or any ancestor's) also sets
 //! the task's cancel flag at once through [`LiveTasks`]; the future is dropped when the executor
-//! next gets control.
+//! next gets control. A task that ends with its flag raised is abandoned, not finished: the
+//! cancel of an ancestor can reach its rank before the cancel of its own parent's mailbox (sent
+//! on by the parent's rank), and what it returned then, a failure above all, is not its job's.
 
 mod cache;
 mod ctx;
@@ -164,7 +166,7 @@ impl Lineage {
 }
 
 impl LiveTasks {
-    /// Called by the transport thread for each `Cancel` it receives.
+    /// Called by the transport thread for each `Cancel` it receives, after the core handled it.
     pub fn on_cancel(&self, mailbox: MailboxAddr) {
         if let Ok(slot) = self.slot.lock() {
             if let Some(t) = slot.as_ref() {
@@ -224,6 +226,19 @@ impl LiveTasks {
                 }
             }
         }
+    }
+
+    /// The executor is about to poll `key`. Called under the core's lock, in the step where
+    /// the core hands the task out: a cancel the core handles after that step finds the task
+    /// here (the transport calls [`LiveTasks::on_cancel`] after handing the core its messages),
+    /// and one handled before it kept the core from handing the task out.
+    fn enter(&self, key: TaskKey, lineage: &Lineage, flag: &Arc<AtomicBool>) {
+        self.set(Some(RunningTask {
+            key,
+            lineage: lineage.clone(),
+            flag: Arc::clone(flag),
+            since: Instant::now(),
+        }));
     }
 
     fn set(&self, t: Option<RunningTask>) {
@@ -301,17 +316,29 @@ impl Executor {
                     Err(TryRecvError::Empty) => break,
                 }
             }
-            // one lock for the core's step: cancelled futures, what runs next, its lineage
-            let (dropped, next, lineage, pending) = {
+            // one lock for the core's step: cancelled futures, what runs next, and (while the
+            // core still holds that task) the task the transport's cancels see as running
+            let (dropped, next, started, pending) = {
                 let mut s = self.shared.lock();
                 let s = &mut *s;
                 let dropped = s.core.take_dropped();
                 let next = s.core.next_ready(&mut s.out);
-                let lineage = match &next {
-                    Some(Ready::Start { key, .. }) => lineage_of(&s.core, *key),
-                    _ => Lineage::default(),
+                let started = match &next {
+                    Some(Ready::Start { key, .. }) => {
+                        let lineage = lineage_of(&s.core, *key);
+                        let flag = Arc::new(AtomicBool::new(false));
+                        self.running.enter(*key, &lineage, &flag);
+                        Some((lineage, flag))
+                    }
+                    Some(Ready::Resume(key)) => {
+                        if let Some(slot) = self.futures.get(key) {
+                            self.running.enter(*key, &slot.lineage, &slot.flag);
+                        }
+                        None
+                    }
+                    None => None,
                 };
-                (dropped, next, lineage, std::mem::take(&mut s.out))
+                (dropped, next, started, std::mem::take(&mut s.out))
             };
             self.reap(dropped);
             self.send(pending);
@@ -322,7 +349,9 @@ impl Executor {
                     args,
                     format,
                 }) => {
-                    self.start(key, &function, args, format, lineage);
+                    if let Some((lineage, flag)) = started {
+                        self.start(key, &function, args, format, lineage, flag);
+                    }
                     self.poll(key);
                 }
                 Some(Ready::Resume(key)) => self.poll(key),
@@ -408,8 +437,8 @@ impl Executor {
         args: Vec<u8>,
         format: crate::protocol::Format,
         lineage: Lineage,
+        flag: Arc<AtomicBool>,
     ) {
-        let flag = Arc::new(AtomicBool::new(false));
         let inbox: Inbox = Arc::default();
         if let Some(ret) = lineage.own {
             self.running.register(ret, key, Arc::clone(&inbox));
@@ -426,15 +455,10 @@ impl Executor {
 
     fn poll(&mut self, key: TaskKey) {
         let Some(slot) = self.futures.get_mut(&key) else {
+            self.running.set(None);
             return;
         };
         self.shared.current.set(Some(key));
-        self.running.set(Some(RunningTask {
-            key,
-            lineage: slot.lineage.clone(),
-            flag: Arc::clone(&slot.flag),
-            since: Instant::now(),
-        }));
         crate::logging::enter_task(Rc::clone(&self.shared) as Rc<dyn crate::logging::TaskSink>);
         let mut cx = Context::from_waker(Waker::noop());
         IN_TASK.with(|t| t.set(true));
@@ -447,9 +471,12 @@ impl Executor {
             Ok(Poll::Ready(r)) => Some(r.map_err(|e| e.into_message())),
             Err(panic) => Some(Err(format!("panicked: {}", panic_message(&panic)))),
         };
+        // a task that ends with its cancel flag raised ended because of the cancel
+        let mut abandoned = false;
         if outcome.is_some() {
             // drop the future first: un-awaited child futures cancel themselves on drop
             if let Some(slot) = self.futures.remove(&key) {
+                abandoned = slot.flag.load(Ordering::Relaxed);
                 if let Some(ret) = slot.lineage.own {
                     self.running.unregister(ret, key);
                 }
@@ -468,6 +495,7 @@ impl Executor {
             s.core.set_occupied(false, &mut s.out);
             match outcome {
                 None => s.core.keep_one_for_self(&mut s.out),
+                Some(_) if abandoned => s.core.abandon(key, &mut s.out),
                 Some(outcome) => s.core.finish(key, outcome, &mut s.out),
             }
             if report {

@@ -96,6 +96,7 @@ mod tests {
                 seq: BatchSeq(9),
                 tasks: vec![task.clone()],
                 overflow: false,
+                all_occupied: true,
             }),
             Msg::Up(Up::Waiting {
                 idle: 3,

@@ -114,10 +114,14 @@ pub enum Down {
     /// Run these tasks. A worker starts the last and delays the rest (LIFO). `overflow`: the
     /// boss knew of no idle slot for them (otherwise they were meant for idle workers, and a
     /// manager that has fewer idle workers than that sends the rest back up at once).
+    /// `all_occupied`: the boss placed them while every worker it knows was occupied, so an
+    /// occupied worker keeps them instead of handing them back (which would only bring them
+    /// back to an occupied worker, over and over, until one is free).
     Assign {
         seq: BatchSeq,
         tasks: Vec<TaskMsg>,
         overflow: bool,
+        all_occupied: bool,
     },
     /// Give back up to `max` delayed tasks (oldest first) with [`Up::Stolen`].
     Steal { max: u32 },

@@ -312,13 +312,14 @@ impl Logic for WorkerLogic {
     /// one lock, and the executor woken once.
     fn on_messages(&mut self, from: Rank, msgs: Vec<Msg>, out: &mut Outbox) -> Flow {
         let mut for_core = Vec::with_capacity(msgs.len());
+        let mut cancels = Vec::new();
         let mut shutdown = None;
         for msg in msgs {
             if heard(&mut self.watcher, from, &msg) {
                 continue;
             }
             if let Msg::Peer(Peer::Cancel { mailbox }) = &msg {
-                self.running.on_cancel(*mailbox);
+                cancels.push(*mailbox);
             }
             if let Msg::Peer(Peer::Communicate { mailbox, msg }) = &msg {
                 self.running.on_communicate(*mailbox, msg);
@@ -338,6 +339,11 @@ impl Logic for WorkerLogic {
                     s.core.handle(msg, &mut s.out);
                 }
                 out.append(&mut s.out);
+            }
+            // after the core: a task it handed out before these cancels is the running one by
+            // now (see `LiveTasks::enter`), and one it removed never starts
+            for mailbox in cancels {
+                self.running.on_cancel(mailbox);
             }
             let _ = self.inbound.send(Inbound::Wake);
         }

@@ -14,8 +14,10 @@
 //! one at a time to the employee with the smallest backlog per available worker, where a worker
 //! inside a long task (**occupied**, reported with `Occupied`) is not available: work is queued
 //! behind a worker that is computing only when every worker is. An occupied worker hands back
-//! what it had queued, and whatever reaches it while it stays occupied. A worker starts the last
-//! task of a batch and delays the rest, LIFO.
+//! what it had queued, and whatever reaches it while it stays occupied, except batches the boss
+//! marked `all_occupied` (placed while every worker was): those it keeps, or they would go round
+//! between occupied workers until one is free. A worker starts the last task of a batch and
+//! delays the rest, LIFO.
 //!
 //! # Resources
 //! An employee's workers fall into *classes*, the resource masks they offer with how many
@@ -319,7 +321,7 @@ impl Boss {
                 None => rest.push(t),
             }
         }
-        self.send_batches(per, false, out);
+        self.send_batches(per, false, false, out);
         rest
     }
 
@@ -341,7 +343,7 @@ impl Boss {
         for (slot, task) in slots.into_iter().zip(tasks) {
             per[slot].push(task);
         }
-        self.send_batches(per, false, out);
+        self.send_batches(per, false, false, out);
         rest
     }
 
@@ -424,10 +426,16 @@ impl Boss {
             let b = self.employees[i].backlog + batch.len() as u64;
             self.set_backlog(i, b);
         }
-        self.send_batches(per, true, out);
+        self.send_batches(per, true, all_occupied, out);
     }
 
-    fn send_batches(&mut self, per: Vec<Vec<TaskMsg>>, overflow: bool, out: &mut Outbox) {
+    fn send_batches(
+        &mut self,
+        per: Vec<Vec<TaskMsg>>,
+        overflow: bool,
+        all_occupied: bool,
+        out: &mut Outbox,
+    ) {
         for (i, batch) in per.into_iter().enumerate() {
             if batch.is_empty() {
                 continue;
@@ -444,6 +452,7 @@ impl Boss {
                 seq,
                 tasks: batch,
                 overflow,
+                all_occupied,
             };
             out.push((emp.rank, Msg::Down(assign)));
         }

@@ -59,10 +59,12 @@ impl ManagerCore {
 
     pub fn handle(&mut self, from: Rank, msg: Msg, out: &mut Outbox) {
         match msg {
+            // `all_occupied` is the boss's view; this group places by its own
             Msg::Down(Down::Assign {
                 seq,
                 tasks,
                 overflow,
+                ..
             }) => {
                 self.receipt = seq;
                 if overflow {
@@ -225,6 +227,7 @@ mod tests {
             seq: BatchSeq(1),
             tasks: tasks(6),
             overflow: true,
+            all_occupied: false,
         };
         m.handle(Rank::SERVER, Msg::Down(assign), &mut out); // 2 run, 4 queued below
         out.clear();

@@ -277,11 +277,12 @@ impl WorkerCore {
                 seq,
                 tasks,
                 overflow,
+                all_occupied,
             }) => {
                 if overflow {
                     self.told += tasks.len() as u64;
                 }
-                self.on_assign(seq, tasks, out)
+                self.on_assign(seq, tasks, all_occupied, out)
             }
             Msg::Down(Down::Steal { max }) => {
                 let (tasks, left) = match self.bound {
@@ -346,7 +347,13 @@ impl WorkerCore {
         (taken, left)
     }
 
-    fn on_assign(&mut self, seq: BatchSeq, tasks: Vec<TaskMsg>, out: &mut Outbox) {
+    fn on_assign(
+        &mut self,
+        seq: BatchSeq,
+        tasks: Vec<TaskMsg>,
+        all_occupied: bool,
+        out: &mut Outbox,
+    ) {
         self.receipt = seq;
         self.stats.received += tasks.len() as u64;
         self.delayed.reserve_exact(tasks.len());
@@ -385,7 +392,8 @@ impl WorkerCore {
             self.delayed.push_back(task);
         }
         self.stats.max_delayed = self.stats.max_delayed.max(self.delayed.len() as u64);
-        if self.occupied {
+        // placed here while every worker was occupied: kept (a free worker steals them)
+        if self.occupied && !all_occupied {
             self.hand_back(out);
         }
     }
@@ -393,7 +401,7 @@ impl WorkerCore {
     /// The driver's view of the executor: `occupied` when it has been inside one task for
     /// longer than the runtime's threshold. Becoming occupied hands every queued task back to
     /// the boss (with `Up::Occupied`), so nothing waits behind the long task; the boss then
-    /// queues nothing here until the worker is free again.
+    /// queues nothing here until the worker is free again, unless every worker is occupied.
     pub fn set_occupied(&mut self, occupied: bool, out: &mut Outbox) {
         if occupied == self.occupied {
             return;
@@ -877,21 +885,9 @@ impl WorkerCore {
     /// A started task finished. Its un-awaited children are cancelled; its result goes to its
     /// return address, or its failure to the server.
     pub fn finish(&mut self, key: TaskKey, outcome: Result<Vec<u8>, String>, out: &mut Outbox) {
-        let Some(t) = self.tasks.remove(&key) else {
+        let Some(t) = self.retire(key, out) else {
             return; // cancelled while running: the result is dropped
         };
-        let parent = t.msg.addr.mailbox_addr();
-        if let Some(v) = self.by_parent.get_mut(&parent) {
-            v.retain(|&k| k != key);
-            if v.is_empty() {
-                self.by_parent.remove(&parent);
-            }
-        }
-        let mut local = Vec::new();
-        for m in t.owned {
-            self.drop_mailbox(m, &mut local, out);
-        }
-        self.cancel_closure(local, out);
         match outcome {
             Ok(value) => {
                 self.stats.finished += 1;
@@ -930,6 +926,36 @@ impl WorkerCore {
                 ));
             }
         }
+    }
+
+    /// A started task ended after a cancel reached it through the transport (of its own return
+    /// mailbox or an ancestor's) but before the core removed it: its subtree is being cancelled
+    /// and nothing waits for it, so its end, a failure above all (`TaskCancelled`, or whatever
+    /// the cancel made it raise), is not its job's. The core's own cancel follows (the
+    /// ancestor's rank sends it); until then the task is only retired here.
+    pub fn abandon(&mut self, key: TaskKey, out: &mut Outbox) {
+        if self.retire(key, out).is_some() {
+            self.stats.cancelled_started += 1;
+        }
+    }
+
+    /// Take a started task out of the core; its mailboxes are dropped and their tasks
+    /// cancelled.
+    fn retire(&mut self, key: TaskKey, out: &mut Outbox) -> Option<Started> {
+        let mut t = self.tasks.remove(&key)?;
+        let parent = t.msg.addr.mailbox_addr();
+        if let Some(v) = self.by_parent.get_mut(&parent) {
+            v.retain(|&k| k != key);
+            if v.is_empty() {
+                self.by_parent.remove(&parent);
+            }
+        }
+        let mut local = Vec::new();
+        for m in std::mem::take(&mut t.owned) {
+            self.drop_mailbox(m, &mut local, out);
+        }
+        self.cancel_closure(local, out);
+        Some(t)
     }
 
     /// A log record from a running task, if its job's filter lets it through.
@@ -1030,6 +1056,7 @@ mod tests {
                 seq: BatchSeq(1),
                 tasks: vec![root_task(Rank(1))],
                 overflow: false,
+                all_occupied: false,
             }),
             &mut out,
         );
@@ -1177,6 +1204,33 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_task_reports_nothing_and_cancels_its_children() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w.submit(root, vec![child()], &mut out).unwrap();
+        let mailbox = MailboxAddr {
+            rank: Rank(1),
+            mailbox: m,
+        };
+        w.handle(
+            Msg::Peer(Peer::Placed {
+                mailbox,
+                at: Rank(3),
+            }),
+            &mut out,
+        );
+        out.clear();
+        w.abandon(root, &mut out);
+        assert_eq!(out, vec![(Rank(3), Msg::Peer(Peer::Cancel { mailbox }))]);
+        assert!(w.is_empty());
+        assert_eq!(w.stats().cancelled_started, 1);
+        // the cancel that follows, and a late finish, find nothing
+        out.clear();
+        w.finish(root, Err("cancelled".into()), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
     fn a_worker_about_to_idle_keeps_one_child() {
         let (mut w, root, m, mut out) = running_with_map(3);
         assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
@@ -1262,6 +1316,7 @@ mod tests {
             seq: BatchSeq(seq),
             tasks,
             overflow,
+            all_occupied: false,
         };
         w.handle(Msg::Down(assign), out);
     }
@@ -1282,6 +1337,7 @@ mod tests {
                 seq: BatchSeq(1),
                 tasks,
                 overflow: true,
+                all_occupied: false,
             }),
             &mut out,
         );
