@@ -1170,30 +1170,32 @@ mod tests {
         assert_eq!(out, vec![(Rank(7), Msg::Peer(Peer::Cancel { mailbox }))]);
     }
 
-    #[test]
-    fn finishing_cancels_unawaited_children_where_they_were_placed() {
+    /// The root, with one child placed on each of `at` (told by `Placed`).
+    fn running_with_placed(at: &[u32]) -> (WorkerCore, TaskKey, MailboxAddr, Outbox) {
         let (mut w, root) = running();
         let mut out = Outbox::new();
-        let m = w.submit(root, vec![child(), child()], &mut out).unwrap();
+        let children = at.iter().map(|_| child()).collect();
+        let m = w.submit(root, children, &mut out).unwrap();
         let mailbox = MailboxAddr {
             rank: Rank(1),
             mailbox: m,
         };
-        w.handle(
-            Msg::Peer(Peer::Placed {
-                mailbox,
-                at: Rank(3),
-            }),
-            &mut out,
-        );
-        w.handle(
-            Msg::Peer(Peer::Placed {
-                mailbox,
-                at: Rank(4),
-            }),
-            &mut out,
-        );
+        for &r in at {
+            w.handle(
+                Msg::Peer(Peer::Placed {
+                    mailbox,
+                    at: Rank(r),
+                }),
+                &mut out,
+            );
+        }
         out.clear();
+        (w, root, mailbox, out)
+    }
+
+    #[test]
+    fn finishing_cancels_unawaited_children_where_they_were_placed() {
+        let (mut w, root, mailbox, mut out) = running_with_placed(&[3, 4]);
         w.finish(root, Ok(vec![9]), &mut out);
         assert!(out.contains(&(Rank(3), Msg::Peer(Peer::Cancel { mailbox }))));
         assert!(out.contains(&(Rank(4), Msg::Peer(Peer::Cancel { mailbox }))));
@@ -1205,21 +1207,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_task_reports_nothing_and_cancels_its_children() {
-        let (mut w, root) = running();
-        let mut out = Outbox::new();
-        let m = w.submit(root, vec![child()], &mut out).unwrap();
-        let mailbox = MailboxAddr {
-            rank: Rank(1),
-            mailbox: m,
-        };
-        w.handle(
-            Msg::Peer(Peer::Placed {
-                mailbox,
-                at: Rank(3),
-            }),
-            &mut out,
-        );
-        out.clear();
+        let (mut w, root, mailbox, mut out) = running_with_placed(&[3]);
         w.abandon(root, &mut out);
         assert_eq!(out, vec![(Rank(3), Msg::Peer(Peer::Cancel { mailbox }))]);
         assert!(w.is_empty());
