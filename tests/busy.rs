@@ -287,3 +287,40 @@ fn a_task_computing_past_the_stall_warning_warns_its_client_and_goes_on() {
     done(c.result(quiet, None).unwrap());
     assert!(c.take_logs().iter().all(|(job, _)| *job != quiet));
 }
+
+/// Work submitted while every worker is inside a long task waits where it was placed: it does
+/// not go round between the server and the occupied workers until one is free (decision 53),
+/// and it runs as soon as one is.
+#[test]
+fn work_submitted_while_every_worker_is_occupied_waits_in_place() {
+    // server + 2 workers, each blocked in one poll for 4 s
+    let mut s = Serve::start(3, &["--stats"]);
+    let mut c = client(&s);
+    let long: Vec<JobId> = (0..2)
+        .map(|_| c.submit("sleep", "4000", LogSpec::OFF, false).unwrap())
+        .collect();
+    wait_busy(&mut c, 2);
+    let t0 = Instant::now();
+    let queued = c.submit("fanout", "20", LogSpec::OFF, false).unwrap();
+    assert_eq!(done(c.result(queued, None).unwrap()), 20);
+    let waited = t0.elapsed();
+    for j in long {
+        done(c.result(j, None).unwrap());
+    }
+    drop(c);
+    let (code, _, stderr) = s.stop("INT", true);
+    assert_eq!(code, Some(0), "{stderr}");
+    let placed: u64 = stderr
+        .lines()
+        .find(|l| l.starts_with("bqrt-stats rank=0 "))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("placed="))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no server stats line in:\n{stderr}"));
+    eprintln!("the job waited {waited:?}; the server placed {placed} tasks");
+    // 2 long tasks, the job's root and 20 children, and a few moved by steals; going round,
+    // the root alone was placed thousands of times while it waited
+    assert!(placed < 100, "the server placed {placed} tasks for 23");
+}
