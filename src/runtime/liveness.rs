@@ -341,9 +341,16 @@ mod tests {
         assert!(w.check().is_empty(), "reported once");
         let mut z = std::process::Command::new("true").spawn().unwrap();
         let zpid = z.id() as i32;
-        std::thread::sleep(Duration::from_millis(100)); // exited but not reaped: a zombie
-        assert!(!alive(zpid));
-        let _ = z.wait();
+        // once it has exited (not reaped: a zombie) it is not alive
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while alive(zpid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a zombie counts as alive"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(z.try_wait().unwrap().is_some(), "it had exited");
     }
 
     #[test]
