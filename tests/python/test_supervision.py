@@ -251,6 +251,9 @@ def test_native_clients_get_the_time_limit_and_stall_warnings_too(tmp_path) -> N
         r = native_call(rt, 'bqrt_testpasses.swallow_forever', str(tmp_path / 'm'))
         assert r.returncode == 1 and 'time limit' in r.stderr, r.stderr
         assert time.time() - t < 15
+        # the worker's Python process was replaced: the next job's 3 s start when it serves
+        wait_for(lambda: native_call(rt, 'math.factorial', 5).returncode == 0, 60,
+                 'the worker serves again')
         import json
         spec = json.dumps({'call': 'bqrt_testpasses.sleepy', 'args': [1.6],
                            'path': [str(Path(__file__).parent)]})
