@@ -310,14 +310,10 @@ fn work_submitted_while_every_worker_is_occupied_waits_in_place() {
     drop(c);
     let (code, _, stderr) = s.stop("INT", true);
     assert_eq!(code, Some(0), "{stderr}");
-    let placed: u64 = stderr
-        .lines()
-        .find(|l| l.starts_with("bqrt-stats rank=0 "))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|kv| kv.strip_prefix("placed="))
-        })
-        .and_then(|v| v.parse().ok())
+    let placed: u64 = common::stats(&stderr)
+        .iter()
+        .find(|r| r.get("rank").is_some_and(|v| v == "0"))
+        .and_then(|r| r.get("placed")?.parse().ok())
         .unwrap_or_else(|| panic!("no server stats line in:\n{stderr}"));
     eprintln!("the job waited {waited:?}; the server placed {placed} tasks");
     // 2 long tasks, the job's root and 20 children, and a few moved by steals; going round,

@@ -43,20 +43,25 @@ impl Run {
     }
     /// Values of `key=value` in `bqrt-stats` lines of rank lines.
     pub fn stats(&self) -> Vec<std::collections::HashMap<String, String>> {
-        self.stderr
-            .lines()
-            .filter(|l| l.starts_with("bqrt-stats rank="))
-            .map(|l| {
-                l.split_whitespace()
-                    .skip(1)
-                    .filter_map(|kv| {
-                        kv.split_once('=')
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                    })
-                    .collect()
-            })
-            .collect()
+        stats(&self.stderr)
     }
+}
+
+/// Values of `key=value` in the `bqrt-stats` lines (`--stats`, one per rank) of `stderr`.
+pub fn stats(stderr: &str) -> Vec<std::collections::HashMap<String, String>> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("bqrt-stats rank="))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 pub fn bqrt_bin() -> PathBuf {
