@@ -208,6 +208,7 @@ def mpi_env() -> dict[str, str]:
         env['OMPI_ALLOW_RUN_AS_ROOT'] = '1'
         env['OMPI_ALLOW_RUN_AS_ROOT_CONFIRM'] = '1'
     env['OMPI_MCA_rmaps_base_oversubscribe'] = '1'
+    env.setdefault('PMIX_MCA_psec', 'native')  # as launch/env.sh: no 2.2 s munge retries
     env['OMPI_MCA_hwloc_base_binding_policy'] = 'none'
     return env
 

@@ -38,6 +38,8 @@ impl Server {
             .env("OMPI_MCA_hwloc_base_binding_policy", "none")
             .env("OMPI_MCA_btl_tcp_port_min_v4", "0")
             .env("OMPI_MCA_btl_tcp_port_min_v6", "0")
+            // no munge retries at start-up: see launch/env.sh
+            .env("PMIX_MCA_psec", "native")
             .args([
                 "-n",
                 "4",

@@ -95,6 +95,8 @@ fn mpirun(ranks: u32) -> Command {
         // kernel-chosen TCP ports: see launch/env.sh
         .env("OMPI_MCA_btl_tcp_port_min_v4", "0")
         .env("OMPI_MCA_btl_tcp_port_min_v6", "0")
+        // no munge retries at start-up: see launch/env.sh
+        .env("PMIX_MCA_psec", "native")
         .args(["-n", &ranks.to_string()]);
     c
 }

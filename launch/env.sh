@@ -14,3 +14,9 @@ export OMPI_MCA_hwloc_base_binding_policy=${OMPI_MCA_hwloc_base_binding_policy:-
 #   machine, as tests do.
 export OMPI_MCA_btl_tcp_port_min_v4=${OMPI_MCA_btl_tcp_port_min_v4:-0}
 export OMPI_MCA_btl_tcp_port_min_v6=${OMPI_MCA_btl_tcp_port_min_v6:-0}
+# - Open MPI's PMIx authenticates every rank to the launcher with munge when munge is installed
+#   (Debian's slurm packages install it); when munge's socket is there but its daemon is not
+#   (stopped, or a machine image taken while it ran), it retries for 2.2 s before it falls back:
+#   `mpirun -n 3 true` 2.29 s against 0.05 s. The native way (the local socket's peer
+#   credentials) costs nothing and works under srun too.
+export PMIX_MCA_psec=${PMIX_MCA_psec:-native}

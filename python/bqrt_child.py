@@ -18,8 +18,13 @@ n x (u32 len, name, u32 len, envelope), and optionally u32 len, the resources th
 need, comma-separated), ``c`` cancel (u64 mailbox), ``m`` communicate (u64
 mailbox, message), ``g`` get the task's messages, ``l`` a log record (i32 level, u32 len, name,
 text); then the step's end: ``d`` done (result), ``e`` failed (traceback text) or ``a`` awaits
-(u64 mailbox, u8 next). Once, before anything else: ``H`` ready (text: what the warm-up could
-not import, or empty).
+(u64 mailbox, u8 next). Once, before anything else: ``H`` ready (an empty text).
+
+The warm-up imports (BQSKit's compiler and passes) run after ``H``, one module at a time and
+only while no frame waits on the pipe: a task that arrives meanwhile waits at most for the
+import under way, and imports on its own what it needs first (a first job that needs only
+``bqskit.compiler`` does not wait for ``bqskit.passes``). An import that fails is left to the
+first task that needs it, which reports it with its traceback.
 
 Mailbox ids are chosen here, so a submit needs no reply. SIGUSR1 during a step raises
 :class:`TaskCancelled` in the task (the rank's cooperative cancel; it kills this process if the
@@ -28,6 +33,7 @@ task does not end within its grace period). SIGINT is ignored: the rank decides 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import struct
 import sys
@@ -53,6 +59,11 @@ def _read(n: int) -> bytes:
     out = bytes(_buf[_pos:_pos + n])
     _pos += n
     return out
+
+
+def _pending() -> bool:
+    """Whether a frame (or part of one) from the rank waits to be read."""
+    return len(_buf) > _pos or bool(select.select([_IN], [], [], 0)[0])
 
 
 def _recv() -> bytes:
@@ -186,13 +197,8 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
     sys.modules['_bqrt'] = native
     worker = _module('bqrt_worker', worker_source, '<bqrt>/bqrt_worker.py')
     _module('bqrt_compile', compile_source, '<bqrt>/bqrt_compile.py')
-    missing = []
-    for m in warm:
-        try:
-            __import__(m)
-        except BaseException as e:  # the first task reports it properly
-            missing.append(f'{m}: {type(e).__name__}: {e}')
-    _send(b'H' + '\n'.join(missing).encode())
+    _send(b'H')
+    warming = list(warm)
 
     tasks: dict[int, Any] = {}
     awaiting: dict[int, int] = {}
@@ -222,6 +228,11 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
             _send(b'e' + str(r[1]).encode('utf-8', 'replace'))
 
     while True:
+        while warming and not _pending():
+            try:
+                __import__(warming.pop(0))
+            except BaseException:  # the first task that needs it reports it properly
+                pass
         body = _recv()
         kind = body[:1]
         if kind == b'S':

@@ -55,8 +55,8 @@ pub fn memory_limit() -> Option<u64> {
     limits().and_then(|l| l.memory)
 }
 
-/// The modules a fresh process imports before it says it is ready: what `bqskit.compile`'s
-/// passes need on a worker.
+/// The modules a fresh process imports once it is ready, in this order, one at a time while
+/// no frame waits (python/bqrt_child.py): what `bqskit.compile`'s passes need on a worker.
 const WARM: &[&str] = &["bqskit.compiler.compile", "bqskit.passes"];
 
 /// A child future of a task: the mailbox the Python side named, and whether it is one task.

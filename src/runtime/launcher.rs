@@ -75,6 +75,12 @@ pub fn one_machine(cmd: &mut Command, flavor: Flavor) {
             cmd.env(key, "0");
         }
     }
+    // Open MPI's PMIx authenticates each rank to the launcher with munge when munge is
+    // installed, and retries for 2.2 s when munge's socket is there but its daemon is not; the
+    // native way (the local socket's peer credentials) takes nothing.
+    if std::env::var_os("PMIX_MCA_psec").is_none() {
+        cmd.env("PMIX_MCA_psec", "native");
+    }
     // SAFETY: getuid has no preconditions and cannot fail.
     if unsafe { libc::getuid() } == 0 {
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")

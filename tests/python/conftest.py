@@ -31,6 +31,7 @@ def mpi_env() -> dict[str, str]:
         env['OMPI_ALLOW_RUN_AS_ROOT'] = '1'
         env['OMPI_ALLOW_RUN_AS_ROOT_CONFIRM'] = '1'
     env['OMPI_MCA_rmaps_base_oversubscribe'] = '1'
+    env.setdefault('PMIX_MCA_psec', 'native')
     env['OMPI_MCA_hwloc_base_binding_policy'] = 'none'
     env.setdefault('UCX_LOG_LEVEL', 'error')  # MPICH over UCX: warnings go to stdout
     return env
