@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Where a BQSKit child task's time goes (W1 of compare.py: one task maps N trivial children).
+
+    bash benches/with-bqskit.sh task_profile.py [--calls N] [--map N]
+
+Measures, each as the median over N tasks on this machine, in this process:
+  envelope   the parent's side of one child: `Task.child` pickling (fn, args, kwargs) and
+             joining the shared header (python/bqrt_worker.py);
+  start      the child's side: opening the envelope, unpickling the call, making the coroutine;
+  step       stepping the coroutine to its end and pickling the result;
+  result     the parent reading the child's result;
+  frames     one step's frames through two pipes between two processes, as the rank and its
+             Python process exchange them (a start frame of the real size out, a result back),
+             with the wake-ups of both sides;
+then, against `mpirun -n 3 bqrt serve` (server + 2 workers):
+  W1         the measured time per task of a map of N noop children (2 workers, so per worker
+             twice this);
+  native     `bqrt run fanout N` on the same 3 ranks: a native task's cost (scheduling, MPI
+             messages, the executor), per task;
+and prints what is left of a worker's time per task once the parts are taken away.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / 'benches'))
+
+
+def median_us(f: Any, n: int) -> float:
+    xs = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        xs.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(xs)
+
+
+def load(name: str, path: Path) -> types.ModuleType:
+    m = types.ModuleType(name)
+    sys.modules[name] = m
+    exec(compile(path.read_text(), str(path), 'exec'), m.__dict__)
+    return m
+
+
+def pipe_round_trip_us(out_size: int, back_size: int, n: int) -> float:
+    """Median microseconds of one frame out and one back between two processes."""
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    frame_out = struct.pack('<I', out_size) + b'S' * out_size
+    frame_back = struct.pack('<I', back_size) + b'd' * back_size
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for _ in range(n + 1):
+                (k,) = struct.unpack('<I', os.read(r1, 4))
+                got = 0
+                while got < k:
+                    got += len(os.read(r1, k - got))
+                os.write(w2, frame_back)
+        finally:
+            os._exit(0)
+
+    def once() -> None:
+        os.write(w1, frame_out)
+        (k,) = struct.unpack('<I', os.read(r2, 4))
+        got = 0
+        while got < k:
+            got += len(os.read(r2, k - got))
+    once()
+    out = median_us(once, n)
+    os.waitpid(pid, 0)
+    for fd in (r1, w1, r2, w2):
+        os.close(fd)
+    return out
+
+
+def native_per_task_us(binary: Path, n: int) -> float:
+    """Job seconds per task of `bqrt run fanout n` on 3 ranks (median of 3, from --stats)."""
+    import compare
+    xs = []
+    for _ in range(3):
+        p = subprocess.run(
+            ['mpirun', '-n', '3', str(binary), 'run', 'fanout', str(n), '--stats'],
+            capture_output=True, text=True, env=compare.mpi_env(), timeout=300, check=True,
+        )
+        m = re.search(r'job_seconds=([0-9.]+)', p.stderr)
+        if m is None:
+            raise SystemExit(f'no job_seconds in the stats of `bqrt run`:\n{p.stderr[-2000:]}')
+        xs.append(float(m.group(1)) / n * 1e6)
+    return statistics.median(xs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog='task_profile.py')
+    ap.add_argument('--calls', type=int, default=2000)
+    ap.add_argument('--map', type=int, default=10000)
+    ap.add_argument('--bin', type=Path, default=REPO / 'target' / 'py' / 'release' / 'bqrt')
+    args = ap.parse_args()
+    n = args.calls
+
+    import compare
+    native = types.ModuleType('_bqrt')
+    native.has_box = lambda box: False
+    native.worker_id = lambda: 1
+    native.log = lambda *a: None
+    sys.modules['_bqrt'] = native
+    worker = load('bqrt_worker', REPO / 'python' / 'bqrt_worker.py')
+    import json
+    import pickle
+    header = json.dumps({'path': sys.path, 'level': 30, 'max_depth': -1, 'context': {}}).encode()
+    body = pickle.dumps((compare.noop, (), {}), protocol=pickle.HIGHEST_PROTOCOL)
+    made = worker.start(b'P' + len(header).to_bytes(4, 'little') + header + body, 0)
+    assert made[0] == 'task', made
+    parent = made[1]
+    calls = [(compare.noop, (i,), {}) for i in range(n)]
+    it = iter(calls * 2)
+    envelope = median_us(lambda: parent.child(next(it), {}), n)
+    env = parent.child(calls[0], {})
+    tasks: list[Any] = []
+    start = median_us(lambda: tasks.append(worker.start(env, 1)[1]), n)
+    results: list[bytes] = []
+    step = median_us(lambda: results.append(tasks.pop().step(0, None)[1]), n)
+    for t in tasks:
+        t.close()
+    res = results[0]
+    result = median_us(lambda: worker._loads(res), n)
+    frames = pipe_round_trip_us(8 + 4 + len(env), 1 + len(res), n)
+
+    server = compare.BqrtServer(args.bin)
+    server.start()
+    try:
+        c = server.connect()
+        compare.run_pass(c, compare.MapNoop(args.map))
+        w1 = []
+        for _ in range(3):
+            data = compare.run_pass(c, compare.MapNoop(args.map))
+            w1.append(data['seconds'] / args.map * 1e6)
+        c.close()
+    finally:
+        server.stop()
+    w1_task = statistics.median(w1)
+    nat = native_per_task_us(args.bin, args.map)
+    per_worker = 2 * w1_task
+    parts = [('envelope (parent: pickle the call, join the header)', envelope),
+             ('start (child: open the envelope, unpickle, make the coroutine)', start),
+             ('step (child: run to the end, pickle the result)', step),
+             ('result (parent: read the result)', result),
+             ('frames (one step through the two pipes, both wake-ups)', frames),
+             ('native task (scheduling, MPI messages, executor)', nat)]
+    rest = per_worker - sum(v for _, v in parts)
+    print(f'W1 map {args.map}: {w1_task:.1f} us per task, {1e6 / w1_task:,.0f} tasks/s; '
+          f'2 workers, so {per_worker:.1f} us of a worker per task')
+    print('| part | us per task (median) |')
+    print('| --- | ---: |')
+    for k, v in parts:
+        print(f'| {k} | {v:.1f} |')
+    print(f'| rest (the executor\'s step through the supervisor, frame parsing, '
+          f'contention for the 2 cores) | {rest:.1f} |')
+    print(f'| a worker per task (W1) | {per_worker:.1f} |')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
