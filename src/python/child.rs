@@ -653,8 +653,8 @@ mod process_tests {
             "import os\nopen(os.path.join(os.path.dirname(__file__), 'after'), 'w').close()\n",
         )
         .expect("module");
-        let gate = std::ffi::CString::new(d.join("gate").as_os_str().as_encoded_bytes())
-            .expect("path");
+        let gate =
+            std::ffi::CString::new(d.join("gate").as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: a valid NUL-terminated path
         assert_eq!(unsafe { libc::mkfifo(gate.as_ptr(), 0o600) }, 0);
         let wrapper = d.join("python");
@@ -667,13 +667,21 @@ mod process_tests {
             ),
         )
         .expect("wrapper");
-        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
         let spec = Spec {
             python: &wrapper,
             rank: 7,
             memory_limit: None,
-            warm: &["bqrt_gate_mod", "bqrt_bad_mod", "bqrt_no_such_module", "bqrt_after_mod"],
+            warm: &[
+                "bqrt_gate_mod",
+                "bqrt_bad_mod",
+                "bqrt_no_such_module",
+                "bqrt_after_mod",
+            ],
         };
         let mut c = Child::spawn(&spec).expect("spawn");
         assert_eq!(ready(&mut c), "");
