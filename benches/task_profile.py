@@ -28,29 +28,13 @@ import statistics
 import struct
 import subprocess
 import sys
-import time
-import types
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / 'benches'))
 
-
-def median_us(f: Any, n: int) -> float:
-    xs = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        xs.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(xs)
-
-
-def load(name: str, path: Path) -> types.ModuleType:
-    m = types.ModuleType(name)
-    sys.modules[name] = m
-    exec(compile(path.read_text(), str(path), 'exec'), m.__dict__)
-    return m
+from parts import envelope, median_us, worker_module  # noqa: E402
 
 
 def pipe_round_trip_us(out_size: int, back_size: int, n: int) -> float:
@@ -110,28 +94,21 @@ def main() -> int:
     n = args.calls
 
     import compare
-    native = types.ModuleType('_bqrt')
-    native.has_box = lambda box: False
-    native.worker_id = lambda: 1
-    native.log = lambda *a: None
-    sys.modules['_bqrt'] = native
-    worker = load('bqrt_worker', REPO / 'python' / 'bqrt_worker.py')
-    import json
+    worker = worker_module()
     import pickle
-    header = json.dumps({'path': sys.path, 'level': 30, 'max_depth': -1, 'context': {}}).encode()
     body = pickle.dumps((compare.noop, (), {}), protocol=pickle.HIGHEST_PROTOCOL)
-    made = worker.start(b'P' + len(header).to_bytes(4, 'little') + header + body, 0)
+    made = worker.start(envelope(b'P', body), 0)
     assert made[0] == 'task', made
     parent = made[1]
     calls = [(compare.noop, (i,), {}) for i in range(n)]
     it = iter(calls * 2)
-    envelope = median_us(lambda: parent.child(next(it), {}), n)
+    making = median_us(lambda: parent.child(next(it), {}), n)
     env = parent.child(calls[0], {})
     tasks: list[Any] = []
     start = median_us(lambda: tasks.append(worker.start(env, 1)[1]), n)
     results: list[bytes] = []
     step = median_us(lambda: results.append(tasks.pop().step(0, None)[1]), n)
-    for t in tasks:
+    for t in [*tasks, parent]:
         t.close()
     res = results[0]
     result = median_us(lambda: worker._loads(res), n)
@@ -152,7 +129,7 @@ def main() -> int:
     w1_task = statistics.median(w1)
     nat = native_per_task_us(args.bin, args.map)
     per_worker = 2 * w1_task
-    parts = [('envelope (parent: pickle the call, join the header)', envelope),
+    parts = [('envelope (parent: pickle the call, join the header)', making),
              ('start (child: open the envelope, unpickle, make the coroutine)', start),
              ('step (child: run to the end, pickle the result)', step),
              ('result (parent: read the result)', result),

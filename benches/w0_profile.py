@@ -16,35 +16,15 @@ the worker's process, TCP) as `runtime`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pickle
 import statistics
 import sys
-import time
-import types
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / 'benches'))
 
-
-def median_us(f: Any, n: int) -> float:
-    xs = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        xs.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(xs)
-
-
-def load(name: str, path: Path, extra: dict[str, Any] | None = None) -> types.ModuleType:
-    m = types.ModuleType(name)
-    m.__dict__.update(extra or {})
-    sys.modules[name] = m
-    exec(compile(path.read_text(), str(path), 'exec'), m.__dict__)
-    return m
+from parts import envelope, load, median_us, worker_module  # noqa: E402
 
 
 def main() -> int:
@@ -72,17 +52,11 @@ def main() -> int:
         lambda: codec.decode(request), n)
 
     # the worker's side, with the calls of python/bqrt_child.py replaced by no-ops
-    native = types.ModuleType('_bqrt')
-    native.has_box = lambda box: False
-    native.worker_id = lambda: 1
-    native.log = lambda *a: None
-    sys.modules['_bqrt'] = native
-    worker = load('bqrt_worker', REPO / 'python' / 'bqrt_worker.py')
-    header = json.dumps({'path': sys.path, 'level': 30, 'max_depth': -1, 'context': {}}).encode()
-    envelope = b'R' + len(header).to_bytes(4, 'little') + header + submit
+    worker = worker_module()
+    job = envelope(b'R', submit)
 
     def run_job() -> None:
-        made = worker.start(envelope, 0)
+        made = worker.start(job, 0)
         assert made[0] == 'task', made
         r = made[1].step(0, None)
         assert r[0] == 'done', r
