@@ -18,7 +18,7 @@ n x (u32 len, name, u32 len, envelope), and optionally u32 len, the resources th
 need, comma-separated), ``c`` cancel (u64 mailbox), ``m`` communicate (u64
 mailbox, message), ``g`` get the task's messages, ``l`` a log record (i32 level, u32 len, name,
 text); then the step's end: ``d`` done (result), ``e`` failed (traceback text) or ``a`` awaits
-(u64 mailbox, u8 next). Once, before anything else: ``H`` ready (an empty text).
+(u64 mailbox, u8 next). Once, before anything else: ``H`` ready.
 
 The warm-up imports (BQSKit's compiler and passes) run after ``H``, one module at a time and
 only while no frame waits on the pipe: a task that arrives meanwhile waits at most for the

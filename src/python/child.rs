@@ -60,7 +60,8 @@ pub enum ToChild<'a> {
 /// A message from the child.
 #[derive(Debug, PartialEq)]
 pub enum FromChild {
-    Hello(String),
+    /// Ready for its first task.
+    Hello,
     Submit {
         mailbox: u64,
         single: bool,
@@ -500,7 +501,7 @@ fn decode(frame: &[u8]) -> Result<FromChild, String> {
     let mut c = Cursor(frame);
     let kind = c.u8()?;
     Ok(match kind {
-        b'H' => FromChild::Hello(text(c.rest())),
+        b'H' => FromChild::Hello,
         b's' => {
             let mailbox = c.u64()?;
             let single = c.u8()? != 0;
@@ -618,11 +619,11 @@ mod process_tests {
             .unwrap_or_else(|| "python3".into())
     }
 
-    fn ready(c: &mut Child) -> String {
+    fn ready(c: &mut Child) {
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
             match c.recv(Duration::from_millis(100)) {
-                Ok(Some(FromChild::Hello(note))) => return note,
+                Ok(Some(FromChild::Hello)) => return,
                 Ok(Some(m)) => panic!("before ready: {m:?}"),
                 Ok(None) => {}
                 Err(e) => panic!(
@@ -684,7 +685,7 @@ mod process_tests {
             ],
         };
         let mut c = Child::spawn(&spec).expect("spawn");
-        assert_eq!(ready(&mut c), "");
+        ready(&mut c);
         let appears = |name: &str| {
             let until = Instant::now() + Duration::from_secs(30);
             while !d.join(name).exists() {

@@ -230,12 +230,9 @@ impl Supervisor {
                 break;
             }
             match child.recv(TICK) {
-                Ok(Some(FromChild::Hello(note))) => {
+                Ok(Some(FromChild::Hello)) => {
                     child.ready = true;
                     self.failed_starts = 0;
-                    if !note.is_empty() {
-                        log::debug!("rank {}: warm-up: {note}", self.rank);
-                    }
                 }
                 Ok(Some(other)) => {
                     child.kill(format!("it spoke before it was ready ({other:?})"));
@@ -376,7 +373,7 @@ impl Supervisor {
                     FromChild::Log { level, name, text } => {
                         ctx.log_raw(super::level::to_bqrt(level), &name, text);
                     }
-                    FromChild::Hello(_) => {}
+                    FromChild::Hello => {}
                 },
                 Ok(None) => {}
                 Err(_) => {
