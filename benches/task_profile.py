@@ -11,23 +11,27 @@ Measures, each as the median over N tasks on this machine, in this process:
   result     the parent reading the child's result;
   frames     one step's frames through two pipes between two processes, as the rank and its
              Python process exchange them (a start frame of the real size out, a result back),
-             with the wake-ups of both sides;
+             the rank's side spinning for the reply as src/python/child.rs does, the other
+             side woken from its sleep;
 then, against `mpirun -n 3 bqrt serve` (server + 2 workers):
   W1         the measured time per task of a map of N noop children (2 workers, so per worker
              twice this);
   native     `bqrt run fanout N` on the same 3 ranks: a native task's cost (scheduling, MPI
              messages, the executor), per task;
-and prints what is left of a worker's time per task once the parts are taken away.
+and prints what is left of a worker's time per task once the parts are taken away, and the CPU
+each part of the runtime spent per task during W1 (every thread, every Python process).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import select
 import statistics
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +41,13 @@ sys.path.insert(0, str(REPO / 'benches'))
 from parts import envelope, median_us, worker_module  # noqa: E402
 
 
+# src/python/child.rs: how long the rank spins for its Python process's reply before it sleeps
+REPLY_SPIN = 100e-6
+
+
 def pipe_round_trip_us(out_size: int, back_size: int, n: int) -> float:
-    """Median microseconds of one frame out and one back between two processes."""
+    """Median microseconds of one frame out and one back between two processes, the first
+    side waiting as the rank does (spinning first), the other as the Python process does."""
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     frame_out = struct.pack('<I', out_size) + b'S' * out_size
@@ -55,12 +64,29 @@ def pipe_round_trip_us(out_size: int, back_size: int, n: int) -> float:
         finally:
             os._exit(0)
 
+    os.set_blocking(r2, False)
+
+    def read(k: int) -> bytes:
+        # as the rank waits for its Python process: spin for REPLY_SPIN, then sleep
+        while True:
+            try:
+                return os.read(r2, k)
+            except BlockingIOError:
+                if time.perf_counter() - sent < REPLY_SPIN:
+                    os.sched_yield()
+                else:
+                    select.select([r2], [], [])
+
+    sent = 0.0
+
     def once() -> None:
+        nonlocal sent
         os.write(w1, frame_out)
-        (k,) = struct.unpack('<I', os.read(r2, 4))
+        sent = time.perf_counter()
+        (k,) = struct.unpack('<I', read(4))
         got = 0
         while got < k:
-            got += len(os.read(r2, k - got))
+            got += len(read(k - got))
     once()
     out = median_us(once, n)
     os.waitpid(pid, 0)
@@ -120,12 +146,15 @@ def main() -> int:
         c = server.connect()
         compare.run_pass(c, compare.MapNoop(args.map))
         w1 = []
+        before = thread_cpu(server)
         for _ in range(3):
             data = compare.run_pass(c, compare.MapNoop(args.map))
             w1.append(data['seconds'] / args.map * 1e6)
+        after = thread_cpu(server)
         c.close()
     finally:
         server.stop()
+    cpu = {k: (after[k] - before.get(k, 0.0)) / (3 * args.map) * 1e6 for k in after}
     w1_task = statistics.median(w1)
     nat = native_per_task_us(args.bin, args.map)
     per_worker = 2 * w1_task
@@ -145,7 +174,49 @@ def main() -> int:
     print(f'| rest (the executor\'s step through the supervisor, frame parsing, '
           f'contention for the 2 cores) | {rest:.1f} |')
     print(f'| a worker per task (W1) | {per_worker:.1f} |')
+    total = sum(cpu.values())
+    print()
+    print(f'CPU per task during W1 (every thread of every rank and Python process, utime + '
+          f'stime over the 3 maps, the client excluded): {total:.1f} us; all {CORES} cores busy '
+          f'would run at most {CORES / total * 1e6:,.0f} tasks/s')
+    print('| where | CPU us per task |')
+    print('| --- | ---: |')
+    for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(f'| {k} | {v:.1f} |')
     return 0
+
+
+CORES = os.cpu_count() or 1
+
+
+def thread_cpu(server: Any) -> dict[str, float]:
+    """CPU seconds so far of the server's ranks and their Python processes, summed by part:
+    the server rank, worker ranks' threads by name, the Python processes."""
+    import compare
+    roles = server.roles()
+    out: dict[str, float] = {}
+    for role in ('server', 'workers'):
+        for pid in roles[role]:
+            for task in Path(f'/proc/{pid}/task').glob('*'):
+                try:
+                    text = (task / 'stat').read_text()
+                except OSError:
+                    continue
+                name = text[text.index('(') + 1:text.rindex(')')]
+                f = text[text.rindex(')') + 2:].split()
+                secs = (int(f[11]) + int(f[12])) / compare.CLK
+                if name == 'python' or name.startswith('python'):
+                    key = 'Python processes (the parent\'s pickling included)'
+                elif role == 'server':
+                    key = 'server rank (all threads)'
+                elif name.startswith('bqrt-exec'):
+                    key = 'worker ranks: executor threads'
+                elif name == 'bqrt':
+                    key = 'worker ranks: transport threads'
+                else:
+                    key = 'worker ranks: other threads'
+                out[key] = out.get(key, 0.0) + secs
+    return out
 
 
 if __name__ == '__main__':

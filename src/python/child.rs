@@ -110,7 +110,15 @@ pub struct Child {
     /// Killed by us, and why (the cause a task is told instead of the bare signal).
     killed: Option<String>,
     reaped: Option<ExitStatus>,
+    /// When the last frame went to the child: a reply soon after is waited for by spinning.
+    sent: Instant,
 }
+
+/// How long a wait for the child's reply spins (polling the pipe, yielding the core) after a
+/// frame went to it, before it sleeps in `poll`. A sleeping thread's wake-up costs ~20 us per
+/// side on a virtual machine whose idle cores halt, more than most steps of a small task
+/// (docs/decisions.md, 56); a longer step pays one spin and then sleeps as before.
+pub const REPLY_SPIN: Duration = Duration::from_micros(100);
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
@@ -187,6 +195,7 @@ impl Child {
             ready: false,
             killed: None,
             reaped: None,
+            sent: Instant::now(),
         };
         let mut boot = Vec::new();
         boot.extend_from_slice(CHILD_SRC.as_bytes());
@@ -211,7 +220,9 @@ impl Child {
     /// Send one message (blocks only while the pipe is full; a dead child is an error).
     pub fn send(&mut self, msg: ToChild<'_>) -> io::Result<()> {
         let frame = encode(msg);
-        self.to.write_all(&frame)
+        self.to.write_all(&frame)?;
+        self.sent = Instant::now();
+        Ok(())
     }
 
     /// The next message, waiting at most `timeout` (`Ok(None)`: nothing yet). An error means the
@@ -226,9 +237,17 @@ impl Child {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+            let spinning = self.sent.elapsed() < REPLY_SPIN;
+            let ms = match spinning {
+                true => 0,
+                false => timeout.as_millis().min(i32::MAX as u128) as i32,
+            };
             // SAFETY: one valid pollfd
             let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n == 0 && spinning {
+                std::thread::yield_now();
+                continue;
+            }
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
