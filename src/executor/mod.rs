@@ -35,7 +35,7 @@ use crate::protocol::MailboxAddr;
 use crate::protocol::Outbox;
 use crate::sched::idmap::IdMap;
 use crate::sched::{Ready, TaskKey, WorkerCore};
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -268,7 +268,7 @@ pub struct Executor {
     futures: IdMap<TaskKey, Slot>,
     inbound: Receiver<Inbound>,
     /// What the core wants sent, to the transport thread.
-    outbound: Sender<Outbox>,
+    outbound: crate::transport::LocalSender<Outbox>,
     running: Arc<LiveTasks>,
     last_progress: Instant,
     progress_every: Duration,
@@ -280,7 +280,7 @@ impl Executor {
         state: SharedState,
         registry: Registry,
         inbound: Receiver<Inbound>,
-        outbound: Sender<Outbox>,
+        outbound: crate::transport::LocalSender<Outbox>,
         running: Arc<LiveTasks>,
         stats: Arc<Mutex<Option<crate::sched::WorkerStats>>>,
         progress_every: Duration,

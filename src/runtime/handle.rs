@@ -11,7 +11,7 @@ use crate::jobs::{ConnId, Effect, JobTable, LOCAL};
 use crate::protocol::native::{BranchView, JobResult, Reply, Request, TopView, WorkerGroupView};
 use crate::protocol::{Failure, Format, JobId, LogRecord, LogSpec};
 use crate::sched::{ClusterView, JobSpec, ServerEvent};
-use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ pub enum Outcome {
 
 /// Client-side access to the server.
 pub struct ServerHandle {
-    commands: Sender<Command>,
+    commands: crate::transport::LocalSender<Command>,
     events: Receiver<ServerEvent>,
     /// The tasks of this runtime: a client's submit is checked against it.
     registry: Registry,
@@ -43,7 +43,7 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     pub(crate) fn new(
-        commands: Sender<Command>,
+        commands: crate::transport::LocalSender<Command>,
         events: Receiver<ServerEvent>,
         registry: Registry,
     ) -> ServerHandle {

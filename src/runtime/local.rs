@@ -31,6 +31,7 @@ impl LocalCluster {
             unreachable!("rank 0 is the server")
         };
         let (mut logic, cmd_rx, handle) = server_parts(
+            None,
             employees,
             1,
             n,

@@ -41,6 +41,7 @@ pub(crate) const PACE: Pace = Pace {
 
 /// Build the server's logic and the handle client threads use.
 pub(crate) fn server_parts(
+    wake: Option<crate::transport::doorbell::Waker>,
     employees: &[(Rank, u32)],
     seed: u64,
     ranks: u32,
@@ -48,7 +49,7 @@ pub(crate) fn server_parts(
     heartbeat: liveness::Heartbeat,
     registry: Registry,
 ) -> (ServerLogic, Receiver<Command>, ServerHandle) {
-    let (cmd_tx, cmd_rx) = unbounded();
+    let (cmd_tx, cmd_rx) = crate::transport::local_channel(wake);
     let (ev_tx, ev_rx) = unbounded();
     let logic = ServerLogic {
         core: ServerCore::new(employees, seed),
@@ -155,7 +156,7 @@ fn run_worker<F: Fabric>(
     let mut core = WorkerCore::new(me, parent);
     core.set_offers(offers.own);
     let (in_tx, in_rx) = unbounded();
-    let (out_tx, out_rx) = unbounded();
+    let (out_tx, out_rx) = crate::transport::local_channel(fabric.waker());
     let running = Arc::new(LiveTasks::default());
     let state = Arc::new(std::sync::Mutex::new(WorkerState {
         core,

@@ -466,6 +466,7 @@ where
     let code = match &s.role {
         Role::Server { employees } => {
             let (mut logic, cmd_rx, mut handle) = server_parts(
+                crate::transport::Fabric::waker(&fabric),
                 employees,
                 opts.seed,
                 world.size(),
@@ -544,11 +545,13 @@ fn open_doorbell(
         .filter(|&r| s.lay.node_of[r] == node)
         .map(|r| crate::protocol::Rank(r as u32))
         .collect();
-    match crate::transport::doorbell::Doorbell::open(&key, me, &mates, s.lay.node_of.len() as u32) {
-        Ok((bell, wakes)) => {
-            let wake = bell.waker();
-            fabric.set_doorbell(bell, wakes);
-            Some(wake)
+    let opened =
+        crate::transport::doorbell::Doorbell::open(&key, me, &mates, s.lay.node_of.len() as u32)
+            .and_then(|bell| bell.waker().map(|w| (bell, w)));
+    match opened {
+        Ok((bell, waker)) => {
+            fabric.set_doorbell(bell);
+            Some(move || waker.wake())
         }
         Err(e) => {
             log::debug!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); polling", s.rank);

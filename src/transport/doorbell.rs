@@ -1,32 +1,52 @@
 //! Doorbells: a rank asleep in its idle back-off wakes at once when a rank of its own node
-//! sends it a packet, instead of at its next poll (up to [`super::MAX_SLEEP`] later after a long
-//! idle period: measured, the first job after a second of quiet waited 50 ms per hop).
+//! sends it a packet, or a thread of its own process hands its loop an event, instead of at its
+//! next poll (up to [`super::MAX_SLEEP`] later after a long idle period: measured, the first job
+//! after a second of quiet waited 50 ms per hop).
 //!
 //! Each rank binds a Unix datagram socket in the abstract namespace, named by the runtime's key
-//! and its rank; a thread blocks on it and turns each ring into a wake of the transport loop's
-//! idle wait. A sender rings a peer of its node after a send when it sent that peer nothing for
-//! [`QUIET`]: a rank keeps spinning for [`super::SPIN`] after its last activity, so a peer that
-//! got a packet from us less than `QUIET` ago is still awake, and a busy exchange rings never.
-//! Ranks on other nodes are not rung (their packets are seen at the next poll). A doorbell that
-//! cannot be opened leaves the rank polling as before.
+//! and its rank: its [`Bell`]. The transport loop sleeps on that socket itself (`ppoll`), so a
+//! ring wakes the one thread that acts on it (a thread in between cost a second wake-up per hop,
+//! ~40 us on a virtual machine whose idle cores halt; decision 58). A sender rings a peer of its
+//! node after a send when it sent that peer nothing for [`QUIET`]: a rank keeps spinning for
+//! [`super::SPIN`] after its last activity, so a peer that got a packet from us less than
+//! `QUIET` ago is still awake, and a busy exchange rings never. Ranks on other nodes are not rung
+//! (their packets are seen at the next poll). A thread of the rank's own process that hands the
+//! loop an event rings through a [`Waker`], only while the loop sleeps. A doorbell that cannot
+//! be opened leaves the rank polling as before.
 
 use crate::protocol::Rank;
-use crossbeam::channel::{bounded, Receiver};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A peer that had a packet from this rank less recently than this is rung.
 pub const QUIET: Duration = Duration::from_micros(150);
 
-/// This rank's side: the peers it may ring.
+/// This rank's side: the peers it may ring, and its own bell.
 pub struct Doorbell {
     out: UnixDatagram,
-    /// What the bell's thread sends the transport loop at a ring.
-    wake: crossbeam::channel::Sender<()>,
+    bell: Arc<Bell>,
     /// Per rank: the peer's address if it shares this node, and when it last had a packet.
     peers: Vec<Option<(SocketAddr, Option<Instant>)>>,
+}
+
+/// The socket a rank's transport loop sleeps on, and whether it sleeps.
+pub struct Bell {
+    socket: UnixDatagram,
+    addr: SocketAddr,
+    sleeping: AtomicBool,
+}
+
+/// What a thread of this rank calls after handing the transport loop an event: rings the bell
+/// if the loop sleeps (cheap otherwise: one atomic load).
+#[derive(Clone)]
+pub struct Waker {
+    bell: Arc<Bell>,
+    out: Arc<UnixDatagram>,
 }
 
 fn name(key: &str, rank: Rank) -> String {
@@ -34,16 +54,11 @@ fn name(key: &str, rank: Rank) -> String {
 }
 
 impl Doorbell {
-    /// Bind `me`'s bell (`key` names the runtime) and start the thread that turns rings into
-    /// wakes; `mates`: every rank of this node. Returns the doorbell and the wakes.
-    pub fn open(
-        key: &str,
-        me: Rank,
-        mates: &[Rank],
-        ranks: u32,
-    ) -> io::Result<(Doorbell, Receiver<()>)> {
+    /// Bind `me`'s bell (`key` names the runtime); `mates`: every rank of this node.
+    pub fn open(key: &str, me: Rank, mates: &[Rank], ranks: u32) -> io::Result<Doorbell> {
         let addr = SocketAddr::from_abstract_name(name(key, me).as_bytes())?;
-        let bell = UnixDatagram::bind_addr(&addr)?;
+        let socket = UnixDatagram::bind_addr(&addr)?;
+        socket.set_nonblocking(true)?;
         let out = UnixDatagram::unbound()?;
         out.set_nonblocking(true)?;
         let mut peers: Vec<Option<(SocketAddr, Option<Instant>)>> = vec![None; ranks as usize];
@@ -55,31 +70,27 @@ impl Doorbell {
                 ));
             }
         }
-        let (tx, rx) = bounded::<()>(1);
-        let wake = tx.clone();
-        std::thread::Builder::new()
-            .name("bqrt-doorbell".into())
-            .spawn(move || {
-                let mut buf = [0u8; 16];
-                // ends with the process (or when the transport loop is gone)
-                while bell.recv(&mut buf).is_ok() {
-                    if let Err(crossbeam::channel::TrySendError::Disconnected(_)) = tx.try_send(())
-                    {
-                        break;
-                    }
-                }
-            })?;
-        Ok((Doorbell { out, wake, peers }, rx))
+        let bell = Arc::new(Bell {
+            socket,
+            addr,
+            sleeping: AtomicBool::new(false),
+        });
+        Ok(Doorbell { out, bell, peers })
     }
 
-    /// A function that wakes this rank's own transport loop, as a ring from a mate does: for a
-    /// thread of this rank that needs the loop awake at once.
-    pub fn waker(&self) -> impl Fn() + Send + 'static {
-        let wake = self.wake.clone();
-        move || {
-            // a full channel means a wake is pending already
-            let _ = wake.try_send(());
-        }
+    /// This rank's bell, for its transport loop to sleep on.
+    pub fn bell(&self) -> Arc<Bell> {
+        Arc::clone(&self.bell)
+    }
+
+    /// A waker of this rank's own loop, for a thread of this rank.
+    pub fn waker(&self) -> io::Result<Waker> {
+        let out = UnixDatagram::unbound()?;
+        out.set_nonblocking(true)?;
+        Ok(Waker {
+            bell: Arc::clone(&self.bell),
+            out: Arc::new(out),
+        })
     }
 
     /// A packet went to `to`: ring it if it shares this node and may be asleep.
@@ -104,6 +115,48 @@ impl Doorbell {
     }
 }
 
+impl Bell {
+    /// Sleep until the bell rings or `timeout` passes, unless `ready` (asked after this bell
+    /// says it sleeps, so that a waker that handed over an event before then is seen here, and
+    /// one after it rings). Returns whether it rang; rings that piled up are taken.
+    pub fn sleep(&self, timeout: Duration, ready: impl Fn() -> bool) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let mut rang = false;
+        if !ready() {
+            let mut pfd = libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ts = libc::timespec {
+                tv_sec: timeout.as_secs() as libc::time_t,
+                tv_nsec: timeout.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: one valid pollfd, a valid timespec, no signal mask
+            let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+            rang = n > 0;
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+        let mut buf = [0u8; 16];
+        while self.socket.recv(&mut buf).is_ok() {
+            rang = true;
+        }
+        rang
+    }
+}
+
+impl Waker {
+    /// Ring this rank's bell if its loop sleeps (call after handing it the event).
+    pub fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.bell.sleeping.load(Ordering::SeqCst) {
+            // a full socket buffer means rings are pending already
+            let _ = self.out.send_to_addr(&[1], &self.bell.addr);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,13 +165,15 @@ mod tests {
     fn a_ring_from_a_mate_wakes_the_rank() {
         let key = format!("bqrt-test-{}", std::process::id());
         let mates = [Rank(0), Rank(1)];
-        let (mut a, _wa) = Doorbell::open(&key, Rank(0), &mates, 3).unwrap();
-        let (_b, wb) = Doorbell::open(&key, Rank(1), &mates, 3).unwrap();
+        let mut a = Doorbell::open(&key, Rank(0), &mates, 3).unwrap();
+        let b = Doorbell::open(&key, Rank(1), &mates, 3).unwrap();
         a.sent(Rank(1));
+        let t0 = Instant::now();
         assert!(
-            wb.recv_timeout(Duration::from_secs(5)).is_ok(),
+            b.bell().sleep(Duration::from_secs(5), || false),
             "the mate woke"
         );
+        assert!(t0.elapsed() < Duration::from_secs(5), "at the ring");
         a.sent(Rank(2)); // on another node: never rung, nothing fails
         assert!(
             Doorbell::open(&key, Rank(0), &mates, 3).is_err(),
@@ -127,9 +182,49 @@ mod tests {
     }
 
     #[test]
+    fn a_waker_rings_a_sleeping_loop_and_not_an_awake_one() {
+        let key = format!("bqrt-test-waker-{}", std::process::id());
+        let a = Doorbell::open(&key, Rank(0), &[Rank(0)], 1).unwrap();
+        let bell = a.bell();
+        let waker = a.waker().unwrap();
+        waker.wake(); // the loop is awake: no ring
+        assert!(
+            !bell.sleep(Duration::from_millis(1), || false),
+            "nothing rang while the loop was awake"
+        );
+        let handed = Arc::new(AtomicBool::new(false));
+        let (h, w) = (Arc::clone(&handed), waker.clone());
+        let t = std::thread::spawn(move || {
+            // hand over once the loop sleeps
+            while !w.bell.sleeping.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            h.store(true, Ordering::SeqCst);
+            w.wake();
+        });
+        let t0 = Instant::now();
+        let rang = bell.sleep(Duration::from_secs(5), || handed.load(Ordering::SeqCst));
+        assert!(
+            rang || handed.load(Ordering::SeqCst),
+            "the loop saw the event or its ring"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "woken, not timed out"
+        );
+        t.join().unwrap();
+        let t1 = Instant::now();
+        bell.sleep(Duration::from_secs(5), || handed.load(Ordering::SeqCst));
+        assert!(
+            t1.elapsed() < Duration::from_secs(4),
+            "an event already there is seen without sleeping"
+        );
+    }
+
+    #[test]
     fn quick_sends_do_not_ring_and_other_nodes_are_never_rung() {
         let key = format!("bqrt-test-quiet-{}", std::process::id());
-        let (mut a, _wa) = Doorbell::open(&key, Rank(0), &[Rank(0), Rank(1)], 3).unwrap();
+        let mut a = Doorbell::open(&key, Rank(0), &[Rank(0), Rank(1)], 3).unwrap();
         let t0 = Instant::now();
         assert!(a.due(Rank(1), t0), "the first packet rings");
         assert!(

@@ -13,16 +13,19 @@
 //! [`MAX_SLEEP`]): a packet that arrives after an idle gap waits at most ~5% of that gap, and a
 //! rank idle for long polls 20 times a second (a poll of Open MPI costs tens of microseconds
 //! here, see docs/performance.md). Local events (a worker's executor, a client) wake the sleep at
-//! once because the sleep is a wait on their channel; so do packets from ranks of the same node,
-//! which ring the rank's [`doorbell`]; packets from other nodes are seen at the next turn.
+//! once: with a [`doorbell`], the sleep is a wait on the rank's bell, which ranks of the same
+//! node ring when they send it a packet and the rank's own threads ring when they hand it an
+//! event ([`LocalSender`]); without one, a wait on the local channel. Packets from other nodes
+//! are seen at the next turn.
 
 pub mod doorbell;
 pub mod local;
 pub mod mpi;
 
 use crate::protocol::{codec, Msg, Outbox, Rank};
-use crossbeam::channel::{select, Receiver, RecvTimeoutError};
+use crossbeam::channel::{Receiver, RecvTimeoutError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -54,11 +57,51 @@ pub trait Fabric {
     fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)>;
     /// Advance pending sends; true if some are still pending.
     fn progress(&mut self) -> bool;
-    /// Wakes for the idle wait: a message on it means a packet was sent here (a
-    /// [`doorbell`]). None: packets are seen at the next poll.
-    fn wakes(&self) -> Option<Receiver<()>> {
+    /// The bell the idle wait sleeps on: a ring means a packet was sent here or a local event
+    /// was handed over ([`doorbell`]). None: the wait sleeps on the local channel, and packets
+    /// are seen at the next poll.
+    fn bell(&self) -> Option<Arc<doorbell::Bell>> {
         None
     }
+
+    /// What a thread of this rank rings after handing the loop a local event (None: the loop
+    /// sleeps on the local channel itself).
+    fn waker(&self) -> Option<doorbell::Waker> {
+        None
+    }
+}
+
+/// The sending side of a rank's local channel (events from its own threads to its transport
+/// loop): hands over the event, then rings the rank's bell if the loop sleeps on it.
+pub struct LocalSender<T> {
+    tx: crossbeam::channel::Sender<T>,
+    wake: Option<doorbell::Waker>,
+}
+
+impl<T> Clone for LocalSender<T> {
+    fn clone(&self) -> Self {
+        LocalSender {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<T> LocalSender<T> {
+    /// Hand `event` to the loop (an error: the loop is gone).
+    pub fn send(&self, event: T) -> Result<(), crossbeam::channel::SendError<T>> {
+        self.tx.send(event)?;
+        if let Some(w) = &self.wake {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
+/// A rank's local channel; `wake` is its fabric's [`Fabric::waker`].
+pub fn local_channel<T>(wake: Option<doorbell::Waker>) -> (LocalSender<T>, Receiver<T>) {
+    let (tx, rx) = crossbeam::channel::unbounded();
+    (LocalSender { tx, wake }, rx)
 }
 
 /// Continue or stop the loop.
@@ -142,7 +185,7 @@ pub fn drive<F: Fabric, L: Logic>(
 ) -> Result<(), TransportError> {
     let mut out = Outbox::new();
     let mut clock = Clock::new();
-    let wakes = fabric.wakes();
+    let bell = fabric.bell();
     loop {
         let mut flow = clock.periodic(logic, stop, pace, &mut out);
         let mut active = receive(fabric, logic, &mut out, &mut flow)?;
@@ -160,7 +203,7 @@ pub fn drive<F: Fabric, L: Logic>(
             clock.last_active = Instant::now();
             continue;
         }
-        if let Some(ev) = clock.idle(local, wakes.as_ref()) {
+        if let Some(ev) = clock.idle(local, bell.as_deref()) {
             clock.last_active = Instant::now();
             if logic.on_local(ev, &mut out) == Flow::Stop {
                 send_grouped(fabric, &mut out);
@@ -275,24 +318,19 @@ impl Clock {
 
     /// Nothing moved this turn: spin a little, then sleep on the local channel (see the module
     /// documentation). Returns a local event that arrived meanwhile.
-    fn idle<T>(&mut self, local: &Receiver<T>, wakes: Option<&Receiver<()>>) -> Option<T> {
+    fn idle<T>(&mut self, local: &Receiver<T>, bell: Option<&doorbell::Bell>) -> Option<T> {
         if self.last_active.elapsed() < SPIN {
             std::thread::yield_now();
             return None;
         }
         let sleep = (self.last_active.elapsed() / SLEEP_FRACTION).clamp(MIN_SLEEP, MAX_SLEEP);
-        if let Some(wakes) = wakes {
-            select! {
-                recv(local) -> ev => match ev {
-                    Ok(ev) => return Some(ev),
-                    Err(_) => std::thread::sleep(sleep),
-                },
-                // a ring is activity: the packet may take a few polls to show (Open MPI's TCP
-                // path), so spin again rather than sleep as long as before
-                recv(wakes) -> _ => self.last_active = Instant::now(),
-                default(sleep) => {}
+        if let Some(bell) = bell {
+            // a ring is activity: the packet may take a few polls to show (Open MPI's TCP
+            // path), so spin again rather than sleep as long as before
+            if bell.sleep(sleep, || !local.is_empty()) {
+                self.last_active = Instant::now();
             }
-            return None;
+            return local.try_recv().ok();
         }
         match local.recv_timeout(sleep) {
             Ok(ev) => Some(ev),

@@ -191,7 +191,7 @@ pub struct MpiFabric {
     rank: Rank,
     size: u32,
     in_flight: Vec<InFlight>,
-    bell: Option<(super::doorbell::Doorbell, crossbeam::channel::Receiver<()>)>,
+    bell: Option<super::doorbell::Doorbell>,
 }
 
 impl MpiFabric {
@@ -209,12 +209,8 @@ impl MpiFabric {
 
     /// Ring the ranks of this node on sends, and wake on their rings (see
     /// [`super::doorbell`]).
-    pub fn set_doorbell(
-        &mut self,
-        bell: super::doorbell::Doorbell,
-        wakes: crossbeam::channel::Receiver<()>,
-    ) {
-        self.bell = Some((bell, wakes));
+    pub fn set_doorbell(&mut self, bell: super::doorbell::Doorbell) {
+        self.bell = Some(bell);
     }
 }
 
@@ -241,13 +237,17 @@ impl Fabric for MpiFabric {
             request: Some(request),
             buffer,
         });
-        if let Some((bell, _)) = self.bell.as_mut() {
+        if let Some(bell) = self.bell.as_mut() {
             bell.sent(to);
         }
     }
 
-    fn wakes(&self) -> Option<crossbeam::channel::Receiver<()>> {
-        self.bell.as_ref().map(|(_, w)| w.clone())
+    fn bell(&self) -> Option<std::sync::Arc<super::doorbell::Bell>> {
+        self.bell.as_ref().map(|b| b.bell())
+    }
+
+    fn waker(&self) -> Option<super::doorbell::Waker> {
+        self.bell.as_ref().and_then(|b| b.waker().ok())
     }
 
     fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
