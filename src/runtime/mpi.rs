@@ -545,16 +545,15 @@ fn open_doorbell(
         .filter(|&r| s.lay.node_of[r] == node)
         .map(|r| crate::protocol::Rank(r as u32))
         .collect();
-    let opened =
-        crate::transport::doorbell::Doorbell::open(&key, me, &mates, s.lay.node_of.len() as u32)
-            .and_then(|bell| bell.waker().map(|w| (bell, w)));
-    match opened {
-        Ok((bell, waker)) => {
+    let ranks = s.lay.node_of.len() as u32;
+    match crate::transport::doorbell::Doorbell::open(&key, me, &mates, ranks) {
+        Ok(bell) => {
+            let waker = bell.waker();
             fabric.set_doorbell(bell);
-            Some(move || waker.wake())
+            waker.map(|w| move || w.wake())
         }
         Err(e) => {
-            log::debug!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); polling", s.rank);
+            log::warn!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); it polls and cannot ring the ranks of its node, which may see its packets up to 50 ms late", s.rank);
             None
         }
     }

@@ -29,7 +29,8 @@ pub const QUIET: Duration = Duration::from_micros(150);
 /// This rank's side: the peers it may ring, and its own bell.
 pub struct Doorbell {
     out: UnixDatagram,
-    bell: Arc<Bell>,
+    /// None when this rank's bell could not be bound: it then polls, and still rings its mates.
+    bell: Option<Arc<Bell>>,
     /// Per rank: the peer's address if it shares this node, and when it last had a packet.
     peers: Vec<Option<(SocketAddr, Option<Instant>)>>,
 }
@@ -39,6 +40,8 @@ pub struct Bell {
     socket: UnixDatagram,
     addr: SocketAddr,
     sleeping: AtomicBool,
+    /// Every rank of the runtime shares this node, so every packet to this rank rings it.
+    covers_all: bool,
 }
 
 /// What a thread of this rank calls after handing the transport loop an event: rings the bell
@@ -54,11 +57,10 @@ fn name(key: &str, rank: Rank) -> String {
 }
 
 impl Doorbell {
-    /// Bind `me`'s bell (`key` names the runtime); `mates`: every rank of this node.
+    /// Bind `me`'s bell (`key` names the runtime); `mates`: every rank of this node. An error
+    /// means this rank cannot ring its mates either; a bell that cannot be bound only leaves
+    /// this rank without one (it polls), because its mates may sleep until they are rung.
     pub fn open(key: &str, me: Rank, mates: &[Rank], ranks: u32) -> io::Result<Doorbell> {
-        let addr = SocketAddr::from_abstract_name(name(key, me).as_bytes())?;
-        let socket = UnixDatagram::bind_addr(&addr)?;
-        socket.set_nonblocking(true)?;
         let out = UnixDatagram::unbound()?;
         out.set_nonblocking(true)?;
         let mut peers: Vec<Option<(SocketAddr, Option<Instant>)>> = vec![None; ranks as usize];
@@ -70,25 +72,40 @@ impl Doorbell {
                 ));
             }
         }
-        let bell = Arc::new(Bell {
-            socket,
-            addr,
-            sleeping: AtomicBool::new(false),
-        });
+        let covers_all = (0..ranks).all(|r| mates.contains(&Rank(r)));
+        let bind = || -> io::Result<Bell> {
+            let addr = SocketAddr::from_abstract_name(name(key, me).as_bytes())?;
+            let socket = UnixDatagram::bind_addr(&addr)?;
+            socket.set_nonblocking(true)?;
+            Ok(Bell {
+                socket,
+                addr,
+                sleeping: AtomicBool::new(false),
+                covers_all,
+            })
+        };
+        let bell = match bind() {
+            Ok(b) => Some(Arc::new(b)),
+            Err(e) => {
+                log::debug!(target: "bqrt::transport", "{me}: no doorbell of its own ({e}); polling");
+                None
+            }
+        };
         Ok(Doorbell { out, bell, peers })
     }
 
-    /// This rank's bell, for its transport loop to sleep on.
-    pub fn bell(&self) -> Arc<Bell> {
-        Arc::clone(&self.bell)
+    /// This rank's bell, for its transport loop to sleep on (None: it polls).
+    pub fn bell(&self) -> Option<Arc<Bell>> {
+        self.bell.clone()
     }
 
-    /// A waker of this rank's own loop, for a thread of this rank.
-    pub fn waker(&self) -> io::Result<Waker> {
-        let out = UnixDatagram::unbound()?;
-        out.set_nonblocking(true)?;
-        Ok(Waker {
-            bell: Arc::clone(&self.bell),
+    /// A waker of this rank's own loop, for a thread of this rank (None without a bell).
+    pub fn waker(&self) -> Option<Waker> {
+        let bell = Arc::clone(self.bell.as_ref()?);
+        let out = UnixDatagram::unbound().ok()?;
+        out.set_nonblocking(true).ok()?;
+        Some(Waker {
+            bell,
             out: Arc::new(out),
         })
     }
@@ -116,6 +133,12 @@ impl Doorbell {
 }
 
 impl Bell {
+    /// Whether every rank of the runtime rings this one when it sends it a packet (they all
+    /// share its node): the loop then need not wake to look for packets on its own.
+    pub fn covers_all(&self) -> bool {
+        self.covers_all
+    }
+
     /// Sleep until the bell rings or `timeout` passes, unless `ready` (asked after this bell
     /// says it sleeps, so that a waker that handed over an event before then is seen here, and
     /// one after it rings). Returns whether it rang; rings that piled up are taken.
@@ -167,17 +190,26 @@ mod tests {
         let mates = [Rank(0), Rank(1)];
         let mut a = Doorbell::open(&key, Rank(0), &mates, 3).unwrap();
         let b = Doorbell::open(&key, Rank(1), &mates, 3).unwrap();
+        let bell = b.bell().unwrap();
         a.sent(Rank(1));
         let t0 = Instant::now();
         assert!(
-            b.bell().sleep(Duration::from_secs(5), || false),
+            bell.sleep(Duration::from_secs(5), || false),
             "the mate woke"
         );
         assert!(t0.elapsed() < Duration::from_secs(5), "at the ring");
+        assert!(!bell.covers_all(), "rank 2 is on another node");
+        let c = Doorbell::open(&format!("{key}-one"), Rank(0), &[Rank(0), Rank(1)], 2).unwrap();
+        assert!(c.bell().unwrap().covers_all(), "every rank on this node");
         a.sent(Rank(2)); // on another node: never rung, nothing fails
+        let again = Doorbell::open(&key, Rank(0), &mates, 3).unwrap();
+        assert!(again.bell().is_none(), "one bell per rank and key");
+        assert!(again.waker().is_none());
+        let mut again = again;
+        again.sent(Rank(1)); // without a bell of its own, it still rings its mates
         assert!(
-            Doorbell::open(&key, Rank(0), &mates, 3).is_err(),
-            "one bell per rank and key"
+            bell.sleep(Duration::from_secs(5), || false),
+            "rung by a rank without a bell"
         );
     }
 
@@ -185,7 +217,7 @@ mod tests {
     fn a_waker_rings_a_sleeping_loop_and_not_an_awake_one() {
         let key = format!("bqrt-test-waker-{}", std::process::id());
         let a = Doorbell::open(&key, Rank(0), &[Rank(0)], 1).unwrap();
-        let bell = a.bell();
+        let bell = a.bell().unwrap();
         let waker = a.waker().unwrap();
         waker.wake(); // the loop is awake: no ring
         assert!(

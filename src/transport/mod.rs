@@ -12,7 +12,8 @@
 //! each sleep a twentieth of the time since the last activity (at least 20 us, at most
 //! [`MAX_SLEEP`]): a packet that arrives after an idle gap waits at most ~5% of that gap, and a
 //! rank idle for long polls 20 times a second (a poll of Open MPI costs tens of microseconds
-//! here, see docs/performance.md). Local events (a worker's executor, a client) wake the sleep at
+//! here, see docs/performance.md). A rank whose every peer shares its node, so that every packet
+//! to it rings its doorbell, sleeps [`MAX_SLEEP`] at once. Local events (a worker's executor, a client) wake the sleep at
 //! once: with a [`doorbell`], the sleep is a wait on the rank's bell, which ranks of the same
 //! node ring when they send it a packet and the rank's own threads ring when they hand it an
 //! event ([`LocalSender`]); without one, a wait on the local channel. Packets from other nodes
@@ -323,7 +324,11 @@ impl Clock {
             std::thread::yield_now();
             return None;
         }
-        let sleep = (self.last_active.elapsed() / SLEEP_FRACTION).clamp(MIN_SLEEP, MAX_SLEEP);
+        let sleep = match bell {
+            // every packet rings: the sleep only bounds how late a tick or the stop flag is seen
+            Some(b) if b.covers_all() => MAX_SLEEP,
+            _ => (self.last_active.elapsed() / SLEEP_FRACTION).clamp(MIN_SLEEP, MAX_SLEEP),
+        };
         if let Some(bell) = bell {
             // a ring is activity: the packet may take a few polls to show (Open MPI's TCP
             // path), so spin again rather than sleep as long as before

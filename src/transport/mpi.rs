@@ -243,11 +243,11 @@ impl Fabric for MpiFabric {
     }
 
     fn bell(&self) -> Option<std::sync::Arc<super::doorbell::Bell>> {
-        self.bell.as_ref().map(|b| b.bell())
+        self.bell.as_ref().and_then(|b| b.bell())
     }
 
     fn waker(&self) -> Option<super::doorbell::Waker> {
-        self.bell.as_ref().and_then(|b| b.waker().ok())
+        self.bell.as_ref().and_then(|b| b.waker())
     }
 
     fn try_recv(&mut self) -> Option<(Rank, Vec<u8>)> {
