@@ -162,7 +162,7 @@ def main() -> int:
              ('start (child: open the envelope, unpickle, make the coroutine)', start),
              ('step (child: run to the end, pickle the result)', step),
              ('result (parent: read the result)', result),
-             ('frames (one step through the two pipes, both wake-ups)', frames),
+             ('frames (one step through the two pipes: the rank spins, the Python side is woken)', frames),
              ('native task (scheduling, MPI messages, executor)', nat)]
     rest = per_worker - sum(v for _, v in parts)
     print(f'W1 map {args.map}: {w1_task:.1f} us per task, {1e6 / w1_task:,.0f} tasks/s; '
