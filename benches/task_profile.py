@@ -154,7 +154,7 @@ def main() -> int:
         c.close()
     finally:
         server.stop()
-    cpu = {k: (after[k] - before.get(k, 0.0)) / (3 * args.map) * 1e6 for k in after}
+    cpu = {k: (after[k] - before.get(k, 0.0)) / (len(w1) * args.map) * 1e6 for k in after}
     w1_task = statistics.median(w1)
     nat = native_per_task_us(args.bin, args.map)
     per_worker = 2 * w1_task
@@ -199,13 +199,13 @@ def thread_cpu(server: Any) -> dict[str, float]:
         for pid in roles[role]:
             for task in Path(f'/proc/{pid}/task').glob('*'):
                 try:
-                    text = (task / 'stat').read_text()
+                    text = (task / 'stat').read_text()  # this thread's own times
                 except OSError:
                     continue
                 name = text[text.index('(') + 1:text.rindex(')')]
                 f = text[text.rindex(')') + 2:].split()
                 secs = (int(f[11]) + int(f[12])) / compare.CLK
-                if name == 'python' or name.startswith('python'):
+                if name.startswith('python'):
                     key = 'Python processes (the parent\'s pickling included)'
                 elif role == 'server':
                     key = 'server rank (all threads)'

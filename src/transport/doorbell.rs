@@ -28,7 +28,8 @@ pub const QUIET: Duration = Duration::from_micros(150);
 
 /// This rank's side: the peers it may ring, and its own bell.
 pub struct Doorbell {
-    out: UnixDatagram,
+    /// The socket rings go out from (shared with this rank's wakers).
+    out: Arc<UnixDatagram>,
     /// None when this rank's bell could not be bound: it then polls, and still rings its mates.
     bell: Option<Arc<Bell>>,
     /// Per rank: the peer's address if it shares this node, and when it last had a packet.
@@ -63,6 +64,7 @@ impl Doorbell {
     pub fn open(key: &str, me: Rank, mates: &[Rank], ranks: u32) -> io::Result<Doorbell> {
         let out = UnixDatagram::unbound()?;
         out.set_nonblocking(true)?;
+        let out = Arc::new(out);
         let mut peers: Vec<Option<(SocketAddr, Option<Instant>)>> = vec![None; ranks as usize];
         for &m in mates.iter().filter(|&&m| m != me) {
             if let Some(slot) = peers.get_mut(m.0 as usize) {
@@ -101,12 +103,9 @@ impl Doorbell {
 
     /// A waker of this rank's own loop, for a thread of this rank (None without a bell).
     pub fn waker(&self) -> Option<Waker> {
-        let bell = Arc::clone(self.bell.as_ref()?);
-        let out = UnixDatagram::unbound().ok()?;
-        out.set_nonblocking(true).ok()?;
         Some(Waker {
-            bell,
-            out: Arc::new(out),
+            bell: Arc::clone(self.bell.as_ref()?),
+            out: Arc::clone(&self.out),
         })
     }
 
@@ -202,10 +201,9 @@ mod tests {
         let c = Doorbell::open(&format!("{key}-one"), Rank(0), &[Rank(0), Rank(1)], 2).unwrap();
         assert!(c.bell().unwrap().covers_all(), "every rank on this node");
         a.sent(Rank(2)); // on another node: never rung, nothing fails
-        let again = Doorbell::open(&key, Rank(0), &mates, 3).unwrap();
+        let mut again = Doorbell::open(&key, Rank(0), &mates, 3).unwrap();
         assert!(again.bell().is_none(), "one bell per rank and key");
         assert!(again.waker().is_none());
-        let mut again = again;
         again.sent(Rank(1)); // without a bell of its own, it still rings its mates
         assert!(
             bell.sleep(Duration::from_secs(5), || false),

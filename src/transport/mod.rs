@@ -13,11 +13,11 @@
 //! [`MAX_SLEEP`]): a packet that arrives after an idle gap waits at most ~5% of that gap, and a
 //! rank idle for long polls 20 times a second (a poll of Open MPI costs tens of microseconds
 //! here, see docs/performance.md). A rank whose every peer shares its node, so that every packet
-//! to it rings its doorbell, sleeps [`MAX_SLEEP`] at once. Local events (a worker's executor, a client) wake the sleep at
-//! once: with a [`doorbell`], the sleep is a wait on the rank's bell, which ranks of the same
-//! node ring when they send it a packet and the rank's own threads ring when they hand it an
-//! event ([`LocalSender`]); without one, a wait on the local channel. Packets from other nodes
-//! are seen at the next turn.
+//! to it rings its doorbell, sleeps [`MAX_SLEEP`] at once. Local events (a worker's executor, a
+//! client) wake the sleep at once: with a [`doorbell`], the sleep is a wait on the rank's bell,
+//! which ranks of the same node ring when they send it a packet and the rank's own threads ring
+//! when they hand it an event ([`LocalSender`]); without one, a wait on the local channel.
+//! Packets from other nodes are seen at the next turn.
 
 pub mod doorbell;
 pub mod local;
@@ -317,8 +317,8 @@ impl Clock {
         flow
     }
 
-    /// Nothing moved this turn: spin a little, then sleep on the local channel (see the module
-    /// documentation). Returns a local event that arrived meanwhile.
+    /// Nothing moved this turn: spin a little, then sleep on the bell, or on the local channel
+    /// without one (see the module documentation). Returns a local event that arrived meanwhile.
     fn idle<T>(&mut self, local: &Receiver<T>, bell: Option<&doorbell::Bell>) -> Option<T> {
         if self.last_active.elapsed() < SPIN {
             std::thread::yield_now();
