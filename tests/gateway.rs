@@ -410,16 +410,26 @@ fn signalling_the_launcher_itself_ends_every_rank_within_2s_and_leaves_nothing()
             launcher: elapsed,
             last_rank: took,
             left,
+            linger,
             stderr,
         } = stopped;
-        eprintln!("SIG{sig} to the launcher: last rank gone after {took:?}, the launcher after {elapsed:?} (status {code:?})");
-        if std::env::var("BQRT_TEST_MPI").as_deref() == Ok("mpich") {
+        eprintln!("SIG{sig} to the launcher: last rank gone after {took:?}, the launcher after {elapsed:?} (status {code:?}; ranks {left:?} gone {linger:?} after it)");
+        let hydra = std::env::var("BQRT_TEST_MPI").as_deref() == Ok("mpich");
+        if hydra {
             // Hydra forwards the signal and exits with the ranks' status
             assert_eq!(code, Some(0), "SIG{sig}: Hydra's status\n{stderr}");
         }
+        // Hydra reaps its ranks before it exits. Open MPI's mpirun, at the first rank's exit,
+        // sends the others SIGTERM and SIGKILL at once and exits without reaping them, so a rank
+        // still in its bounded finalize may be dying a moment after mpirun is gone
+        // (docs/decisions.md, 59): what is left must be gone at once, never run on
+        let linger_limit = match hydra {
+            true => Duration::ZERO,
+            false => Duration::from_millis(250),
+        };
         assert!(
-            left.is_empty(),
-            "SIG{sig}: ranks {left:?} outlived the launcher\n{stderr}"
+            linger <= linger_limit,
+            "SIG{sig}: ranks {left:?} outlived the launcher by {linger:?}\n{stderr}"
         );
         assert!(
             took < Duration::from_secs(2),

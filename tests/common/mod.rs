@@ -182,6 +182,9 @@ pub struct Stopped {
     pub last_rank: Duration,
     /// Ranks still running when the launcher had exited.
     pub left: Vec<u32>,
+    /// How long after the launcher's exit the last of `left` was gone (zero when none was left;
+    /// measured to within 20 ms).
+    pub linger: Duration,
     pub stderr: String,
 }
 
@@ -314,16 +317,22 @@ impl Serve {
             let watched = ranks.to_vec();
             watch = Some(std::thread::spawn(move || wait_gone(&watched, since)));
         });
-        let left = ranks.iter().copied().filter(|p| !exited(*p)).collect();
+        let launcher_gone = Instant::now();
+        let left: Vec<u32> = ranks.iter().copied().filter(|p| !exited(*p)).collect();
         let last_rank = watch
             .expect("stop_by runs its closure")
             .join()
             .expect("the rank watch");
+        let linger = match left.is_empty() {
+            true => Duration::ZERO,
+            false => launcher_gone.elapsed(),
+        };
         Stopped {
             code,
             launcher,
             last_rank,
             left,
+            linger,
             stderr,
         }
     }
