@@ -101,9 +101,11 @@ pub struct Child {
     proc: std::process::Child,
     to: File,
     from: File,
+    /// What was read from the child: the unread bytes are `buf[at..end]`; the rest is room
+    /// for the next read (zeroed once, not before every read).
     buf: Vec<u8>,
-    /// Start of the unread bytes in `buf`.
     at: usize,
+    end: usize,
     pub started: Instant,
     /// Whether its ready frame arrived.
     pub ready: bool,
@@ -113,6 +115,10 @@ pub struct Child {
     /// When the last frame went to the child: a reply soon after is waited for by spinning.
     sent: Instant,
 }
+
+/// The least room a read from the child gets, and the largest buffer kept between frames.
+const READ_ROOM: usize = 1 << 16;
+const KEPT_ROOM: usize = 1 << 20;
 
 /// How long a wait for the child's reply spins (polling the pipe, yielding the core) after a
 /// frame went to it, before it sleeps in `poll`. A sleeping thread's wake-up costs ~20 us per
@@ -189,8 +195,9 @@ impl Child {
             proc,
             to: File::from(to),
             from: File::from(from),
-            buf: Vec::with_capacity(1 << 16),
+            buf: vec![0; READ_ROOM],
             at: 0,
+            end: 0,
             started: Instant::now(),
             ready: false,
             killed: None,
@@ -258,31 +265,33 @@ impl Child {
             if n == 0 {
                 return Ok(None);
             }
-            if self.at > 0 && self.at == self.buf.len() {
-                self.buf.clear();
-                self.at = 0;
-            }
-            let len = self.buf.len();
-            self.buf.resize(len + (1 << 16), 0);
-            let got = self.from.read(&mut self.buf[len..]);
-            match got {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
-                }
-                Ok(k) => self.buf.truncate(len + k),
-                Err(e) => {
-                    self.buf.truncate(len);
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
+            self.make_room();
+            match self.from.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }
 
+    /// At least [`READ_ROOM`] free bytes after `end`: the unread bytes move to the front, and
+    /// the buffer grows only for a frame larger than what it holds.
+    fn make_room(&mut self) {
+        if self.buf.len() - self.end >= READ_ROOM {
+            return;
+        }
+        self.buf.copy_within(self.at..self.end, 0);
+        self.end -= self.at;
+        self.at = 0;
+        if self.buf.len() - self.end < READ_ROOM {
+            let len = (2 * self.buf.len()).max(self.end + READ_ROOM);
+            self.buf.resize(len, 0);
+        }
+    }
+
     fn parse(&mut self) -> io::Result<Option<FromChild>> {
-        let rest = &self.buf[self.at..];
+        let rest = &self.buf[self.at..self.end];
         if rest.len() < 4 {
             return Ok(None);
         }
@@ -293,9 +302,13 @@ impl Child {
         let msg =
             decode(&rest[4..4 + n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.at += 4 + n;
-        if self.at == self.buf.len() {
-            self.buf.clear();
+        if self.at == self.end {
             self.at = 0;
+            self.end = 0;
+            if self.buf.len() > KEPT_ROOM {
+                // a large frame's room is given back once it is read
+                self.buf = vec![0; READ_ROOM];
+            }
         }
         Ok(Some(msg))
     }
