@@ -734,6 +734,61 @@ mod process_tests {
     }
 
     #[test]
+    fn frames_larger_than_a_read_arrive_whole_and_their_room_is_given_back() {
+        // what the process writes, played by the test; the process itself only has to exist
+        let (from, theirs) = pipe().expect("pipe");
+        let mut c = Child {
+            proc: Command::new("sleep").arg("30").spawn().expect("sleep"),
+            to: File::create("/dev/null").expect("/dev/null"),
+            from: File::from(from),
+            buf: vec![0; READ_ROOM],
+            at: 0,
+            end: 0,
+            started: Instant::now(),
+            ready: true,
+            killed: None,
+            reaped: None,
+            sent: Instant::now(),
+        };
+        let big: Vec<u8> = (0..3 * KEPT_ROOM).map(|i| (i % 251) as u8).collect();
+        let frame = |body: &[u8]| {
+            let mut f = ((body.len()) as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        let mut bytes = frame(b"H");
+        bytes.extend(frame(&[b"d".as_slice(), &big].concat()));
+        bytes.extend(frame(b"dsmall"));
+        bytes.extend(frame(&[b"d".as_slice(), &big[..READ_ROOM + 7]].concat()));
+        // in odd pieces, so that frames and their length prefixes straddle reads
+        let writer = std::thread::spawn(move || {
+            let mut out = File::from(theirs);
+            for piece in bytes.chunks(40_009) {
+                out.write_all(piece).expect("write");
+            }
+        });
+        let mut next = || loop {
+            if let Some(m) = c.recv(Duration::from_secs(10)).expect("a frame") {
+                return m;
+            }
+        };
+        assert_eq!(next(), FromChild::Hello);
+        assert!(
+            next() == FromChild::Done(big.clone()),
+            "the large frame, whole"
+        );
+        assert_eq!(next(), FromChild::Done(b"small".to_vec()));
+        assert!(next() == FromChild::Done(big[..READ_ROOM + 7].to_vec()));
+        writer.join().expect("writer");
+        assert_eq!(
+            c.buf.len(),
+            READ_ROOM,
+            "the large frame's room is given back"
+        );
+        c.kill("the test is over");
+    }
+
+    #[test]
     fn a_child_killed_by_a_signal_or_by_us_is_described_by_its_cause() {
         let py = python();
         let spec = Spec {
