@@ -191,19 +191,7 @@ impl Child {
         }
         let proc = cmd.spawn()?;
         drop((child_in, child_out));
-        let mut child = Child {
-            proc,
-            to: File::from(to),
-            from: File::from(from),
-            buf: vec![0; READ_ROOM],
-            at: 0,
-            end: 0,
-            started: Instant::now(),
-            ready: false,
-            killed: None,
-            reaped: None,
-            sent: Instant::now(),
-        };
+        let mut child = Child::over(proc, File::from(to), File::from(from));
         let mut boot = Vec::new();
         boot.extend_from_slice(CHILD_SRC.as_bytes());
         boot.push(0);
@@ -222,6 +210,23 @@ impl Child {
 
     pub fn pid(&self) -> u32 {
         self.proc.id()
+    }
+
+    /// A child process `proc` spoken to through `to` and heard through `from`, not ready yet.
+    fn over(proc: std::process::Child, to: File, from: File) -> Child {
+        Child {
+            proc,
+            to,
+            from,
+            buf: vec![0; READ_ROOM],
+            at: 0,
+            end: 0,
+            started: Instant::now(),
+            ready: false,
+            killed: None,
+            reaped: None,
+            sent: Instant::now(),
+        }
     }
 
     /// Send one message (blocks only while the pipe is full; a dead child is an error).
@@ -737,19 +742,11 @@ mod process_tests {
     fn frames_larger_than_a_read_arrive_whole_and_their_room_is_given_back() {
         // what the process writes, played by the test; the process itself only has to exist
         let (from, theirs) = pipe().expect("pipe");
-        let mut c = Child {
-            proc: Command::new("sleep").arg("30").spawn().expect("sleep"),
-            to: File::create("/dev/null").expect("/dev/null"),
-            from: File::from(from),
-            buf: vec![0; READ_ROOM],
-            at: 0,
-            end: 0,
-            started: Instant::now(),
-            ready: true,
-            killed: None,
-            reaped: None,
-            sent: Instant::now(),
-        };
+        let mut c = Child::over(
+            Command::new("sleep").arg("30").spawn().expect("sleep"),
+            File::create("/dev/null").expect("/dev/null"),
+            File::from(from),
+        );
         let big: Vec<u8> = (0..3 * KEPT_ROOM).map(|i| (i % 251) as u8).collect();
         let frame = |body: &[u8]| {
             let mut f = ((body.len()) as u32).to_le_bytes().to_vec();
