@@ -458,9 +458,9 @@ where
         .reporting(watcher.is_some() && remote);
     let mut report = RankReport::default();
     let mut fabric = world.fabric();
-    let waker = open_doorbell(&mut fabric, &s);
-    if let (Some(w), Some(wake)) = (&watcher, waker) {
-        super::liveness::witness(&w.pids(), wake);
+    open_doorbell(&mut fabric, &s);
+    if let (Some(w), Some(waker)) = (&watcher, crate::transport::Fabric::waker(&fabric)) {
+        super::liveness::witness(&w.pids(), move || waker.wake());
     }
     let offers = offers_of(&s);
     let code = match &s.role {
@@ -530,14 +530,11 @@ where
 }
 
 /// Ring the ranks of this node when sending to them, and wake on their rings (best effort: a
-/// rank whose doorbell cannot be opened polls as before). Returns what wakes this rank's loop
-/// when its bell is open.
-fn open_doorbell(
-    fabric: &mut crate::transport::mpi::MpiFabric,
-    s: &Started,
-) -> Option<impl Fn() + Send + 'static> {
+/// rank whose doorbell cannot be opened polls as before). The fabric's waker then wakes this
+/// rank's loop.
+fn open_doorbell(fabric: &mut crate::transport::mpi::MpiFabric, s: &Started) {
     let (Some(zero), me) = (s.all.chunks(FIELDS).next(), crate::protocol::Rank(s.rank)) else {
-        return None;
+        return;
     };
     let key = format!("bqrt-{:08x}-{}", zero[6], zero[5]);
     let node = s.lay.node_of[s.rank as usize];
@@ -547,14 +544,9 @@ fn open_doorbell(
         .collect();
     let ranks = s.lay.node_of.len() as u32;
     match crate::transport::doorbell::Doorbell::open(&key, me, &mates, ranks) {
-        Ok(bell) => {
-            let waker = bell.waker();
-            fabric.set_doorbell(bell);
-            waker.map(|w| move || w.wake())
-        }
+        Ok(bell) => fabric.set_doorbell(bell),
         Err(e) => {
             log::warn!(target: "bqrt::runtime", "rank {}: no doorbell ({e}); it polls and cannot ring the ranks of its node, which may see its packets up to 50 ms late", s.rank);
-            None
         }
     }
 }
