@@ -61,15 +61,36 @@ fn short_jobs_finish_while_a_long_task_holds_a_worker() {
     );
 }
 
+/// Wait until every job of `holders` (submitted with warnings forwarded, on a runtime started
+/// with `--stall-warning 1`) has been inside its task for a second: the warning is the runtime's
+/// own word that the task runs. A worker the server counts busy may only have been given its
+/// task, and a task given to it after that one would start first (a worker's queue is LIFO).
+fn wait_running(c: &mut Client, holders: &[JobId]) {
+    let mut running = std::collections::HashSet::new();
+    wait_for("the holders to run", Duration::from_secs(20), || {
+        c.top().unwrap(); // log records come in with the reply
+        for (job, r) in c.take_logs() {
+            if r.message.contains("without yielding") {
+                running.insert(job);
+            }
+        }
+        holders.iter().all(|j| running.contains(j))
+    });
+}
+
 #[test]
 fn tasks_provably_queued_when_their_cancel_arrives_never_start() {
-    let s = Serve::start(4, &[]);
+    let s = Serve::start(4, &["--stall-warning", "1"]);
     let mut c = client(&s);
-    // every worker held by a sleeper that ends on its own
+    // every worker held by a sleeper that ends on its own, and provably running
+    let warn = LogSpec {
+        level: 2,
+        max_depth: None,
+    };
     let holders: Vec<JobId> = (0..3)
-        .map(|_| c.submit("sleep", "1500", LogSpec::OFF, false).unwrap())
+        .map(|_| c.submit("sleep", "3000", warn, false).unwrap())
         .collect();
-    wait_busy(&mut c, 3);
+    wait_running(&mut c, &holders);
     let before = c.top().unwrap().finished_tasks;
     // queued: no worker is free for them; cancelled while they wait
     let doomed: Vec<JobId> = (0..20)
@@ -83,7 +104,7 @@ fn tasks_provably_queued_when_their_cancel_arrives_never_start() {
         assert!(cancelled, "{j}: {note}");
     }
     for j in &holders {
-        assert_eq!(done(c.result(*j, None).unwrap()), 1500);
+        assert_eq!(done(c.result(*j, None).unwrap()), 3000);
     }
     wait_for("every worker idle again", Duration::from_secs(10), || {
         let t = c.top().unwrap();
