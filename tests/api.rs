@@ -349,6 +349,49 @@ fn logs_follow_level_depth_and_context() {
     });
 }
 
+/// A record logged at the start of a step that blocks reaches the client while the step still
+/// runs (BQSKit forwards a record at once; a long pass that logs before computing must show it).
+#[test]
+fn a_log_record_reaches_the_client_while_its_step_still_blocks() {
+    static RELEASED: AtomicBool = AtomicBool::new(false);
+    async fn log_then_block(_ctx: Ctx, _: ()) -> TaskResult<bool> {
+        log::warn!(target: "demo", "about to block");
+        // no await: the step holds the executor until the test has the record, or 30 s passed
+        let end = Instant::now() + Duration::from_secs(30);
+        while !RELEASED.load(Ordering::SeqCst) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(RELEASED.load(Ordering::SeqCst))
+    }
+    let r = Registry::new().task("log_then_block", log_then_block);
+    let mut c = cluster(2, r);
+    let (o, logs) = {
+        let h = c.handle();
+        let spec = LogSpec {
+            level: 2,
+            max_depth: None,
+        };
+        let job = h
+            .submit_json("log_then_block", "null", spec)
+            .expect("runtime up");
+        let mut logs = Vec::new();
+        let o = h
+            .wait(job, Duration::from_secs(60), |r| {
+                RELEASED.store(true, Ordering::SeqCst);
+                logs.push(r.message.clone());
+            })
+            .expect("job finished in time");
+        (o, logs)
+    };
+    assert_eq!(logs, vec!["about to block".to_string()]);
+    assert_eq!(
+        done_json(o),
+        true,
+        "the record came only after the step ended by itself (30 s)"
+    );
+    c.shutdown();
+}
+
 #[test]
 fn client_cancel_of_a_running_job() {
     let mut c = cluster(2, Registry::with_builtins());

@@ -169,6 +169,10 @@ impl Logic for ServerLogic {
     }
 }
 
+fn is_log(msg: &Msg) -> bool {
+    matches!(msg, Msg::Peer(Peer::Log { .. }))
+}
+
 /// A sign of life for this rank's watcher: noted, and the message needs nothing else.
 fn heard(watcher: &mut Option<Watcher>, from: Rank, msg: &Msg) -> bool {
     if !matches!(msg, Msg::Peer(Peer::Alive)) {
@@ -376,6 +380,18 @@ impl Logic for WorkerLogic {
             }
         }
         if let Some((key, since)) = self.running.current() {
+            // the log records of a step that blocks leave now, not when it ends; the rest of
+            // what it produced waits for its end (work-first may keep a child it submitted, and
+            // a child cancelled in the same step never leaves)
+            let mut s = lock_state(&self.state);
+            if s.out.iter().any(|(_, m)| is_log(m)) {
+                let (logs, rest) = std::mem::take(&mut s.out)
+                    .into_iter()
+                    .partition::<Outbox, _>(|(_, m)| is_log(m));
+                s.out = rest;
+                out.extend(logs);
+            }
+            drop(s);
             if let Some(text) = self.stall.check(key, since) {
                 let mut s = lock_state(&self.state);
                 let s = &mut *s;
