@@ -404,3 +404,19 @@ class ResourcePass(BasePass):
         data['needing'] = await bqrt_resources.map(where, list(range(self.n)), needs=self.needs)
         data['one'] = await bqrt_resources.submit(where, 0, needs=[self.needs])
         data['free'] = await get_runtime().map(where, list(range(self.n)))
+
+
+class LogThenBlockPass(BasePass):
+    """Logs a warning, then blocks its worker without yielding until `release` exists (the
+    test creates it when the record reaches the client) or 30 s passed."""
+
+    def __init__(self, release: str) -> None:
+        self.release = release
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        import os
+        logging.getLogger('bqskit.dummy').warning('about to block')
+        end = time.time() + 30
+        while not os.path.exists(self.release) and time.time() < end:
+            time.sleep(0.001)
+        data['released'] = os.path.exists(self.release)

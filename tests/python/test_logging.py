@@ -71,3 +71,25 @@ def test_depth_limit(compiler, caplog, depth, logger) -> None:  # type: ignore[n
     m = [x for x in messages(caplog) if x.startswith('depth ')]
     top = 3 if depth < 0 else min(3, depth)
     assert sorted(m) == [f'depth {d}' for d in range(top + 1)]
+
+
+def test_a_record_arrives_while_its_pass_still_blocks(compiler, caplog, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """BQSKit forwards a record at once: one logged before a long computation must not wait for
+    the computation's end. The pass blocks until the record has reached this client."""
+    release = tmp_path / 'release'
+
+    class Release(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if 'about to block' in record.getMessage():
+                release.touch()
+
+    handler = Release()
+    logging.getLogger('bqskit.dummy').addHandler(handler)
+    caplog.set_level(logging.WARNING, logger='bqskit')
+    try:
+        _, data = compiler.compile(
+            Circuit(1), [tp.LogThenBlockPass(str(release))], request_data=True,
+        )
+    finally:
+        logging.getLogger('bqskit.dummy').removeHandler(handler)
+    assert data['released'], 'the record came only when the pass ended by itself (30 s)'
