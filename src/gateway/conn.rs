@@ -5,7 +5,7 @@
 //! reply naming the problem where the protocol allows one.
 
 use super::frame::{self, Limits, Prefix, ReadError};
-use super::{over_cap, peer, Admission, ConnId, GatewayConfig, HubIn, RESERVE};
+use super::{over_cap, peer, Admission, ConnId, GatewayConfig, HubIn, Outlet, RESERVE};
 use crate::protocol::native::{self, write_frame, Reply, Request, CLIENT_VERSION, MAGIC};
 use crossbeam::channel::{bounded, Receiver, Sender};
 use std::io::Write;
@@ -48,7 +48,15 @@ impl Conn {
         let Some(tx) = self.start_writer(&stream) else {
             return;
         };
-        if self.hub.send(HubIn::Open { conn: self.id, tx }).is_err() {
+        let outlet = Outlet { tx, bell: None };
+        if self
+            .hub
+            .send(HubIn::Open {
+                conn: self.id,
+                outlet,
+            })
+            .is_err()
+        {
             return;
         }
         self.read_requests(&mut stream);

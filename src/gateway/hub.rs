@@ -7,10 +7,10 @@
 //! when a client asks the runtime to stop, or when a rank is lost; then every client is told
 //! why.
 
-use super::{ConnId, HubIn};
+use super::{ConnId, HubIn, Outlet};
 use crate::protocol::native::Reply;
 use crate::runtime::{stop, ServerHandle};
-use crossbeam::channel::{select, Receiver, Sender, TrySendError};
+use crossbeam::channel::{select, Receiver};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 pub(super) struct Hub<'h> {
     handle: &'h mut ServerHandle,
-    conns: HashMap<ConnId, Sender<Reply>>,
+    conns: HashMap<ConnId, Outlet>,
 }
 
 impl<'h> Hub<'h> {
@@ -80,8 +80,8 @@ impl<'h> Hub<'h> {
 
     fn on_conn(&mut self, m: HubIn, replies: &mut Vec<(ConnId, Reply)>) {
         match m {
-            HubIn::Open { conn, tx } => {
-                self.conns.insert(conn, tx);
+            HubIn::Open { conn, outlet } => {
+                self.conns.insert(conn, outlet);
                 self.handle.open(conn);
             }
             HubIn::Request { conn, req } => {
@@ -104,10 +104,10 @@ impl<'h> Hub<'h> {
     fn send_all(&mut self, replies: Vec<(ConnId, Reply)>) {
         let mut slow = Vec::new();
         for (conn, reply) in replies {
-            let Some(tx) = self.conns.get(&conn) else {
+            let Some(outlet) = self.conns.get(&conn) else {
                 continue;
             };
-            if let Err(TrySendError::Full(_)) = tx.try_send(reply) {
+            if !outlet.send(reply) {
                 log::warn!(target: "bqrt::gateway", "connection {} does not read its replies; closing it", conn.0);
                 self.conns.remove(&conn);
                 slow.push(conn);
@@ -122,12 +122,12 @@ impl<'h> Hub<'h> {
 
     /// The runtime is stopping: tell every client, and give writers a moment to deliver it.
     fn tell_everyone(&mut self, reason: String) {
-        for tx in self.conns.values() {
+        for outlet in self.conns.values() {
             let reason = reason.clone();
-            let _ = tx.try_send(Reply::Shutdown { reason });
+            let _ = outlet.send(Reply::Shutdown { reason });
         }
         let deadline = Instant::now() + stop::NOTICE;
-        while self.conns.values().any(|tx| !tx.is_empty()) && Instant::now() < deadline {
+        while self.conns.values().any(Outlet::pending) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }

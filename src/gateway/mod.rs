@@ -18,6 +18,7 @@
 //! * BQSKit's protocol is served on loopback only to the runtime's own user ([`peer`]); the
 //!   same check can guard the native protocol too, beside its token.
 
+pub mod bell;
 mod conn;
 pub use conn::same_user;
 pub mod frame;
@@ -71,10 +72,21 @@ pub struct Link {
 }
 
 impl Link {
-    /// Register with the hub; replies for this connection arrive on the returned channel.
-    pub fn open(&mut self) -> Receiver<Reply> {
+    /// Register with the hub; replies for this connection arrive on the returned channel, and
+    /// the hub rings `bell` after each.
+    pub fn open(&mut self, bell: Arc<bell::Bell>) -> Receiver<Reply> {
         let (tx, rx) = crossbeam::channel::bounded(4096);
-        self.opened = self.hub.send(HubIn::Open { conn: self.id, tx }).is_ok();
+        let outlet = Outlet {
+            tx,
+            bell: Some(bell),
+        };
+        self.opened = self
+            .hub
+            .send(HubIn::Open {
+                conn: self.id,
+                outlet,
+            })
+            .is_ok();
         rx
     }
     /// Send a request as if it came from a native client.
@@ -258,11 +270,40 @@ pub(crate) fn over_cap(active: &AtomicUsize, cap: usize) -> bool {
     active.load(Ordering::SeqCst) > cap
 }
 
+/// Where the hub sends a connection's replies: its queue, and the bell of a connection whose
+/// thread waits on its socket and its replies at once.
+pub struct Outlet {
+    tx: Sender<Reply>,
+    bell: Option<Arc<bell::Bell>>,
+}
+
+impl Outlet {
+    /// Queue a reply (and ring). False if the queue is full: the connection does not read its
+    /// replies. (A connection already gone takes nothing and is not full.)
+    fn send(&self, reply: Reply) -> bool {
+        match self.tx.try_send(reply) {
+            Ok(()) => {
+                if let Some(b) = &self.bell {
+                    b.ring();
+                }
+                true
+            }
+            Err(crossbeam::channel::TrySendError::Full(_)) => false,
+            Err(crossbeam::channel::TrySendError::Disconnected(_)) => true,
+        }
+    }
+
+    /// Replies queued and not yet taken.
+    fn pending(&self) -> bool {
+        !self.tx.is_empty()
+    }
+}
+
 /// What connection threads tell the hub.
 pub enum HubIn {
     Open {
         conn: ConnId,
-        tx: Sender<Reply>,
+        outlet: Outlet,
     },
     Request {
         conn: ConnId,

@@ -17,14 +17,21 @@
 //! The first frame (CONNECT: the client's `sys.path`) may be at most [`FIRST_FRAME`] bytes,
 //! later ones [`MAX_FRAME`]; frames are read through the gateway's bounded reader, and a
 //! connection with no job and nothing outstanding is closed after the idle timeout.
+//!
+//! One thread serves a connection: it waits on the client's socket and on its [`Bell`] (rung by
+//! the hub with each reply) at once, and reads the next frame only when it has handled the
+//! last. A client that sends without reading its replies therefore fills TCP's buffers, never
+//! rank 0's memory; while a frame is being received (within the frame deadline) the replies
+//! wait in their bounded queue.
 
 use super::interp;
 use super::pickle::{self, msg, Status};
+use crate::gateway::bell::{Bell, Wake};
 use crate::gateway::frame::{self, Budget, Limits, Prefix, ReadError};
 use crate::gateway::{Admission, ForeignProtocol, Link};
 use crate::protocol::native::{JobResult, JobState, Reply, Request};
 use crate::protocol::{Format, JobId, LogSpec};
-use crossbeam::channel::{select, unbounded, Receiver};
+use crossbeam::channel::Receiver;
 use ipnet::IpNet;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -287,49 +294,57 @@ impl Session {
                 return;
             }
         };
-        let replies = self.link.open();
-        let Ok(read_half) = self.stream.try_clone() else {
-            return;
+        let bell = match Bell::new() {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                log::warn!(target: "bqrt::gateway", "{}: cannot make the connection's bell ({e}); closed", self.peer);
+                self.write(&pickle::error(&format!(
+                    "bqrt: the server cannot serve this connection ({e}); closing it"
+                )));
+                return;
+            }
         };
-        let (tx, frames) = unbounded::<Result<(ClientMsg, Vec<u8>), String>>();
-        let peer = self.peer.clone();
-        let budget = Arc::clone(&self.budget);
+        let replies = self.link.open(Arc::clone(&bell));
+        log::info!(target: "bqrt::gateway", "{}: BQSKit client connected", self.peer);
         let limits = Limits {
             max: MAX_FRAME,
             deadline: self.frame_timeout,
             poll: None,
         };
-        let reader = std::thread::Builder::new()
-            .name("bqrt-gw-bqskit".into())
-            .spawn(move || {
-                let mut next = Some(first);
-                let mut stream = read_half;
-                loop {
-                    let frame = match next.take() {
-                        Some(f) => f,
-                        None => match read_frame(&mut stream, limits, &budget) {
-                            Ok(Some(f)) => f,
-                            Ok(None) => break,
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                                break;
-                            }
-                        },
-                    };
-                    let item = decode(&frame).map(|m| (m, frame));
-                    let stop = item.is_err();
-                    if tx.send(item).is_err() || stop {
+        let mut next = Some(first);
+        let mut last = Instant::now();
+        while !self.broken {
+            // the client's frames are read here, one when the last is handled: a client that
+            // sends faster than its requests are served waits in TCP, not in this process
+            if let Some(frame) = next.take() {
+                last = Instant::now();
+                match decode(&frame) {
+                    Ok(m) => {
+                        if !self.on_client(m, frame, &replies) {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        log::info!(target: "bqrt::gateway", "{}: {e}; closing", self.peer);
+                        self.write(&pickle::error(&format!(
+                            "bqrt: {e}; closing the connection"
+                        )));
                         break;
                     }
                 }
-                log::debug!(target: "bqrt::gateway", "{peer}: BQSKit reader ends");
-            });
-        if reader.is_err() {
-            return;
-        }
-        log::info!(target: "bqrt::gateway", "{}: BQSKit client connected", self.peer);
-        let mut last = Instant::now();
-        while !self.broken {
+            }
+            bell.clear();
+            let mut open = true;
+            while let Ok(r) = replies.try_recv() {
+                last = Instant::now();
+                if !self.on_reply(r) {
+                    open = false;
+                    break;
+                }
+            }
+            if !open || self.broken {
+                break;
+            }
             let idle = self.jobs.is_empty() && self.waiting.is_none();
             if idle && last.elapsed() >= self.idle_timeout {
                 log::info!(target: "bqrt::gateway", "{}: idle for {:?} with no job; closing", self.peer, self.idle_timeout);
@@ -343,31 +358,19 @@ impl Session {
                 true => self.idle_timeout.saturating_sub(last.elapsed()),
                 false => self.idle_timeout,
             };
-            select! {
-                recv(frames) -> m => match m {
-                    Ok(Ok((m, frame))) => {
-                        last = Instant::now();
-                        if !self.on_client(m, frame, &replies) {
-                            break;
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        log::info!(target: "bqrt::gateway", "{}: {e}; closing", self.peer);
-                        self.write(&pickle::error(&format!("bqrt: {e}; closing the connection")));
-                        break;
-                    }
-                    Err(_) => break,
-                },
-                recv(replies) -> r => match r {
-                    Ok(r) => {
-                        last = Instant::now();
-                        if !self.on_reply(r) {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                },
-                default(tick) => {}
+            if bell.wait(&self.stream, tick) != Wake::Socket {
+                continue;
+            }
+            match read_frame(&mut self.stream, limits, &self.budget) {
+                Ok(Some(f)) => next = Some(f),
+                Ok(None) => break,
+                Err(e) => {
+                    log::info!(target: "bqrt::gateway", "{}: {e}; closing", self.peer);
+                    self.write(&pickle::error(&format!(
+                        "bqrt: {e}; closing the connection"
+                    )));
+                    break;
+                }
             }
         }
         let _ = self.stream.shutdown(Shutdown::Both);

@@ -420,3 +420,13 @@ class LogThenBlockPass(BasePass):
         while not os.path.exists(self.release) and time.time() < end:
             time.sleep(0.001)
         data['released'] = os.path.exists(self.release)
+
+
+class BlobPass(BasePass):
+    """Makes the job's result (with its data) `n` bytes larger."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['blob'] = bytes(self.n)

@@ -243,3 +243,50 @@ def test_huge_bqskit_frames_stay_within_the_receive_budget(strict) -> None:  # t
     assert grew <= (32 + 24) << 20, f'rank 0 grew by {grew >> 20} MiB (budget 32 MiB)'
     top = native(strict, 'top', '--once')
     assert top.returncode == 0, top.stderr
+
+
+def test_a_client_that_reads_no_replies_cannot_make_rank_0_buffer_its_requests(strict) -> None:  # type: ignore[no-untyped-def]
+    """A BQSKit connection reads a client's next frame only once it handled the last, so a
+    client that sends without reading its replies fills TCP's buffers, not rank 0's memory."""
+    import fcntl
+    import pickle
+    import termios
+
+    from bqskit.compiler import CompilationTask
+
+    import bqrt_testpasses as tp
+    pid = rank0(strict)
+    conn = connect(strict)
+    task = CompilationTask(Circuit(1), [tp.BlobPass(64 << 20)])
+    task.request_data = True
+    conn.send((RuntimeMessage.SUBMIT, task))
+    conn.send((RuntimeMessage.REQUEST, task.task_id))
+
+    def unread() -> int:
+        return struct.unpack('i', fcntl.ioctl(conn.fileno(), termios.FIONREAD, b'\0' * 4))[0]
+    # the 64 MiB result is not read: once part of it waits here, the connection is blocked
+    # writing the rest (TCP holds a few MiB of it: a receive buffer grows only when read)
+    deadline = time.time() + 60
+    while unread() < 64 << 10:
+        assert time.time() < deadline, 'the result never started to arrive'
+        time.sleep(0.01)
+    before = rss(pid)
+    # meanwhile 1 MiB requests, up to 256 of them, each decoding into 1 MiB if queued
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    sock.settimeout(2.0)
+    body = pickle.dumps((RuntimeMessage.CONNECT, ['x' * (1 << 20)]))
+    frame = struct.pack('>I', len(body)) + body
+    sent = 0
+    try:
+        for _ in range(256):
+            sock.sendall(frame)
+            sent += 1
+    except OSError:  # stalled for 2 s: the server reads no more
+        pass
+    grew = rss(pid) - before
+    sock.close()
+    conn.close()
+    assert sent < 80, f'the server took {sent} MiB of requests while their sender read nothing'
+    assert grew < 64 << 20, f'rank 0 grew by {grew >> 20} MiB'
+    top = native(strict, 'top', '--once')
+    assert top.returncode == 0, top.stderr
