@@ -109,7 +109,9 @@ impl<'h> Hub<'h> {
             };
             if !outlet.send(reply) {
                 log::warn!(target: "bqrt::gateway", "connection {} does not read its replies; closing it", conn.0);
-                self.conns.remove(&conn);
+                if let Some(o) = self.conns.remove(&conn) {
+                    o.close();
+                }
                 slow.push(conn);
             }
         }

@@ -297,6 +297,16 @@ impl Outlet {
     fn pending(&self) -> bool {
         !self.tx.is_empty()
     }
+
+    /// The hub lets go of the connection: its queue closes, and a thread waiting on the bell
+    /// wakes to find it closed.
+    fn close(self) {
+        let Outlet { tx, bell } = self;
+        drop(tx);
+        if let Some(b) = bell {
+            b.ring();
+        }
+    }
 }
 
 /// What connection threads tell the hub.

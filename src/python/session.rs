@@ -31,7 +31,7 @@ use crate::gateway::frame::{self, Budget, Limits, Prefix, ReadError};
 use crate::gateway::{Admission, ForeignProtocol, Link};
 use crate::protocol::native::{JobResult, JobState, Reply, Request};
 use crate::protocol::{Format, JobId, LogSpec};
-use crossbeam::channel::Receiver;
+use crossbeam::channel::{Receiver, TryRecvError};
 use ipnet::IpNet;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -262,6 +262,13 @@ impl Session {
         }
     }
 
+    /// The client now waits for a reply, and reads log records meanwhile: the held ones go
+    /// at once.
+    fn wait_for(&mut self, w: Waiting) {
+        self.waiting = Some(w);
+        self.flush_logs();
+    }
+
     /// A reply to the outstanding request: held logs go first.
     fn reply(&mut self, frame: &[u8]) {
         self.waiting = None;
@@ -335,11 +342,25 @@ impl Session {
             }
             bell.clear();
             let mut open = true;
-            while let Ok(r) = replies.try_recv() {
-                last = Instant::now();
-                if !self.on_reply(r) {
-                    open = false;
-                    break;
+            loop {
+                match replies.try_recv() {
+                    Ok(r) => {
+                        last = Instant::now();
+                        if !self.on_reply(r) {
+                            open = false;
+                            break;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        // the hub let go of this connection (it did not read its replies)
+                        self.flush_logs();
+                        self.write(&pickle::error(
+                            "bqrt: the server closed this connection: it did not read its replies",
+                        ));
+                        open = false;
+                        break;
+                    }
                 }
             }
             if !open || self.broken {
@@ -358,8 +379,13 @@ impl Session {
                 true => self.idle_timeout.saturating_sub(last.elapsed()),
                 false => self.idle_timeout,
             };
-            if bell.wait(&self.stream, tick) != Wake::Socket {
-                continue;
+            match bell.wait(&self.stream, tick) {
+                Wake::Socket => {}
+                Wake::Bell | Wake::Timeout => continue,
+                Wake::Failed(e) => {
+                    log::warn!(target: "bqrt::gateway", "{}: cannot wait on the connection ({e}); closing", self.peer);
+                    break;
+                }
             }
             match read_frame(&mut self.stream, limits, &self.budget) {
                 Ok(Some(f)) => next = Some(f),
@@ -433,14 +459,14 @@ impl Session {
             }
             ClientMsg::Status(id) => match self.jobs.get(&id) {
                 Some(&job) => {
-                    self.waiting = Some(Waiting::Status);
+                    self.wait_for(Waiting::Status);
                     return self.link.request(Request::Status { job });
                 }
                 None => self.reply(&pickle::status(Status::Unknown)),
             },
             ClientMsg::Request(id) => match self.jobs.get(&id) {
                 Some(&job) => {
-                    self.waiting = Some(Waiting::Result(id));
+                    self.wait_for(Waiting::Result(id));
                     return self.link.request(Request::Result {
                         job,
                         timeout_ms: None,
@@ -450,7 +476,7 @@ impl Session {
             },
             ClientMsg::Cancel(id) => match self.jobs.remove(&id) {
                 Some(job) => {
-                    self.waiting = Some(Waiting::Cancel);
+                    self.wait_for(Waiting::Cancel);
                     return self.link.request(Request::Cancel { job });
                 }
                 None => self.reply(&pickle::empty(msg::CANCEL)),

@@ -188,12 +188,13 @@ pub fn drive<F: Fabric, L: Logic>(
     let mut clock = Clock::new();
     let bell = fabric.bell();
     loop {
-        let mut flow = clock.periodic(logic, stop, pace, &mut out);
-        let mut active = receive(fabric, logic, &mut out, &mut flow)?;
-        while let Ok(ev) = local.try_recv() {
-            active = true;
-            flow = worse(flow, logic.on_local(ev, &mut out));
-        }
+        // local events first: what the executor sent before a step began is handled before the
+        // tick sees that step (a worker's tick sends a long step's log records)
+        let mut flow = Flow::Continue;
+        let mut active = take_local(logic, local, &mut out, &mut flow);
+        flow = worse(flow, clock.periodic(logic, stop, pace, &mut out));
+        active |= receive(fabric, logic, &mut out, &mut flow)?;
+        active |= take_local(logic, local, &mut out, &mut flow);
         active |= out.iter().any(|(_, m)| !quiet(m));
         send_grouped(fabric, &mut out);
         let pending = fabric.progress();
@@ -214,6 +215,21 @@ pub fn drive<F: Fabric, L: Logic>(
     }
     flush(fabric, pace.flush);
     Ok(())
+}
+
+/// Hand the logic every local event waiting; whether there was one.
+fn take_local<L: Logic>(
+    logic: &mut L,
+    local: &Receiver<L::Local>,
+    out: &mut Outbox,
+    flow: &mut Flow,
+) -> bool {
+    let mut any = false;
+    while let Ok(ev) = local.try_recv() {
+        any = true;
+        *flow = worse(*flow, logic.on_local(ev, out));
+    }
+    any
 }
 
 /// A sign of life (`Peer::Alive`) is not activity: it does not put an idle rank back into fast

@@ -286,7 +286,12 @@ def test_a_client_that_reads_no_replies_cannot_make_rank_0_buffer_its_requests(s
     grew = rss(pid) - before
     sock.close()
     conn.close()
-    assert sent < 80, f'the server took {sent} MiB of requests while their sender read nothing'
+    # what TCP may hold on this path: the server's receive buffer and the client's send buffer
+    # at their largest (a few MiB on most hosts; a host tuned for far more checks memory only)
+    tcp = sum(int(Path(f'/proc/sys/net/ipv4/{n}').read_text().split()[2]) >> 20
+              for n in ('tcp_rmem', 'tcp_wmem'))
+    if tcp + 16 < 256:
+        assert sent < tcp + 16, f'the server took {sent} MiB of requests while their sender read nothing'
     assert grew < 64 << 20, f'rank 0 grew by {grew >> 20} MiB'
     top = native(strict, 'top', '--once')
     assert top.returncode == 0, top.stderr
