@@ -276,6 +276,14 @@ impl Session {
         self.write(frame);
     }
 
+    /// The client's bytes cannot be served (`why`): tell it, before the connection closes.
+    fn close_over(&mut self, why: &str) {
+        log::info!(target: "bqrt::gateway", "{}: {why}; closing", self.peer);
+        self.write(&pickle::error(&format!(
+            "bqrt: {why}; closing the connection"
+        )));
+    }
+
     fn flush_logs(&mut self) {
         if self.dropped_logs > 0 {
             let note = format!(
@@ -293,13 +301,7 @@ impl Session {
     fn run(mut self, head: [u8; 5]) {
         let first = match self.read_rest(head) {
             Ok(f) => f,
-            Err(e) => {
-                log::info!(target: "bqrt::gateway", "{}: {e}; closed", self.peer);
-                self.write(&pickle::error(&format!(
-                    "bqrt: {e}; closing the connection"
-                )));
-                return;
-            }
+            Err(e) => return self.close_over(&e),
         };
         let bell = match Bell::new() {
             Ok(b) => Arc::new(b),
@@ -332,10 +334,7 @@ impl Session {
                         }
                     }
                     Err(e) => {
-                        log::info!(target: "bqrt::gateway", "{}: {e}; closing", self.peer);
-                        self.write(&pickle::error(&format!(
-                            "bqrt: {e}; closing the connection"
-                        )));
+                        self.close_over(&e);
                         break;
                     }
                 }
@@ -391,10 +390,7 @@ impl Session {
                 Ok(Some(f)) => next = Some(f),
                 Ok(None) => break,
                 Err(e) => {
-                    log::info!(target: "bqrt::gateway", "{}: {e}; closing", self.peer);
-                    self.write(&pickle::error(&format!(
-                        "bqrt: {e}; closing the connection"
-                    )));
+                    self.close_over(&e);
                     break;
                 }
             }
