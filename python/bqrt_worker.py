@@ -26,6 +26,7 @@ import json
 import logging
 import pickle
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -162,6 +163,9 @@ class Task:
         self.root = kind == b'R'
         self.json = kind == b'J'
         self._prefixes: dict[tuple[tuple[str, str], ...], bytes] = {}
+        # Mailboxes of this task's chunked maps: children per chunk (see _chunk)
+        self.chunked: dict[int, int] = {}
+        self.waiting = 0  # the mailbox of the last await
         _apply_path(self.path)
         _setup()
         if self.root:
@@ -210,8 +214,13 @@ class Task:
             elif kind == 1:
                 values = [_loads(b) for b in payload[0]]
                 value = values[0] if payload[1] else values
+                if self.chunked.pop(self.waiting, 0):
+                    value = [v for part in values for v in part]
             else:
                 value = [(i, _loads(b)) for i, b in payload]
+                c = self.chunked.get(self.waiting, 0)
+                if c:
+                    value = [(i * c + j, v) for i, part in value for j, v in enumerate(part)]
             future = self.coro.send(value)
         except StopIteration as e:
             return self._finish(e.value)
@@ -227,6 +236,7 @@ class Task:
                 raise RuntimeError('Cannot await on a canceled task.')
         except RuntimeError:
             return _error()
+        self.waiting = future.mailbox_id
         return ('await', future.mailbox_id, bool(future._next_flag))
 
     def _finish(self, value: Any) -> tuple[Any, ...]:
@@ -348,6 +358,110 @@ class _Needing:
         _needs = self.before
 
 
+# A map of many children runs them in chunks: one task per CHUNK_MOST children at most, and at
+# least CHUNK_LEAST tasks per map, so that the runtime's cost per task (a scheduled task, a
+# step through the Python process: ~30 us) is paid once per chunk. A chunk runs its children
+# one after the other while it has run less than CHUNK_BUDGET; past it, the rest go out as
+# tasks of their own, which idle workers take while the chunk waits for them. A child that
+# awaits children of its own sends the rest out before it waits. So a child that blocks holds
+# back at most the children after it in its own chunk, and children that are not quick are
+# spread as before (decision 63).
+CHUNK_MOST = 64
+CHUNK_LEAST = 64
+CHUNK_BUDGET = 0.002  # seconds
+
+
+def _chunk_size(n: int) -> int:
+    """Children per chunk of a map of `n` children (1: no chunks)."""
+    if n < 2 * CHUNK_LEAST:
+        return 1
+    return min(CHUNK_MOST, n // CHUNK_LEAST)
+
+
+class _Yield:
+    """Awaiting it hands `future` to the task's driver (:meth:`Task.step`) as it is."""
+
+    __slots__ = ('future',)
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def __await__(self) -> Any:
+        return (yield self.future)
+
+
+async def _delegate(coro: Any, future: Any) -> Any:
+    """The rest of coroutine `coro`, which now awaits `future`: each of its awaits goes to the
+    task's driver, each value back to it."""
+    try:
+        while True:
+            value = await _Yield(future)
+            try:
+                future = coro.send(value)
+            except StopIteration as e:
+                return e.value
+    finally:
+        coro.close()
+
+
+async def _chunk(fn: Any, argsets: list[Any], kwargs: Any, name: str, needs: str) -> list[Any]:
+    """The task of one chunk: `fn(*args, **kwargs)` for each args in order; their results."""
+    out: list[Any] = []
+    began = time.perf_counter()
+    last = len(argsets) - 1
+
+    def spread(first: int) -> Any:
+        task = _require_task()
+        rest = [(fn, a, kwargs) for a in argsets[first:]]
+        return _submit(task, rest, [name] * len(rest), task.context, needs, 1)
+
+    for i, args in enumerate(argsets):
+        r = fn(*args, **kwargs)
+        if inspect.iscoroutine(r):
+            try:
+                future = r.send(None)
+            except StopIteration as e:
+                r = e.value
+            else:  # it awaits children of its own: the rest must not wait for them
+                rest = spread(i + 1) if i < last else None
+                out.append(await _delegate(r, future))
+                if rest is not None:
+                    out.extend(await rest)
+                return out
+        elif inspect.isawaitable(r):
+            r = await r
+        out.append(r)
+        if i < last and time.perf_counter() - began > CHUNK_BUDGET:
+            out.extend(await spread(i + 1))
+            break
+    return out
+
+
+def _submit(
+    task: Task, fnargs: list[tuple[Any, Any, Any]], names: list[str],
+    contexts: Any, needs: str, chunk: int,
+) -> Any:
+    """Submit `fnargs` as children of `task` (`contexts`: one dict for all, or one each), in
+    chunks of `chunk`; the RuntimeFuture of the map."""
+    from bqskit.runtime.future import RuntimeFuture
+    if chunk <= 1:
+        if isinstance(contexts, dict):
+            children = [(task.child(fa, contexts), names[i]) for i, fa in enumerate(fnargs)]
+        else:
+            children = [
+                (task.child(fa, contexts[i]), names[i]) for i, fa in enumerate(fnargs)
+            ]
+        return RuntimeFuture(_bqrt.submit(children, False, needs))
+    fn, kwargs = fnargs[0][0], fnargs[0][2]
+    children = []
+    for k in range(0, len(fnargs), chunk):
+        argsets = [fa[1] for fa in fnargs[k:k + chunk]]
+        children.append((task.child((_chunk, (fn, argsets, kwargs, names[k], needs), {}), contexts), names[k]))
+    box = _bqrt.submit(children, False, needs)
+    task.chunked[box] = chunk
+    return RuntimeFuture(box)
+
+
 class Handle:
     """``bqskit.runtime.get_runtime()`` inside a task running on bqrt."""
 
@@ -372,7 +486,6 @@ class Handle:
         log_context: Any = {}, **kwargs: Any,
     ) -> Any:
         """Map `fn` over the arguments; one future gives every result in input order."""
-        from bqskit.runtime.future import RuntimeFuture
         task = _require_task()
         if len(args) == 0:
             raise RuntimeError('Unable to map 0 tasks.')
@@ -384,6 +497,7 @@ class Handle:
                 'task_name must be a string or a list of strings equal'
                 'in length to the number of tasks.',
             )
+        uniform = isinstance(log_context, dict) and all(t == task_name[0] for t in task_name)
         if isinstance(log_context, dict):
             log_context = [log_context] * n
         if len(log_context) != n:
@@ -400,14 +514,12 @@ class Handle:
         if len(fnargs) == 0:
             raise RuntimeError('Unable to map 0 tasks.')
         base = task.context
-        children = [
-            (
-                task.child(fa, {**base, **log_context[i]} if log_context[i] else base),
-                _name(fn, task_name[i]),
-            )
-            for i, fa in enumerate(fnargs)
-        ]
-        return RuntimeFuture(_bqrt.submit(children, False, _needs))
+        names = [_name(fn, t) for t in task_name]
+        if uniform:
+            context = {**base, **log_context[0]} if log_context[0] else base
+            return _submit(task, fnargs, names, context, _needs, _chunk_size(n))
+        contexts = [{**base, **c} if c else base for c in log_context]
+        return _submit(task, fnargs, names, contexts, _needs, 1)
 
     def needing(self, needs: str) -> Any:
         """Within ``with get_runtime().needing('gpu'):``, submit and map place their tasks

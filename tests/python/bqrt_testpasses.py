@@ -26,6 +26,39 @@ async def two(i: int) -> list[int]:
     return await get_runtime().map(pair, [2 * i, 2 * i + 1])
 
 
+def square_after(i: int, delay: float = 0.0) -> int:
+    if delay:
+        time.sleep(delay)
+    return i * i
+
+
+async def square_async(i: int, delay: float = 0.0) -> int:
+    return square_after(i, delay)
+
+
+def fail_at(i: int, bad: int) -> int:
+    if i == bad:
+        raise ValueError(f'child {i} fails')
+    return i
+
+
+def first_waits_for(i: int, log: str, others: int) -> int:
+    """Child 0 blocks until `others` other children have run (each adds a byte to `log`; 30 s
+    at most); the others return at once."""
+    import os
+    if i != 0:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, b'.')
+        os.close(fd)
+        return i
+    deadline = time.monotonic() + 30
+    while not os.path.exists(log) or os.path.getsize(log) < others:
+        if time.monotonic() > deadline:
+            raise RuntimeError('the other children did not run while child 0 ran')
+        time.sleep(0.005)
+    return i
+
+
 def sleepy(t: float) -> float:
     time.sleep(t)
     return t
@@ -430,3 +463,49 @@ class BlobPass(BasePass):
 
     async def run(self, circuit: Circuit, data: PassData) -> None:
         data['blob'] = bytes(self.n)
+
+
+class SquaresPass(BasePass):
+    """A map of `n` children of a plain function, each sleeping `delay` (a keyword argument)."""
+
+    def __init__(self, n: int, delay: float = 0.0, of_async: bool = False) -> None:
+        self.n, self.delay, self.of_async = n, delay, of_async
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        fn = square_async if self.of_async else square_after
+        data['out'] = await get_runtime().map(fn, list(range(self.n)), delay=self.delay)
+
+
+class SquaresByNextPass(BasePass):
+    """The same map read with ``next``: every (index, value) pair as it arrives."""
+
+    def __init__(self, n: int, delay: float = 0.0) -> None:
+        self.n, self.delay = n, delay
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        rt = get_runtime()
+        fut = rt.map(square_after, list(range(self.n)), delay=self.delay)
+        got: list[tuple[int, int]] = []
+        while len(got) < self.n:
+            got.extend(await rt.next(fut))
+        data['out'] = got
+
+
+class FailInMapPass(BasePass):
+    def __init__(self, n: int, bad: int) -> None:
+        self.n, self.bad = n, bad
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['out'] = await get_runtime().map(fail_at, list(range(self.n)), [self.bad] * self.n)
+
+
+class SlowFirstChildPass(BasePass):
+    """A map whose child 0 blocks until every child outside its chunk has run."""
+
+    def __init__(self, n: int, log: str) -> None:
+        self.n, self.log = n, log
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        n = self.n
+        others = n - 64  # 64: the most children a chunk holds, child 0's included
+        data['out'] = await get_runtime().map(first_waits_for, list(range(n)), [self.log] * n, [others] * n)

@@ -32,6 +32,41 @@ def test_2level_map(compiler) -> None:  # type: ignore[no-untyped-def]
     assert data['out'] == [[2 * i, 2 * i + 1] for i in range(1000)]
 
 
+@pytest.mark.parametrize('n, delay, of_async', [
+    (1000, 0.0, False), (4096, 0.0, False), (256, 0.003, False), (129, 0.0, False),
+    (1000, 0.0, True), (256, 0.003, True),
+])
+def test_a_large_map_gives_every_result_in_order(compiler, n, delay, of_async) -> None:  # type: ignore[no-untyped-def]
+    # Large maps run in chunks (decision 63); with a delay past the chunk's budget, every chunk
+    # sends the rest of its children out as tasks of their own. test_2level_map covers children
+    # that await children of their own inside a chunk.
+    _, data = compile_data(compiler, [tp.SquaresPass(n, delay, of_async)])
+    assert data['out'] == [i * i for i in range(n)]
+
+
+@pytest.mark.parametrize('n, delay', [(1000, 0.0), (256, 0.003)])
+def test_next_on_a_large_map_gives_each_index_once(compiler, n, delay) -> None:  # type: ignore[no-untyped-def]
+    _, data = compile_data(compiler, [tp.SquaresByNextPass(n, delay)])
+    got = data['out']
+    assert sorted(i for i, _ in got) == list(range(n))
+    assert all(v == i * i for i, v in got)
+
+
+def test_a_failing_child_of_a_large_map_fails_the_job_with_its_error(compiler) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(Exception) as e:
+        compile_data(compiler, [tp.FailInMapPass(1000, 637)])
+    assert 'child 637 fails' in error_text(e.value)
+
+
+def test_a_blocked_child_of_a_large_map_holds_back_only_its_own_chunk(compiler, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Child 0 blocks its worker until every child outside child 0's chunk has run: if a chunk
+    # queued on that worker waited behind it, this would run into child 0's 30 s.
+    n = 4096
+    _, data = compile_data(compiler, [tp.SlowFirstChildPass(n, str(tmp_path / 'ran'))])
+    assert data['out'] == list(range(n))
+    assert (tmp_path / 'ran').stat().st_size == n - 1
+
+
 def test_circuit_change(compiler) -> None:  # type: ignore[no-untyped-def]
     out = compiler.compile(Circuit(1), [tp.CircuitChangePass()])
     assert out.num_operations == 1
