@@ -456,7 +456,8 @@ def _submit(
     children = []
     for k in range(0, len(fnargs), chunk):
         argsets = [fa[1] for fa in fnargs[k:k + chunk]]
-        children.append((task.child((_chunk, (fn, argsets, kwargs, names[k], needs), {}), contexts), names[k]))
+        call = (_chunk, (fn, argsets, kwargs, names[k], needs), {})
+        children.append((task.child(call, contexts), names[k]))
     box = _bqrt.submit(children, False, needs)
     task.chunked[box] = chunk
     return RuntimeFuture(box)
