@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Where a BQSKit child task's time goes (W1 of compare.py: one task maps N trivial children).
 
+A map of 128 children or more runs them in chunks (docs/decisions.md, 63): W1 itself is printed
+first, then the cost of one child *task* is taken apart on maps just below that threshold (the
+path every child of a smaller map, and every task of W3's tree, takes).
+
     bash benches/with-bqskit.sh task_profile.py [--calls N] [--map N]
 
 Measures, each as the median over N tasks on this machine, in this process:
@@ -14,12 +18,13 @@ Measures, each as the median over N tasks on this machine, in this process:
              the rank's side spinning for the reply as src/python/child.rs does, the other
              side woken from its sleep;
 then, against `mpirun -n 3 bqrt serve` (server + 2 workers):
-  W1         the measured time per task of a map of N noop children (2 workers, so per worker
-             twice this);
+  W1         the measured time per child of a map of N noop children, in chunks;
+  per task   the same children in maps of 127 (one task each; 2 workers, so per worker twice
+             this);
   native     `bqrt run fanout N` on the same 3 ranks: a native task's cost (scheduling, MPI
              messages, the executor), per task;
 and prints what is left of a worker's time per task once the parts are taken away, and the CPU
-each part of the runtime spent per task during W1 (every thread, every Python process).
+each part of the runtime spent per task during those maps (every thread, every Python process).
 """
 from __future__ import annotations
 
@@ -145,16 +150,23 @@ def main() -> int:
     try:
         c = server.connect()
         compare.run_pass(c, compare.MapNoop(args.map))
-        w1 = []
-        before = thread_cpu(server)
+        chunked = []
         for _ in range(3):
             data = compare.run_pass(c, compare.MapNoop(args.map))
-            w1.append(data['seconds'] / args.map * 1e6)
+            chunked.append(data['seconds'] / args.map * 1e6)
+        w1 = []
+        maps = max(1, args.map // UNCHUNKED)
+        before = thread_cpu(server)
+        for _ in range(3):
+            seconds = 0.0
+            for _ in range(maps):
+                seconds += compare.run_pass(c, compare.MapNoop(UNCHUNKED))['seconds']
+            w1.append(seconds / (maps * UNCHUNKED) * 1e6)
         after = thread_cpu(server)
         c.close()
     finally:
         server.stop()
-    cpu = {k: (after[k] - before.get(k, 0.0)) / (len(w1) * args.map) * 1e6 for k in after}
+    cpu = {k: (after[k] - before.get(k, 0.0)) / (len(w1) * maps * UNCHUNKED) * 1e6 for k in after}
     w1_task = statistics.median(w1)
     nat = native_per_task_us(args.bin, args.map)
     per_worker = 2 * w1_task
@@ -165,20 +177,23 @@ def main() -> int:
              ('frames (one step through the two pipes: the rank spins, the Python side is woken)', frames),
              ('native task (scheduling, MPI messages, executor)', nat)]
     rest = per_worker - sum(v for _, v in parts)
-    print(f'W1 map {args.map}: {w1_task:.1f} us per task, {1e6 / w1_task:,.0f} tasks/s; '
-          f'2 workers, so {per_worker:.1f} us of a worker per task')
+    w1_chunked = statistics.median(chunked)
+    print(f'W1 map {args.map} (in chunks): {w1_chunked:.2f} us per child, '
+          f'{1e6 / w1_chunked:,.0f} tasks/s')
+    print(f'maps of {UNCHUNKED} (one task per child): {w1_task:.1f} us per task, '
+          f'{1e6 / w1_task:,.0f} tasks/s; 2 workers, so {per_worker:.1f} us of a worker per task')
     print('| part | us per task (median) |')
     print('| --- | ---: |')
     for k, v in parts:
         print(f'| {k} | {v:.1f} |')
     print(f'| rest (the executor\'s step through the supervisor, frame parsing, '
           f'contention for the 2 cores) | {rest:.1f} |')
-    print(f'| a worker per task (W1) | {per_worker:.1f} |')
+    print(f'| a worker per task (maps of {UNCHUNKED}) | {per_worker:.1f} |')
     total = sum(cpu.values())
     print()
-    print(f'CPU per task during W1 (every thread of every rank and Python process, utime + '
-          f'stime over the 3 maps, the client excluded): {total:.1f} us; all {CORES} cores busy '
-          f'would run at most {CORES / total * 1e6:,.0f} tasks/s')
+    print(f'CPU per task during the maps of {UNCHUNKED} (every thread of every rank and Python '
+          f'process, utime + stime over 3 rounds, the client excluded): {total:.1f} us; '
+          f'all {CORES} cores busy would run at most {CORES / total * 1e6:,.0f} tasks/s')
     print('| where | CPU us per task |')
     print('| --- | ---: |')
     for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]):
@@ -187,6 +202,8 @@ def main() -> int:
 
 
 CORES = os.cpu_count() or 1
+# The largest map python/bqrt_worker.py does not run in chunks (2 * CHUNK_LEAST - 1).
+UNCHUNKED = 127
 
 
 def thread_cpu(server: Any) -> dict[str, float]:
