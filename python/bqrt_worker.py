@@ -21,6 +21,7 @@ surface of BQSKit's ``Worker``: submit, map, next, cancel, get_cache, communicat
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -163,9 +164,15 @@ class Task:
         self.root = kind == b'R'
         self.json = kind == b'J'
         self._prefixes: dict[tuple[tuple[str, str], ...], bytes] = {}
-        # Mailboxes of this task's chunked maps: children per chunk (see _chunk)
-        self.chunked: dict[int, int] = {}
+        # Mailboxes of this task's maps in chunks: (children per chunk, the function's key)
+        self.chunked: dict[int, tuple[int, tuple[str, str]]] = {}
         self.waiting = 0  # the mailbox of the last await
+        # When this task is a chunk (see _chunk): the messages it got so far, where the child
+        # running now has read to, and whether a child read any
+        self.in_chunk = False
+        self.messages: list[bytes] = []
+        self.read_to = 0
+        self.listened = False
         _apply_path(self.path)
         _setup()
         if self.root:
@@ -214,13 +221,19 @@ class Task:
             elif kind == 1:
                 values = [_loads(b) for b in payload[0]]
                 value = values[0] if payload[1] else values
-                if self.chunked.pop(self.waiting, 0):
-                    value = [v for part in values for v in part]
+                chunked = self.chunked.pop(self.waiting, None)
+                if chunked is not None:
+                    _learn(chunked[1], [secs for _, secs in values])
+                    value = [v for part, _ in values for v in part]
             else:
                 value = [(i, _loads(b)) for i, b in payload]
-                c = self.chunked.get(self.waiting, 0)
-                if c:
-                    value = [(i * c + j, v) for i, part in value for j, v in enumerate(part)]
+                chunked = self.chunked.get(self.waiting)
+                if chunked is not None:
+                    c = chunked[0]
+                    _learn(chunked[1], [secs for _, (_, secs) in value])
+                    value = [
+                        (i * c + j, v) for i, (part, _) in value for j, v in enumerate(part)
+                    ]
             future = self.coro.send(value)
         except StopIteration as e:
             return self._finish(e.value)
@@ -358,24 +371,52 @@ class _Needing:
         _needs = self.before
 
 
-# A map of many children runs them in chunks: one task per CHUNK_MOST children at most, and at
-# least CHUNK_LEAST tasks per map, so that the runtime's cost per task (a scheduled task, a
-# step through the Python process: ~30 us) is paid once per chunk. A chunk runs its children
-# one after the other while it has run less than CHUNK_BUDGET; past it, the rest go out as
-# tasks of their own, which idle workers take while the chunk waits for them. A child that
-# awaits children of its own sends the rest out before it waits. So a child that blocks holds
-# back at most the children after it in its own chunk, and children that are not quick are
-# spread as before (decision 63).
+# A map of many children runs them in chunks: one task per chunk, so that the runtime's cost per
+# task (a scheduled task, a step through the Python process: ~30 us) is paid once per chunk.
+# How many children a chunk takes depends on how long one child of that function took before,
+# in this process: a function not seen yet runs one child per task (each task reporting its
+# time), a quick one up to CHUNK_MOST per task, as many as fill half of CHUNK_BUDGET, and a map
+# keeps at least CHUNK_LEAST tasks. A chunk runs its children one after the other; once it has
+# run CHUNK_BUDGET, the rest go out as tasks of their own (unless a child read messages: those
+# reach only the chunk), which idle workers take while the chunk waits for them. A child that
+# awaits children of its own sends the rest out before it waits, and marks its function slow.
+# Decision 63.
 CHUNK_MOST = 64
 CHUNK_LEAST = 64
 CHUNK_BUDGET = 0.002  # seconds
+# Seconds one child of a function took in its last chunks, by (module, qualified name).
+_child_seconds: dict[tuple[str, str], float] = {}
+_SLOW = float('inf')
 
 
-def _chunk_size(n: int) -> int:
-    """Children per chunk of a map of `n` children (1: no chunks)."""
+def _fn_key(fn: Any) -> tuple[str, str]:
+    f = getattr(fn, '__func__', fn)
+    while isinstance(f, functools.partial):
+        f = f.func
+    name = getattr(f, '__qualname__', None) or type(f).__qualname__
+    return (str(getattr(f, '__module__', None) or type(f).__module__), str(name))
+
+
+def _learn(key: tuple[str, str], seconds: list[float]) -> None:
+    """Chunks of the function `key` reported these seconds per child."""
+    if not seconds:
+        return
+    new = max(seconds) if _SLOW in seconds else sum(seconds) / len(seconds)
+    old = _child_seconds.get(key)
+    if old is None and len(_child_seconds) >= 1024:
+        _child_seconds.clear()
+    _child_seconds[key] = new if old is None or new == _SLOW or old == _SLOW else (old + new) / 2
+
+
+def _chunk_size(fn: Any, n: int) -> int:
+    """Children per chunk of a map of `n` children of `fn`; 0: no chunks at all."""
     if n < 2 * CHUNK_LEAST:
+        return 0
+    seconds = _child_seconds.get(_fn_key(fn))
+    if seconds is None or seconds == _SLOW:
         return 1
-    return min(CHUNK_MOST, n // CHUNK_LEAST)
+    fill = int(CHUNK_BUDGET / 2 / max(seconds, 1e-7))
+    return max(1, min(CHUNK_MOST, n // CHUNK_LEAST, fill))
 
 
 class _Yield:
@@ -404,20 +445,26 @@ async def _delegate(coro: Any, future: Any) -> Any:
         coro.close()
 
 
-async def _chunk(fn: Any, argsets: list[Any], kwargs: Any, name: str, needs: str) -> list[Any]:
-    """The task of one chunk: `fn(*args, **kwargs)` for each args in order; their results."""
+async def _chunk(
+    fn: Any, argsets: list[Any], kwargs: Any, name: str, needs: str,
+) -> tuple[list[Any], float]:
+    """The task of one chunk: `fn(*args, **kwargs)` for each args in order; their results and
+    the seconds one child took (on average; infinite if one awaited)."""
+    task = _require_task()
+    task.in_chunk = True
     out: list[Any] = []
+    is_async = inspect.iscoroutinefunction(fn)
     began = time.perf_counter()
     last = len(argsets) - 1
 
     def spread(first: int) -> Any:
-        task = _require_task()
         rest = [(fn, a, kwargs) for a in argsets[first:]]
-        return _submit(task, rest, [name] * len(rest), task.context, needs, 1)
+        return _submit(task, rest, [name] * len(rest), task.context, needs, 0)
 
     for i, args in enumerate(argsets):
+        task.read_to = 0  # a child reads every message its chunk got (decision 63)
         r = fn(*args, **kwargs)
-        if inspect.iscoroutine(r):
+        if is_async:
             try:
                 future = r.send(None)
             except StopIteration as e:
@@ -427,14 +474,13 @@ async def _chunk(fn: Any, argsets: list[Any], kwargs: Any, name: str, needs: str
                 out.append(await _delegate(r, future))
                 if rest is not None:
                     out.extend(await rest)
-                return out
-        elif inspect.isawaitable(r):
-            r = await r
+                return out, _SLOW
         out.append(r)
-        if i < last and time.perf_counter() - began > CHUNK_BUDGET:
+        if i < last and not task.listened and time.perf_counter() - began > CHUNK_BUDGET:
+            seconds = (time.perf_counter() - began) / (i + 1)
             out.extend(await spread(i + 1))
-            break
-    return out
+            return out, seconds
+    return out, (time.perf_counter() - began) / len(argsets)
 
 
 def _submit(
@@ -442,9 +488,9 @@ def _submit(
     contexts: Any, needs: str, chunk: int,
 ) -> Any:
     """Submit `fnargs` as children of `task` (`contexts`: one dict for all, or one each), in
-    chunks of `chunk`; the RuntimeFuture of the map."""
+    chunks of `chunk` (0: each child a task of its own); the RuntimeFuture of the map."""
     from bqskit.runtime.future import RuntimeFuture
-    if chunk <= 1:
+    if chunk <= 0:
         if isinstance(contexts, dict):
             children = [(task.child(fa, contexts), names[i]) for i, fa in enumerate(fnargs)]
         else:
@@ -459,7 +505,7 @@ def _submit(
         call = (_chunk, (fn, argsets, kwargs, names[k], needs), {})
         children.append((task.child(call, contexts), names[k]))
     box = _bqrt.submit(children, False, needs)
-    task.chunked[box] = chunk
+    task.chunked[box] = (chunk, _fn_key(fn))
     return RuntimeFuture(box)
 
 
@@ -518,9 +564,9 @@ class Handle:
         names = [_name(fn, t) for t in task_name]
         if uniform:
             context = {**base, **log_context[0]} if log_context[0] else base
-            return _submit(task, fnargs, names, context, _needs, _chunk_size(n))
+            return _submit(task, fnargs, names, context, _needs, _chunk_size(fn, n))
         contexts = [{**base, **c} if c else base for c in log_context]
-        return _submit(task, fnargs, names, contexts, _needs, 1)
+        return _submit(task, fnargs, names, contexts, _needs, 0)
 
     def needing(self, needs: str) -> Any:
         """Within ``with get_runtime().needing('gpu'):``, submit and map place their tasks
@@ -530,8 +576,9 @@ class Handle:
 
     def cancel(self, future: Any) -> None:
         """Cancel the future's tasks and their descendants; returns at once."""
-        _require_task()
+        task = _require_task()
         _bqrt.cancel(future.mailbox_id)
+        task.chunked.pop(future.mailbox_id, None)
 
     async def next(self, future: Any) -> list[tuple[int, Any]]:
         """Results that arrived since the last call, as (index, value) pairs."""
@@ -560,8 +607,14 @@ class Handle:
     def get_messages(self) -> list[Any]:
         """Messages sent to this task with ``communicate`` since the last call (they arrive
         even while the task computes)."""
-        _require_task()
-        return [pickle.loads(m) for m in _bqrt.get_messages()]
+        task = _require_task()
+        if not task.in_chunk:
+            return [pickle.loads(m) for m in _bqrt.get_messages()]
+        # A chunk's children share its messages: each reads all of them (decision 63).
+        task.listened = True
+        task.messages.extend(_bqrt.get_messages())
+        new, task.read_to = task.messages[task.read_to:], len(task.messages)
+        return [pickle.loads(m) for m in new]
 
 
 HANDLE = Handle()

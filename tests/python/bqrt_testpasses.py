@@ -36,6 +36,12 @@ async def square_async(i: int, delay: float = 0.0) -> int:
     return square_after(i, delay)
 
 
+def read_after(delay: float) -> list[Any]:
+    """Sleep `delay`, then return the messages this task has got."""
+    time.sleep(delay)
+    return get_runtime().get_messages()
+
+
 def fail_at(i: int, bad: int) -> int:
     if i == bad:
         raise ValueError(f'child {i} fails')
@@ -46,7 +52,7 @@ def first_waits_for(i: int, log: str, others: int) -> int:
     """Child 0 blocks until `others` other children have run (each adds a byte to `log`; 30 s
     at most); the others return at once."""
     import os
-    if i != 0:
+    if i != 0 or others <= 0:
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.write(fd, b'.')
         os.close(fd)
@@ -466,13 +472,15 @@ class BlobPass(BasePass):
 
 
 class SquaresPass(BasePass):
-    """A map of `n` children of a plain function, each sleeping `delay` (a keyword argument)."""
+    """Two maps of `n` children: the first quick (the process learns the function is, so the
+    second runs in chunks: decision 63), the second sleeping `delay` in each child."""
 
     def __init__(self, n: int, delay: float = 0.0, of_async: bool = False) -> None:
         self.n, self.delay, self.of_async = n, delay, of_async
 
     async def run(self, circuit: Circuit, data: PassData) -> None:
         fn = square_async if self.of_async else square_after
+        data['first'] = await get_runtime().map(fn, list(range(self.n)))
         data['out'] = await get_runtime().map(fn, list(range(self.n)), delay=self.delay)
 
 
@@ -484,6 +492,7 @@ class SquaresByNextPass(BasePass):
 
     async def run(self, circuit: Circuit, data: PassData) -> None:
         rt = get_runtime()
+        await rt.map(square_after, list(range(self.n)))  # learnt quick: the next map in chunks
         fut = rt.map(square_after, list(range(self.n)), delay=self.delay)
         got: list[tuple[int, int]] = []
         while len(got) < self.n:
@@ -496,7 +505,9 @@ class FailInMapPass(BasePass):
         self.n, self.bad = n, bad
 
     async def run(self, circuit: Circuit, data: PassData) -> None:
-        data['out'] = await get_runtime().map(fail_at, list(range(self.n)), [self.bad] * self.n)
+        n = self.n
+        data['first'] = await get_runtime().map(fail_at, list(range(n)), [-1] * n)
+        data['out'] = await get_runtime().map(fail_at, list(range(n)), [self.bad] * n)
 
 
 class SlowFirstChildPass(BasePass):
@@ -507,5 +518,8 @@ class SlowFirstChildPass(BasePass):
 
     async def run(self, circuit: Circuit, data: PassData) -> None:
         n = self.n
+        rt = get_runtime()
+        learn = self.log + '.first'  # a quick map first: the next runs in chunks
+        await rt.map(first_waits_for, list(range(n)), [learn] * n, [0] * n)
         others = n - 64  # 64: the most children a chunk holds, child 0's included
-        data['out'] = await get_runtime().map(first_waits_for, list(range(n)), [self.log] * n, [others] * n)
+        data['out'] = await rt.map(first_waits_for, list(range(n)), [self.log] * n, [others] * n)

@@ -41,6 +41,7 @@ def test_a_large_map_gives_every_result_in_order(compiler, n, delay, of_async) -
     # sends the rest of its children out as tasks of their own. test_2level_map covers children
     # that await children of their own inside a chunk.
     _, data = compile_data(compiler, [tp.SquaresPass(n, delay, of_async)])
+    assert data['first'] == [i * i for i in range(n)]
     assert data['out'] == [i * i for i in range(n)]
 
 
