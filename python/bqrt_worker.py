@@ -21,7 +21,6 @@ surface of BQSKit's ``Worker``: submit, map, next, cancel, get_cache, communicat
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import logging
@@ -164,8 +163,9 @@ class Task:
         self.root = kind == b'R'
         self.json = kind == b'J'
         self._prefixes: dict[tuple[tuple[str, str], ...], bytes] = {}
-        # Mailboxes of this task's maps in chunks: (children per chunk, the function's key)
-        self.chunked: dict[int, tuple[int, tuple[str, str]]] = {}
+        # Mailboxes of this task's maps in chunks: [children per chunk, the function's key,
+        # chunks whose results `next` has not given yet]
+        self.chunked: dict[int, list[Any]] = {}
         self.waiting = 0  # the mailbox of the last await
         # When this task is a chunk (see _chunk): the messages it got so far, where the child
         # running now has read to, and whether a child read any
@@ -231,6 +231,9 @@ class Task:
                 if chunked is not None:
                     c = chunked[0]
                     _learn(chunked[1], [secs for _, (_, secs) in value])
+                    chunked[2] -= len(value)
+                    if chunked[2] <= 0:
+                        del self.chunked[self.waiting]
                     value = [
                         (i * c + j, v) for i, (part, _) in value for j, v in enumerate(part)
                     ]
@@ -376,84 +379,61 @@ class _Needing:
 # How many children a chunk takes depends on how long one child of that function took before,
 # in this process: a function not seen yet runs one child per task (each task reporting its
 # time), a quick one up to CHUNK_MOST per task, as many as fill half of CHUNK_BUDGET, and a map
-# keeps at least CHUNK_LEAST tasks. A chunk runs its children one after the other; once it has
-# run CHUNK_BUDGET, the rest go out as tasks of their own (unless a child read messages: those
-# reach only the chunk), which idle workers take while the chunk waits for them. A child that
-# awaits children of its own sends the rest out before it waits, and marks its function slow.
-# Decision 63.
+# keeps at least CHUNK_LEAST tasks; only plain functions of importable modules (see _fn_key). A
+# chunk runs its children one after the other; once it has run CHUNK_BUDGET, the rest go out as
+# tasks of their own (unless a child read messages: those reach only the chunk), which idle
+# workers take while the chunk waits for them. Decision 63.
 CHUNK_MOST = 64
 CHUNK_LEAST = 64
 CHUNK_BUDGET = 0.002  # seconds
 # Seconds one child of a function took in its last chunks, by (module, qualified name).
 _child_seconds: dict[tuple[str, str], float] = {}
-_SLOW = float('inf')
 
 
-def _fn_key(fn: Any) -> tuple[str, str]:
-    f = getattr(fn, '__func__', fn)
-    while isinstance(f, functools.partial):
-        f = f.func
-    name = getattr(f, '__qualname__', None) or type(f).__qualname__
-    return (str(getattr(f, '__module__', None) or type(f).__module__), str(name))
+def _fn_key(fn: Any) -> tuple[str, str] | None:
+    """What a function's children are known by, if they may run in chunks: only a plain
+    function of an importable module (not `async`, not a lambda, a local function, a method, a
+    partial or a callable object, whose calls may cost anything: the same `async` function
+    runs BQSKit's cheap and costly block workflows alike)."""
+    if not inspect.isfunction(fn) or inspect.iscoroutinefunction(fn):
+        return None
+    module, name = getattr(fn, '__module__', None), fn.__qualname__
+    if not module or module == '__main__' or '<' in name:
+        return None
+    return (module, name)
 
 
-def _learn(key: tuple[str, str], seconds: list[float]) -> None:
+def _learn(key: tuple[str, str] | None, seconds: list[float]) -> None:
     """Chunks of the function `key` reported these seconds per child."""
-    if not seconds:
+    if key is None or not seconds:
         return
-    new = max(seconds) if _SLOW in seconds else sum(seconds) / len(seconds)
+    new = sum(seconds) / len(seconds)
     old = _child_seconds.get(key)
     if old is None and len(_child_seconds) >= 1024:
         _child_seconds.clear()
-    _child_seconds[key] = new if old is None or new == _SLOW or old == _SLOW else (old + new) / 2
+    _child_seconds[key] = new if old is None else (old + new) / 2
 
 
 def _chunk_size(fn: Any, n: int) -> int:
     """Children per chunk of a map of `n` children of `fn`; 0: no chunks at all."""
-    if n < 2 * CHUNK_LEAST:
+    key = _fn_key(fn)
+    if n < 2 * CHUNK_LEAST or key is None:
         return 0
-    seconds = _child_seconds.get(_fn_key(fn))
-    if seconds is None or seconds == _SLOW:
+    seconds = _child_seconds.get(key)
+    if seconds is None:
         return 1
     fill = int(CHUNK_BUDGET / 2 / max(seconds, 1e-7))
     return max(1, min(CHUNK_MOST, n // CHUNK_LEAST, fill))
-
-
-class _Yield:
-    """Awaiting it hands `future` to the task's driver (:meth:`Task.step`) as it is."""
-
-    __slots__ = ('future',)
-
-    def __init__(self, future: Any) -> None:
-        self.future = future
-
-    def __await__(self) -> Any:
-        return (yield self.future)
-
-
-async def _delegate(coro: Any, future: Any) -> Any:
-    """The rest of coroutine `coro`, which now awaits `future`: each of its awaits goes to the
-    task's driver, each value back to it."""
-    try:
-        while True:
-            value = await _Yield(future)
-            try:
-                future = coro.send(value)
-            except StopIteration as e:
-                return e.value
-    finally:
-        coro.close()
 
 
 async def _chunk(
     fn: Any, argsets: list[Any], kwargs: Any, name: str, needs: str,
 ) -> tuple[list[Any], float]:
     """The task of one chunk: `fn(*args, **kwargs)` for each args in order; their results and
-    the seconds one child took (on average; infinite if one awaited)."""
+    the seconds one child took, on average."""
     task = _require_task()
     task.in_chunk = True
     out: list[Any] = []
-    is_async = inspect.iscoroutinefunction(fn)
     began = time.perf_counter()
     last = len(argsets) - 1
 
@@ -463,19 +443,7 @@ async def _chunk(
 
     for i, args in enumerate(argsets):
         task.read_to = 0  # a child reads every message its chunk got (decision 63)
-        r = fn(*args, **kwargs)
-        if is_async:
-            try:
-                future = r.send(None)
-            except StopIteration as e:
-                r = e.value
-            else:  # it awaits children of its own: the rest must not wait for them
-                rest = spread(i + 1) if i < last else None
-                out.append(await _delegate(r, future))
-                if rest is not None:
-                    out.extend(await rest)
-                return out, _SLOW
-        out.append(r)
+        out.append(fn(*args, **kwargs))
         if i < last and not task.listened and time.perf_counter() - began > CHUNK_BUDGET:
             seconds = (time.perf_counter() - began) / (i + 1)
             out.extend(await spread(i + 1))
@@ -505,7 +473,7 @@ def _submit(
         call = (_chunk, (fn, argsets, kwargs, names[k], needs), {})
         children.append((task.child(call, contexts), names[k]))
     box = _bqrt.submit(children, False, needs)
-    task.chunked[box] = (chunk, _fn_key(fn))
+    task.chunked[box] = [chunk, _fn_key(fn), len(children)]
     return RuntimeFuture(box)
 
 

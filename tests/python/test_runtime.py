@@ -37,9 +37,9 @@ def test_2level_map(compiler) -> None:  # type: ignore[no-untyped-def]
     (1000, 0.0, True), (256, 0.003, True),
 ])
 def test_a_large_map_gives_every_result_in_order(compiler, n, delay, of_async) -> None:  # type: ignore[no-untyped-def]
-    # Large maps run in chunks (decision 63); with a delay past the chunk's budget, every chunk
-    # sends the rest of its children out as tasks of their own. test_2level_map covers children
-    # that await children of their own inside a chunk.
+    # Large maps of a plain function run in chunks once the process has seen it is quick
+    # (decision 63); with a delay past the chunk's budget, every chunk sends the rest of its
+    # children out as tasks of their own. Maps of an async function stay one task per child.
     _, data = compile_data(compiler, [tp.SquaresPass(n, delay, of_async)])
     assert data['first'] == [i * i for i in range(n)]
     assert data['out'] == [i * i for i in range(n)]
