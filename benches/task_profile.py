@@ -126,6 +126,8 @@ def main() -> int:
 
     import compare
     worker = worker_module()
+    # the largest map python/bqrt_worker.py does not run in chunks
+    unchunked = 2 * worker.CHUNK_LEAST - 1
     import pickle
     body = pickle.dumps((compare.noop, (), {}), protocol=pickle.HIGHEST_PROTOCOL)
     made = worker.start(envelope(b'P', body), 0)
@@ -155,18 +157,18 @@ def main() -> int:
             data = compare.run_pass(c, compare.MapNoop(args.map))
             chunked.append(data['seconds'] / args.map * 1e6)
         w1 = []
-        maps = max(1, args.map // UNCHUNKED)
+        maps = max(1, args.map // unchunked)
         before = thread_cpu(server)
         for _ in range(3):
             seconds = 0.0
             for _ in range(maps):
-                seconds += compare.run_pass(c, compare.MapNoop(UNCHUNKED))['seconds']
-            w1.append(seconds / (maps * UNCHUNKED) * 1e6)
+                seconds += compare.run_pass(c, compare.MapNoop(unchunked))['seconds']
+            w1.append(seconds / (maps * unchunked) * 1e6)
         after = thread_cpu(server)
         c.close()
     finally:
         server.stop()
-    cpu = {k: (after[k] - before.get(k, 0.0)) / (len(w1) * maps * UNCHUNKED) * 1e6 for k in after}
+    cpu = {k: (after[k] - before.get(k, 0.0)) / (len(w1) * maps * unchunked) * 1e6 for k in after}
     w1_task = statistics.median(w1)
     nat = native_per_task_us(args.bin, args.map)
     per_worker = 2 * w1_task
@@ -180,7 +182,7 @@ def main() -> int:
     w1_chunked = statistics.median(chunked)
     print(f'W1 map {args.map} (in chunks): {w1_chunked:.2f} us per child, '
           f'{1e6 / w1_chunked:,.0f} tasks/s')
-    print(f'maps of {UNCHUNKED} (one task per child): {w1_task:.1f} us per task, '
+    print(f'maps of {unchunked} (one task per child): {w1_task:.1f} us per task, '
           f'{1e6 / w1_task:,.0f} tasks/s; 2 workers, so {per_worker:.1f} us of a worker per task')
     print('| part | us per task (median) |')
     print('| --- | ---: |')
@@ -188,10 +190,10 @@ def main() -> int:
         print(f'| {k} | {v:.1f} |')
     print(f'| rest (the executor\'s step through the supervisor, frame parsing, '
           f'contention for the 2 cores) | {rest:.1f} |')
-    print(f'| a worker per task (maps of {UNCHUNKED}) | {per_worker:.1f} |')
+    print(f'| a worker per task (maps of {unchunked}) | {per_worker:.1f} |')
     total = sum(cpu.values())
     print()
-    print(f'CPU per task during the maps of {UNCHUNKED} (every thread of every rank and Python '
+    print(f'CPU per task during the maps of {unchunked} (every thread of every rank and Python '
           f'process, utime + stime over 3 rounds, the client excluded): {total:.1f} us; '
           f'all {CORES} cores busy would run at most {CORES / total * 1e6:,.0f} tasks/s')
     print('| where | CPU us per task |')
@@ -202,8 +204,6 @@ def main() -> int:
 
 
 CORES = os.cpu_count() or 1
-# The largest map python/bqrt_worker.py does not run in chunks (2 * CHUNK_LEAST - 1).
-UNCHUNKED = 127
 
 
 def thread_cpu(server: Any) -> dict[str, float]:

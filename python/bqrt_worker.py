@@ -439,7 +439,7 @@ async def _chunk(
 
     def spread(first: int) -> Any:
         rest = [(fn, a, kwargs) for a in argsets[first:]]
-        return _submit(task, rest, [name] * len(rest), task.context, needs, 0)
+        return _submit(task, rest, [name] * len(rest), [task.context] * len(rest), needs, 0)
 
     for i, args in enumerate(argsets):
         task.read_to = 0  # a child reads every message its chunk got (decision 63)
@@ -453,25 +453,21 @@ async def _chunk(
 
 def _submit(
     task: Task, fnargs: list[tuple[Any, Any, Any]], names: list[str],
-    contexts: Any, needs: str, chunk: int,
+    contexts: list[dict[str, str]], needs: str, chunk: int,
 ) -> Any:
-    """Submit `fnargs` as children of `task` (`contexts`: one dict for all, or one each), in
-    chunks of `chunk` (0: each child a task of its own); the RuntimeFuture of the map."""
+    """Submit `fnargs` as children of `task` (a name and a log context each), in chunks of
+    `chunk` (0: each child a task of its own; a chunk takes its first child's name and
+    context); the RuntimeFuture of the map."""
     from bqskit.runtime.future import RuntimeFuture
     if chunk <= 0:
-        if isinstance(contexts, dict):
-            children = [(task.child(fa, contexts), names[i]) for i, fa in enumerate(fnargs)]
-        else:
-            children = [
-                (task.child(fa, contexts[i]), names[i]) for i, fa in enumerate(fnargs)
-            ]
+        children = [(task.child(fa, contexts[i]), names[i]) for i, fa in enumerate(fnargs)]
         return RuntimeFuture(_bqrt.submit(children, False, needs))
     fn, kwargs = fnargs[0][0], fnargs[0][2]
     children = []
     for k in range(0, len(fnargs), chunk):
         argsets = [fa[1] for fa in fnargs[k:k + chunk]]
         call = (_chunk, (fn, argsets, kwargs, names[k], needs), {})
-        children.append((task.child(call, contexts), names[k]))
+        children.append((task.child(call, contexts[k]), names[k]))
     box = _bqrt.submit(children, False, needs)
     task.chunked[box] = [chunk, _fn_key(fn), len(children)]
     return RuntimeFuture(box)
@@ -530,11 +526,9 @@ class Handle:
             raise RuntimeError('Unable to map 0 tasks.')
         base = task.context
         names = [_name(fn, t) for t in task_name]
-        if uniform:
-            context = {**base, **log_context[0]} if log_context[0] else base
-            return _submit(task, fnargs, names, context, _needs, _chunk_size(fn, n))
         contexts = [{**base, **c} if c else base for c in log_context]
-        return _submit(task, fnargs, names, contexts, _needs, 0)
+        chunk = _chunk_size(fn, n) if uniform else 0
+        return _submit(task, fnargs, names, contexts, _needs, chunk)
 
     def needing(self, needs: str) -> Any:
         """Within ``with get_runtime().needing('gpu'):``, submit and map place their tasks
