@@ -11,14 +11,17 @@ and starts a fresh process. The rank talks to this process over two pipes, file 
 Rank to child: ``S`` start a task (u64 id, u32 depth, envelope), ``A`` resume with all results
 of the awaited mailbox (u64 id, u8 single, u32 n, n x (u32 len, bytes)), ``N`` resume with the
 next results (u64 id, u32 n, n x (u32 slot, u32 len, bytes)), ``X`` close a task (u64 id),
-``G`` the reply to ``g`` (u32 n, n x (u32 len, bytes)), ``Q`` quit.
+``G`` the reply to ``g`` (u32 n, n x (u32 len, bytes)), ``K`` the reply to ``k`` (u32 slot, or
+0xFFFFFFFF for none; then u32 len, name, envelope), ``Q`` quit.
 
-Child to rank, during a step of one task: ``s`` submit (u64 mailbox, u8 single, u32 n,
-n x (u32 len, name, u32 len, envelope), and optionally u32 len, the resources the children
-need, comma-separated), ``c`` cancel (u64 mailbox), ``m`` communicate (u64
-mailbox, message), ``g`` get the task's messages, ``l`` a log record (i32 level, u32 len, name,
-text); then the step's end: ``d`` done (result), ``e`` failed (traceback text) or ``a`` awaits
-(u64 mailbox, u8 next). Once, before anything else: ``H`` ready.
+Child to rank, during a step of one task: ``s`` submit (u64 mailbox, u8 flags: 1 one task, 2
+keep the children in the worker's queue; u32 n, n x (u32 len, name, u32 len, envelope), and
+optionally u32 len, the resources the children need, comma-separated), ``k`` claim a child of a
+mailbox back from the worker's queue, to run it inside this step (u64 mailbox), ``c`` cancel (u64
+mailbox), ``m`` communicate (u64 mailbox, message), ``g`` get the task's messages, ``l`` a log
+record (i32 level, u32 len, name, text); then the step's end: ``d`` done (result), ``e`` failed
+(traceback text) or ``a`` awaits (u64 mailbox, u8 next). Once, before anything else: ``H``
+ready.
 
 The warm-up imports (BQSKit's compiler and passes) run after ``H``, one module at a time and
 only while no frame waits on the pipe: a task that arrives meanwhile waits at most for the
@@ -48,7 +51,9 @@ _buf = bytearray()
 _pos = 0
 
 
-def _read(n: int) -> bytes:
+def _fill(n: int) -> None:
+    """Read until `n` unread bytes are buffered (an exception meanwhile, such as a cancel's
+    TaskCancelled, loses nothing)."""
     global _buf, _pos
     while len(_buf) - _pos < n:
         if _pos:
@@ -58,9 +63,6 @@ def _read(n: int) -> bytes:
         if not chunk:
             os._exit(0)  # the rank is gone
         _buf += chunk
-    out = bytes(_buf[_pos:_pos + n])
-    _pos += n
-    return out
 
 
 def _pending() -> bool:
@@ -69,8 +71,14 @@ def _pending() -> bool:
 
 
 def _recv() -> bytes:
-    (n,) = struct.unpack('<I', _read(4))
-    return _read(n)
+    """The next frame's body, taken from the buffer only once all of it arrived."""
+    global _pos
+    _fill(4)
+    (n,) = struct.unpack_from('<I', _buf, _pos)
+    _fill(4 + n)
+    out = bytes(_buf[_pos + 4:_pos + 4 + n])
+    _pos += 4 + n
+    return out
 
 
 def _send(data: bytes) -> None:
@@ -116,12 +124,15 @@ def _boxes() -> set[int]:
     return _run.boxes[_run.tid]
 
 
-def _submit(children: list[tuple[bytes, str]], single: bool, needs: str = '') -> int:
+def _submit(
+    children: list[tuple[bytes, str]], single: bool, needs: str = '', local: bool = False,
+) -> int:
     global _next_box
     boxes = _boxes()
     _next_box += 1
     box = _next_box
-    parts = [struct.pack('<cQBI', b's', box, 1 if single else 0, len(children))]
+    flags = (1 if single else 0) | (2 if local else 0)
+    parts = [struct.pack('<cQBI', b's', box, flags, len(children))]
     for envelope, name in children:
         label = name.encode('utf-8', 'replace')
         parts.append(struct.pack('<I', len(label)) + label)
@@ -132,6 +143,22 @@ def _submit(children: list[tuple[bytes, str]], single: bool, needs: str = '') ->
     _send(b''.join(parts))
     boxes.add(box)
     return box
+
+
+def _claim(box: int) -> tuple[int, str, bytes] | None:
+    """(slot, name, envelope) of a child of `box` taken back from the worker's queue to run
+    here, or None when none waits there."""
+    if box not in _boxes():
+        raise KeyError(box)
+    _send(struct.pack('<cQ', b'k', box))
+    body = _recv()
+    if body[:1] != b'K':
+        raise RuntimeError(f'bqrt: unexpected reply {body[:1]!r} to a claim')
+    (slot,) = struct.unpack_from('<I', body, 1)
+    if slot == 0xFFFFFFFF:
+        return None
+    (n,) = struct.unpack_from('<I', body, 5)
+    return slot, body[9:9 + n].decode('utf-8', 'replace'), body[9 + n:]
 
 
 def _cancel(box: int) -> None:
@@ -191,7 +218,7 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
     signal.signal(signal.SIGUSR1, _on_usr1)
     native = types.ModuleType('_bqrt')
     for f, name in [
-        (_submit, 'submit'), (_cancel, 'cancel'), (_communicate, 'communicate'),
+        (_submit, 'submit'), (_claim, 'claim'), (_cancel, 'cancel'), (_communicate, 'communicate'),
         (_get_messages, 'get_messages'), (_has_box, 'has_box'), (_log, 'log'),
         (_worker_id, 'worker_id'),
     ]:
@@ -284,8 +311,8 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
                     task.close()
                 except BaseException:
                     pass
-        elif kind == b'G':
-            pass  # the reply to a get_messages whose task was cancelled meanwhile
+        elif kind in (b'G', b'K'):
+            pass  # the reply to a get_messages or a claim whose task was cancelled meanwhile
         elif kind == b'Q':
             os._exit(0)
         else:

@@ -28,6 +28,7 @@ import pickle
 import sys
 import time
 import traceback
+import types
 from typing import Any
 
 import _bqrt  # the Rust functions (src/python/task.rs)
@@ -42,6 +43,9 @@ _applied_path: list[str] | None = None
 _ready = False
 # Parsed envelope headers by their bytes: the children of a task share one header.
 _headers: dict[bytes, dict[str, Any]] = {}
+# Headers of children whose log context is not their parent's: by the parent's header and the
+# context.
+_prefixes: dict[tuple[bytes, tuple[tuple[str, str], ...]], bytes] = {}
 
 
 def _setup() -> None:
@@ -126,6 +130,14 @@ async def _run(fn: Any, args: Any, kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
+def _coroutine(fn: Any, args: Any, kwargs: Any) -> Any:
+    """The coroutine of a task running fn(*args, **kwargs): an `async def` function's own (the
+    common case, made without a wrapper), else a wrapper that calls `fn`."""
+    if type(fn) is types.FunctionType and fn.__code__.co_flags & inspect.CO_COROUTINE:
+        return fn(*args, **kwargs)
+    return _run(fn, args, kwargs)
+
+
 def _resolve(call: str) -> Any:
     """The function named 'package.module.function' (or 'package.module:Class.method')."""
     import importlib
@@ -150,29 +162,45 @@ def _error() -> tuple[str, str]:
 class Task:
     """One BQSKit task: its coroutine and its job-wide settings."""
 
+    # Defaults of what few tasks change (class attributes: a task costs microseconds, and
+    # every attribute set at creation counts).
+    waiting = 0  # the mailbox of the last await
+    # When this task is a chunk (see _chunk): the messages it got so far (set there), where the
+    # child running now has read to, and whether a child read any
+    in_chunk = False
+    read_to = 0
+    listened = False
+    # Of a child running inside its parent's step (see `step`): its slot in the box its parent
+    # awaits, and its name
+    slot = -1
+    name = ''
+
     def __init__(self, envelope: bytes, depth: int) -> None:
         kind = envelope[:1]
         n = int.from_bytes(envelope[1:5], 'little')
         header = _parse_header(envelope[5:5 + n])
         body = envelope[5 + n:]
-        self.path: list[str] = list(header.get('path', []))
+        # shared with every task of the same header (_headers), never changed
+        self.path: list[str] = header.get('path') or []
         self.level: int = int(header.get('level') or 0)
         self.max_depth: int = int(header.get('max_depth', -1))
-        self.context: dict[str, str] = dict(header.get('context', {}))
+        self.context: dict[str, str] = header.get('context') or {}
+        # the length and header of this task's envelope, which its children of the same log
+        # context share
+        self.prefix = envelope[1:5 + n]
         self.depth = depth
         self.root = kind == b'R'
         self.json = kind == b'J'
-        self._prefixes: dict[tuple[tuple[str, str], ...], bytes] = {}
         # Mailboxes of this task's maps in chunks: [children per chunk, the function's key,
         # chunks whose results `next` has not given yet]
         self.chunked: dict[int, list[Any]] = {}
-        self.waiting = 0  # the mailbox of the last await
-        # When this task is a chunk (see _chunk): the messages it got so far, where the child
-        # running now has read to, and whether a child read any
-        self.in_chunk = False
-        self.messages: list[bytes] = []
-        self.read_to = 0
-        self.listened = False
+        # Boxes this task submitted to its worker's queue: (children, one task?). The task may
+        # claim them back to run inside the step (see `step`); what it claimed of the box it
+        # awaits: their results by slot.
+        self.local: dict[int, tuple[int, bool]] = {}
+        self.claimed: dict[int, bytes] = {}
+        # On the task the rank steps: the children running inside its step, innermost last.
+        self.inline: list[Task] = []
         _apply_path(self.path)
         _setup()
         if self.root:
@@ -180,11 +208,11 @@ class Task:
             self.coro = comp_task.run()
         elif kind == b'P':
             fn, args, kwargs = pickle.loads(body)
-            self.coro = _run(fn, args, kwargs)
+            self.coro = _coroutine(fn, args, kwargs)
         elif kind == b'C':
             import dill
             fn, args, kwargs = dill.loads(body)
-            self.coro = _run(fn, args, kwargs)
+            self.coro = _coroutine(fn, args, kwargs)
         elif kind == b'J':
             spec = json.loads(body)
             fn = _resolve(spec['call'])
@@ -194,18 +222,95 @@ class Task:
 
     def child(self, fnargs: tuple[Any, Any, Any], context: dict[str, str]) -> bytes:
         """The envelope of a child task running fn(*args, **kwargs)."""
-        key = tuple(context.items())
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            prefix = self._prefixes[key] = _header_prefix({
-                'path': self.path, 'level': self.level,
-                'max_depth': self.max_depth, 'context': context,
-            })
+        if context is self.context or context == self.context:
+            prefix = self.prefix
+        else:
+            key = (self.prefix, tuple(context.items()))
+            prefix = _prefixes.get(key)
+            if prefix is None:
+                if len(_prefixes) >= 256:
+                    _prefixes.clear()
+                prefix = _prefixes[key] = _header_prefix({
+                    'path': self.path, 'level': self.level,
+                    'max_depth': self.max_depth, 'context': context,
+                })
         kind, body = _dumps_call(fnargs)
         return kind + prefix + body
 
     def step(self, kind: int, payload: Any) -> tuple[Any, ...]:
-        """Advance the coroutine: kind 0 start, 1 all results (values, single), 2 next pairs."""
+        """Advance the task: kind 0 start, 1 all results (values, single), 2 next pairs.
+
+        A full await on a box this task (or a child running inside its step) queued on its own
+        worker claims the box's children back from the queue, one at a time, and runs each inside
+        this step, on top of the awaiting coroutine, instead of ending the step: a tree of small
+        tasks then runs without a step through the rank per task, while idle workers steal what
+        is still queued. Only what was not claimed is awaited through the rank (decision 64)."""
+        task = self.inline[-1] if self.inline else self
+        try:
+            value = None if kind == 0 else task._resume(kind, payload)
+            while True:
+                r = task._advance(value)
+                if r[0] == 'await':
+                    if r[2] or r[1] not in task.local:
+                        return r
+                elif task is self:
+                    return r
+                else:
+                    # a child that ran inside this step ended
+                    self.inline.pop()
+                    if r[0] != 'done':
+                        return ('error', f"{r[1]}bqrt: raised by child task '{task.name}', "
+                                "which ran inside its parent's step\n")
+                    task._drop_boxes()
+                    parent = self.inline[-1] if self.inline else self
+                    parent.claimed[task.slot] = r[1]
+                    task = parent
+                n, single = task.local[task.waiting]
+                if len(task.claimed) < n:
+                    claim = _bqrt.claim(task.waiting)
+                    if claim is None:
+                        return ('await', task.waiting, False)
+                    slot, name, envelope = claim
+                    child = Task(envelope, task.depth + 1)
+                    child.slot, child.name = slot, name
+                    self.inline.append(child)
+                    task, value = child, None
+                    continue
+                # every child ran here: the box is released, its results are at hand
+                _bqrt.cancel(task.waiting)
+                value = task._resume(1, ([b''] * n, single))
+        except BaseException:
+            return _error()
+
+    def _resume(self, kind: int, payload: Any) -> Any:
+        """What the coroutine's await gives: kind 1 all results, 2 next pairs."""
+        if kind == 1:
+            raw = payload[0]
+            if self.local.pop(self.waiting, None) is not None and self.claimed:
+                for slot, b in self.claimed.items():
+                    raw[slot] = b
+                self.claimed = {}
+            values = [_loads(b) for b in raw]
+            value = values[0] if payload[1] else values
+            chunked = self.chunked.pop(self.waiting, None)
+            if chunked is not None:
+                _learn(chunked[1], [secs for _, secs in values])
+                value = [v for part, _ in values for v in part]
+            return value
+        value = [(i, _loads(b)) for i, b in payload]
+        chunked = self.chunked.get(self.waiting)
+        if chunked is not None:
+            c = chunked[0]
+            _learn(chunked[1], [secs for _, (_, secs) in value])
+            chunked[2] -= len(value)
+            if chunked[2] <= 0:
+                del self.chunked[self.waiting]
+            value = [(i * c + j, v) for i, (part, _) in value for j, v in enumerate(part)]
+        return value
+
+    def _advance(self, value: Any) -> tuple[Any, ...]:
+        """Send `value` into the coroutine: ('done', bytes), ('error', text) or ('await',
+        mailbox, next)."""
         global _active
         # The root logger's level is the job's while its task steps. Setting a level clears
         # every logger's cache (over a hundred loggers once bqskit is imported: ~6 us), so it is
@@ -216,27 +321,6 @@ class Task:
             _ROOT.setLevel(want)
         _active = self
         try:
-            if kind == 0:
-                value = None
-            elif kind == 1:
-                values = [_loads(b) for b in payload[0]]
-                value = values[0] if payload[1] else values
-                chunked = self.chunked.pop(self.waiting, None)
-                if chunked is not None:
-                    _learn(chunked[1], [secs for _, secs in values])
-                    value = [v for part, _ in values for v in part]
-            else:
-                value = [(i, _loads(b)) for i, b in payload]
-                chunked = self.chunked.get(self.waiting)
-                if chunked is not None:
-                    c = chunked[0]
-                    _learn(chunked[1], [secs for _, (_, secs) in value])
-                    chunked[2] -= len(value)
-                    if chunked[2] <= 0:
-                        del self.chunked[self.waiting]
-                    value = [
-                        (i * c + j, v) for i, (part, _) in value for j, v in enumerate(part)
-                    ]
             future = self.coro.send(value)
         except StopIteration as e:
             return self._finish(e.value)
@@ -254,6 +338,13 @@ class Task:
             return _error()
         self.waiting = future.mailbox_id
         return ('await', future.mailbox_id, bool(future._next_flag))
+
+    def _drop_boxes(self) -> None:
+        """A child that ran inside its parent's step ended: what it submitted and did not
+        await is cancelled, as the rank does for a task that finishes."""
+        for box in self.local:
+            if _bqrt.has_box(box):
+                _bqrt.cancel(box)
 
     def _finish(self, value: Any) -> tuple[Any, ...]:
         try:
@@ -273,6 +364,8 @@ class Task:
             return _error()
 
     def close(self) -> None:
+        for task in reversed(self.inline):
+            task.close()
         try:
             self.coro.close()
         except (ValueError, RuntimeError):
@@ -433,6 +526,7 @@ async def _chunk(
     the seconds one child took, on average."""
     task = _require_task()
     task.in_chunk = True
+    task.messages = []
     out: list[Any] = []
     began = time.perf_counter()
     last = len(argsets) - 1
@@ -461,14 +555,17 @@ def _submit(
     from bqskit.runtime.future import RuntimeFuture
     if chunk <= 0:
         children = [(task.child(fa, contexts[i]), names[i]) for i, fa in enumerate(fnargs)]
-        return RuntimeFuture(_bqrt.submit(children, False, needs))
+        box = _bqrt.submit(children, False, needs, True)
+        task.local[box] = (len(children), False)
+        return RuntimeFuture(box)
     fn, kwargs = fnargs[0][0], fnargs[0][2]
     children = []
     for k in range(0, len(fnargs), chunk):
         argsets = [fa[1] for fa in fnargs[k:k + chunk]]
         call = (_chunk, (fn, argsets, kwargs, names[k], needs), {})
         children.append((task.child(call, contexts[k]), names[k]))
-    box = _bqrt.submit(children, False, needs)
+    box = _bqrt.submit(children, False, needs, True)
+    task.local[box] = (len(children), False)
     task.chunked[box] = [chunk, _fn_key(fn), len(children)]
     return RuntimeFuture(box)
 
@@ -489,7 +586,8 @@ class Handle:
             raise RuntimeError('task_name must be a string.')
         _check_context(log_context)
         envelope = task.child((fn, args, kwargs), {**task.context, **log_context})
-        box = _bqrt.submit([(envelope, _name(fn, task_name))], True, _needs)
+        box = _bqrt.submit([(envelope, _name(fn, task_name))], True, _needs, True)
+        task.local[box] = (1, True)
         return RuntimeFuture(box)
 
     def map(
@@ -508,25 +606,28 @@ class Handle:
                 'task_name must be a string or a list of strings equal'
                 'in length to the number of tasks.',
             )
-        uniform = isinstance(log_context, dict) and all(t == task_name[0] for t in task_name)
+        one_name = all(t == task_name[0] for t in task_name)
+        base = task.context
         if isinstance(log_context, dict):
-            log_context = [log_context] * n
-        if len(log_context) != n:
-            raise RuntimeError(
-                'log_context must be a dictionary or a list of dictionaries'
-                ' equal in length to the number of tasks.',
-            )
-        for context in log_context:
-            _check_context(context)
+            _check_context(log_context)
+            contexts = [{**base, **log_context} if log_context else base] * n
+        else:
+            if len(log_context) != n:
+                raise RuntimeError(
+                    'log_context must be a dictionary or a list of dictionaries'
+                    ' equal in length to the number of tasks.',
+                )
+            for context in log_context:
+                _check_context(context)
+            contexts = [{**base, **c} if c else base for c in log_context]
         if len(args) == 1:
             fnargs = [(fn, (a,), kwargs) for a in args[0]]
         else:
             fnargs = [(fn, sub, kwargs) for sub in zip(*args)]
         if len(fnargs) == 0:
             raise RuntimeError('Unable to map 0 tasks.')
-        base = task.context
-        names = [_name(fn, t) for t in task_name]
-        contexts = [{**base, **c} if c else base for c in log_context]
+        names = [_name(fn, task_name[0])] * n if one_name else [_name(fn, t) for t in task_name]
+        uniform = one_name and isinstance(log_context, dict)
         chunk = _chunk_size(fn, n) if uniform else 0
         return _submit(task, fnargs, names, contexts, _needs, chunk)
 
@@ -541,6 +642,7 @@ class Handle:
         task = _require_task()
         _bqrt.cancel(future.mailbox_id)
         task.chunked.pop(future.mailbox_id, None)
+        task.local.pop(future.mailbox_id, None)
 
     async def next(self, future: Any) -> list[tuple[int, Any]]:
         """Results that arrived since the last call, as (index, value) pairs."""
@@ -570,6 +672,10 @@ class Handle:
         """Messages sent to this task with ``communicate`` since the last call (they arrive
         even while the task computes)."""
         task = _require_task()
+        if task.slot >= 0:
+            # a child running inside its parent's step: the runtime never started it as a task
+            # of its own, so nothing could send it a message (decision 64)
+            return []
         if not task.in_chunk:
             return [pickle.loads(m) for m in _bqrt.get_messages()]
         # A chunk's children share its messages: each reads all of them (decision 63).

@@ -153,6 +153,27 @@ impl Ctx {
     /// Submit children whose arguments are already encoded, for task kinds that are not Rust
     /// functions (e.g. Python coroutines). One mailbox, one slot per child in order.
     pub fn submit_raw(&self, children: Vec<RawChild>) -> TaskResult<RawFuture> {
+        self.submit_raw_to(children, false)
+    }
+
+    /// [`Ctx::submit_raw`], keeping the children in this worker's queue, where the task may
+    /// [`claim`](Ctx::claim_raw) them to run them itself and idle workers steal them meanwhile.
+    pub fn submit_raw_local(&self, children: Vec<RawChild>) -> TaskResult<RawFuture> {
+        self.submit_raw_to(children, true)
+    }
+
+    /// Take back a child of `fut` that still waits in this worker's queue, to run it inside this
+    /// task (its slot then counts as done, with an empty value), or `None` when none waits
+    /// here.
+    pub fn claim_raw(&self, fut: &RawFuture) -> TaskResult<Option<crate::sched::Claimed>> {
+        let mut s = self.shared.lock();
+        let s = &mut *s;
+        let got = s.core.claim(self.key, fut.handle.mailbox, &mut s.out)?;
+        self.shared.send_now(s);
+        Ok(got)
+    }
+
+    fn submit_raw_to(&self, children: Vec<RawChild>, local: bool) -> TaskResult<RawFuture> {
         let len = children.len();
         let specs = children
             .into_iter()
@@ -165,7 +186,16 @@ impl Ctx {
                 needs: c.needs,
             })
             .collect();
-        let mailbox = self.submit_specs(specs)?;
+        let mailbox = match local {
+            false => self.submit_specs(specs)?,
+            true => {
+                let mut s = self.shared.lock();
+                let s = &mut *s;
+                let mailbox = s.core.submit_local(self.key, specs, &mut s.out)?;
+                self.shared.send_now(s);
+                mailbox
+            }
+        };
         Ok(RawFuture {
             handle: Handle::new(self, mailbox),
             len,

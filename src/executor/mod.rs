@@ -69,6 +69,20 @@ pub(crate) struct Shared {
     held: Cell<bool>,
     pub(crate) cache: RefCell<Cache>,
     pub(crate) current: Cell<Option<TaskKey>>,
+    /// The executor's channel to the transport thread, for what a task's runtime call must send
+    /// before its step ends ([`Shared::send_now`]).
+    outbound: crate::transport::LocalSender<Outbox>,
+}
+
+impl Shared {
+    /// Hand what the core wants sent to the transport thread now, in the middle of a step (on
+    /// the executor's own channel, so its messages keep their order): a long step that keeps
+    /// children in the worker's queue reports it at once, so an idle worker can steal them.
+    pub(crate) fn send_now(&self, s: &mut WorkerState) {
+        if !s.out.is_empty() {
+            let _ = self.outbound.send(std::mem::take(&mut s.out));
+        }
+    }
 }
 
 /// [`Shared::lock`]'s guard.
@@ -290,6 +304,7 @@ impl Executor {
             held: Cell::new(false),
             cache: RefCell::new(Cache::default()),
             current: Cell::new(None),
+            outbound: outbound.clone(),
         });
         Executor {
             shared,

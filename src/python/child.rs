@@ -54,6 +54,8 @@ pub enum ToChild<'a> {
     },
     Close(u64),
     Messages(&'a [Vec<u8>]),
+    /// The reply to a claim: `(slot, name, envelope)` of the child taken back, or none.
+    Claimed(Option<(u32, &'a str, &'a [u8])>),
     Quit,
 }
 
@@ -65,10 +67,14 @@ pub enum FromChild {
     Submit {
         mailbox: u64,
         single: bool,
+        /// Keep the children in this worker's queue, where the task may claim them.
+        local: bool,
         children: Vec<(String, Vec<u8>)>,
         /// Resources the children need, comma-separated (empty: none).
         needs: String,
     },
+    /// Take back a child of this mailbox that still waits in the worker's queue (one reply).
+    Claim(u64),
     Cancel(u64),
     Communicate(u64, Vec<u8>),
     GetMessages,
@@ -485,6 +491,18 @@ fn encode(msg: ToChild<'_>) -> Vec<u8> {
                 v.extend_from_slice(b);
             }
         }
+        ToChild::Claimed(got) => {
+            v.push(b'K');
+            match got {
+                None => v.extend_from_slice(&u32::MAX.to_le_bytes()),
+                Some((slot, name, envelope)) => {
+                    v.extend_from_slice(&slot.to_le_bytes());
+                    put_u32(&mut v, name.len());
+                    v.extend_from_slice(name.as_bytes());
+                    v.extend_from_slice(envelope);
+                }
+            }
+        }
         ToChild::Quit => v.push(b'Q'),
     }
     let n = (v.len() - 4) as u32;
@@ -541,7 +559,7 @@ fn decode(frame: &[u8]) -> Result<FromChild, String> {
         b'H' => FromChild::Hello,
         b's' => {
             let mailbox = c.u64()?;
-            let single = c.u8()? != 0;
+            let flags = c.u8()?;
             let n = c.u32()?;
             let mut children = Vec::with_capacity(n.min(1 << 16));
             for _ in 0..n {
@@ -555,11 +573,13 @@ fn decode(frame: &[u8]) -> Result<FromChild, String> {
             };
             FromChild::Submit {
                 mailbox,
-                single,
+                single: flags & 1 != 0,
+                local: flags & 2 != 0,
                 children,
                 needs,
             }
         }
+        b'k' => FromChild::Claim(c.u64()?),
         b'c' => FromChild::Cancel(c.u64()?),
         b'm' => {
             let mailbox = c.u64()?;
@@ -607,6 +627,7 @@ mod tests {
             Ok(FromChild::Submit {
                 mailbox: 7,
                 single: true,
+                local: false,
                 children: vec![("fn".into(), b"abc".to_vec())],
                 needs: String::new(),
             })

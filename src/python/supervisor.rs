@@ -316,6 +316,7 @@ impl Supervisor {
                     FromChild::Submit {
                         mailbox,
                         single,
+                        local,
                         children,
                         needs,
                     } => {
@@ -339,7 +340,11 @@ impl Supervisor {
                                 needs,
                             })
                             .collect();
-                        match ctx.submit_raw(raw) {
+                        let submitted = match local {
+                            true => ctx.submit_raw_local(raw),
+                            false => ctx.submit_raw(raw),
+                        };
+                        match submitted {
                             Ok(fut) => {
                                 boxes.insert(mailbox, PyFuture { fut, single });
                             }
@@ -348,6 +353,18 @@ impl Supervisor {
                                     format!("bqrt: submit failed: {}", e.message())
                                 });
                             }
+                        }
+                    }
+                    FromChild::Claim(mailbox) => {
+                        let got = match boxes.get(&mailbox) {
+                            Some(b) => ctx.claim_raw(&b.fut).ok().flatten(),
+                            None => None,
+                        };
+                        let reply = got
+                            .as_ref()
+                            .map(|c| (c.slot, c.label.as_deref().unwrap_or(""), c.args.as_slice()));
+                        if child.send(ToChild::Claimed(reply)).is_err() {
+                            child.kill("its pipe broke");
                         }
                     }
                     FromChild::Cancel(mailbox) => {

@@ -14,5 +14,5 @@ pub mod worker;
 pub use manager::ManagerCore;
 pub use server::{ClusterView, JobSpec, ServerCore, ServerEvent};
 pub use worker::{
-    CallError, ChildSpec, Ready, TaskKey, WaitKind, WaitPoll, WorkerCore, WorkerStats,
+    CallError, ChildSpec, Claimed, Ready, TaskKey, WaitKind, WaitPoll, WorkerCore, WorkerStats,
 };

@@ -157,6 +157,14 @@ pub struct WorkerStats {
     pub submitted: u64,
 }
 
+/// A child its parent took back from the worker's queue ([`WorkerCore::claim`]).
+#[derive(Debug, PartialEq)]
+pub struct Claimed {
+    pub slot: u32,
+    pub label: Option<String>,
+    pub args: Vec<u8>,
+}
+
 #[derive(Debug)]
 pub struct WorkerCore {
     rank: Rank,
@@ -524,13 +532,9 @@ impl WorkerCore {
             }
         }
         if let Some(mut msg) = self.delayed.pop_back() {
-            let left = self.delayed.len() as u64;
-            let halved = self.told >= REPORT_HALVING_FROM && left <= self.told / 2;
-            if self.told > 0 && (left == 0 || halved) {
-                // busy, and the queue drained, or went down by half or more since the boss last
-                // heard: its estimate becomes exact again, so its steals go where tasks wait
-                self.report_queued(out);
-            }
+            // busy, and the queue drained, or went down by half or more since the boss last
+            // heard: its estimate becomes exact again, so its steals go where tasks wait
+            self.report_shrunk(out);
             self.next_key += 1;
             let key = TaskKey(self.next_key);
             let args = std::mem::take(&mut msg.args);
@@ -655,6 +659,29 @@ impl WorkerCore {
         children: Vec<ChildSpec>,
         out: &mut Outbox,
     ) -> Result<MailboxId, CallError> {
+        self.submit_to(parent, children, false, out)
+    }
+
+    /// A running task submits children and keeps them in this worker's queue (those it can
+    /// run; the others go to the boss), where it may [`claim`](Self::claim) them back to run
+    /// them inside its own step, and where idle workers steal them meanwhile: the boss hears of
+    /// the queue when it counted none here. What the Python layer submits (decision 64).
+    pub fn submit_local(
+        &mut self,
+        parent: TaskKey,
+        children: Vec<ChildSpec>,
+        out: &mut Outbox,
+    ) -> Result<MailboxId, CallError> {
+        self.submit_to(parent, children, true, out)
+    }
+
+    fn submit_to(
+        &mut self,
+        parent: TaskKey,
+        children: Vec<ChildSpec>,
+        local: bool,
+        out: &mut Outbox,
+    ) -> Result<MailboxId, CallError> {
         if children.is_empty() {
             return Err(CallError::EmptyMap);
         }
@@ -711,6 +738,35 @@ impl WorkerCore {
                 sent: Vec::new(),
             },
         );
+        let tasks = match local {
+            false => tasks,
+            true => {
+                let offers = self.offers;
+                let (kept, up): (Vec<TaskMsg>, Vec<TaskMsg>) =
+                    tasks.into_iter().partition(|t| t.needs & !offers == 0);
+                if !kept.is_empty() {
+                    let target = MailboxAddr { rank, mailbox };
+                    if let Some(mb) = self.mailboxes.get_mut(&mailbox) {
+                        mb.add_location(rank, target, out);
+                    }
+                    self.stats.kept += kept.len() as u64;
+                    self.bound |= kept.iter().any(|t| t.needs != 0);
+                    self.delayed.extend(kept);
+                    let n = self.delayed.len() as u64;
+                    self.stats.max_delayed = self.stats.max_delayed.max(n);
+                    if up.is_empty() && self.told == 0 {
+                        // the boss counts no task here: an idle worker's steal should come
+                        // here (a report at each growth kept the transport thread busy beside
+                        // the step: decision 64)
+                        self.report_queued(out);
+                    }
+                }
+                up
+            }
+        };
+        if tasks.is_empty() {
+            return Ok(mailbox);
+        }
         self.told = self.delayed.len() as u64;
         let submit = Up::Submit {
             tasks,
@@ -719,6 +775,61 @@ impl WorkerCore {
         };
         out.push((self.boss, Msg::Up(submit)));
         Ok(mailbox)
+    }
+
+    /// A running task takes back the last child of its own mailbox that still waits in this
+    /// worker's queue, to run it inside its own step: `(slot, name, args)`, or `None` when
+    /// none waits here (they started, were stolen or handed back). The slot counts as received
+    /// with an empty value (the task has the real one) and the child as started and finished.
+    pub fn claim(
+        &mut self,
+        task: TaskKey,
+        mailbox: MailboxId,
+        out: &mut Outbox,
+    ) -> Result<Option<Claimed>, CallError> {
+        let rank = self.rank;
+        let mb = self.mailboxes.get_mut(&mailbox).ok_or(CallError::Gone)?;
+        if mb.owner != task {
+            return Err(CallError::NotOwner);
+        }
+        let Some(at) = self
+            .delayed
+            .iter()
+            .rposition(|t| t.addr.rank == rank && t.addr.mailbox == mailbox)
+        else {
+            return Ok(None);
+        };
+        let Some(child) = self.delayed.remove(at) else {
+            return Ok(None);
+        };
+        let slot = child.addr.slot;
+        match mb.results.get_mut(slot as usize) {
+            Some(r) if r.is_none() => *r = Some(Vec::new()),
+            _ => panic!("bqrt bug: claimed task {} was already done", child.addr),
+        }
+        mb.received += 1;
+        self.stats.started += 1;
+        self.stats.finished += 1;
+        self.progress.entry(child.job).or_default().1 += 1;
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.tasks.finished += 1;
+        }
+        self.report_shrunk(out);
+        Ok(Some(Claimed {
+            slot,
+            label: child.label,
+            args: child.args,
+        }))
+    }
+
+    /// The queue shrank: tell the boss when it drained or holds half or less of what the boss
+    /// counts, so its estimate is exact again and its steals go where tasks wait.
+    fn report_shrunk(&mut self, out: &mut Outbox) {
+        let left = self.delayed.len() as u64;
+        let halved = self.told >= REPORT_HALVING_FROM && left <= self.told / 2;
+        if self.told > 0 && (left == 0 || halved) {
+            self.report_queued(out);
+        }
     }
 
     /// A running task awaits a mailbox.
@@ -1361,6 +1472,75 @@ mod tests {
         w.submit(key, vec![needing()], &mut out).unwrap();
         w.keep_one_for_self(&mut out);
         assert_eq!(w.delayed_len(), 1, "now it offers it");
+    }
+
+    #[test]
+    fn local_children_wait_here_are_claimed_last_first_and_stolen_oldest_first() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let m = w
+            .submit_local(root, (0..3).map(|_| child()).collect(), &mut out)
+            .unwrap();
+        assert!(
+            !out.iter()
+                .any(|(_, m)| matches!(m, Msg::Up(Up::Submit { tasks, .. }) if !tasks.is_empty())),
+            "nothing goes to the boss: {out:?}"
+        );
+        assert_eq!(queue_reports(&out), vec![3], "the boss hears of the queue");
+        assert_eq!(w.delayed_len(), 3);
+        out.clear();
+        let claimed = w.claim(root, m, &mut out).unwrap().map(|c| c.slot);
+        assert_eq!(claimed, Some(2), "the last child first");
+        w.handle(Msg::Down(Down::Steal { max: 1 }), &mut out);
+        let stolen: Vec<u32> = out
+            .iter()
+            .flat_map(|(_, m)| match m {
+                Msg::Up(Up::Stolen { tasks, .. }) => tasks.iter().map(|t| t.addr.slot).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(stolen, vec![0], "a thief takes the oldest");
+        assert_eq!(w.claim(root, m, &mut out).unwrap().map(|c| c.slot), Some(1));
+        assert_eq!(
+            w.claim(root, m, &mut out).unwrap(),
+            None,
+            "slot 0 was stolen"
+        );
+        // the claimed slots count as done: the stolen child's result completes the mailbox
+        assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
+        w.handle(result(m, 0, 7), &mut out);
+        assert_eq!(
+            w.wait(root, m, WaitKind::All),
+            Ok(WaitPoll::All(vec![vec![7], vec![], vec![]]))
+        );
+        assert_eq!(
+            (w.stats().started, w.stats().finished),
+            (3, 2),
+            "root + 2 claimed"
+        );
+    }
+
+    #[test]
+    fn only_the_owner_claims_and_children_it_cannot_run_go_to_the_boss() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let mut gpu = child();
+        gpu.needs = 1;
+        let m = w.submit_local(root, vec![child(), gpu], &mut out).unwrap();
+        match &out[..] {
+            [(_, Msg::Up(Up::Submit { tasks, .. }))] => {
+                assert_eq!(
+                    tasks.iter().map(|t| t.addr.slot).collect::<Vec<_>>(),
+                    vec![1]
+                );
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(w.claim(TaskKey(99), m, &mut out), Err(CallError::NotOwner));
+        assert_eq!(w.claim(root, m, &mut out).unwrap().map(|c| c.slot), Some(0));
+        assert_eq!(w.claim(root, m, &mut out).unwrap(), None);
+        w.cancel(root, m, &mut out).unwrap();
+        assert_eq!(w.claim(root, m, &mut out), Err(CallError::Gone));
     }
 
     #[test]

@@ -48,6 +48,28 @@ def fail_at(i: int, bad: int) -> int:
     return i
 
 
+async def tree(depth: int) -> int:
+    """A binary tree of nested maps; every node counts itself."""
+    if depth == 0:
+        return 1
+    left, right = await get_runtime().map(tree, [depth - 1, depth - 1])
+    return 1 + left + right
+
+
+async def fail_in_map(n: int, bad: int) -> list[int]:
+    return await get_runtime().map(fail_at, list(range(n)), [bad] * n)
+
+
+def leave_and_read(i: int) -> list[Any]:
+    """Submit a child it never awaits, then return the messages it got."""
+    get_runtime().submit(square_after, i, 10.0)
+    return get_runtime().get_messages()
+
+
+async def submit_one(fn: Any, *args: Any) -> Any:
+    return await get_runtime().submit(fn, *args)
+
+
 def first_waits_for(i: int, log: str, others: int) -> int:
     """Child 0 blocks until `others` other children have run (each adds a byte to `log`; 30 s
     at most); the others return at once."""
