@@ -3,7 +3,10 @@
 
 A map of 128 children or more runs them in chunks (docs/decisions.md, 63): W1 itself is printed
 first, then the cost of one child *task* is taken apart on maps just below that threshold (the
-path every child of a smaller map, and every task of W3's tree, takes).
+path every child of a smaller map, and every task of W3's tree, takes). The parent claims most
+of those children back and runs them in its own step (decision 64): such a child costs one
+claim (a round trip through the pipes, the shape of `frames`) and no native task; the children
+the other worker steals take the whole path (a step through the pipes and a native task).
 
     bash benches/with-bqskit.sh task_profile.py [--calls N] [--map N]
 
@@ -19,8 +22,8 @@ Measures, each as the median over N tasks on this machine, in this process:
              side woken from its sleep;
 then, against `mpirun -n 3 bqrt serve` (server + 2 workers):
   W1         the measured time per child of a map of N noop children, in chunks;
-  per task   the same children in maps of 127 (one task each; 2 workers, so per worker twice
-             this);
+  per task   the same children in maps of 127 (one task each, most claimed by their parent; 2
+             workers, so per worker twice this);
   native     `bqrt run fanout N` on the same 3 ranks: a native task's cost (scheduling, MPI
              messages, the executor), per task;
 and prints what is left of a worker's time per task once the parts are taken away, and the CPU
@@ -176,13 +179,15 @@ def main() -> int:
              ('start (child: open the envelope, unpickle, make the coroutine)', start),
              ('step (child: run to the end, pickle the result)', step),
              ('result (parent: read the result)', result),
-             ('frames (one step through the two pipes: the rank spins, the Python side is woken)', frames),
-             ('native task (scheduling, MPI messages, executor)', nat)]
+             ('frames (one round trip through the two pipes, a step or a claim: one side '
+              'spins, the other is woken)', frames),
+             ('native task (scheduling, MPI messages, executor; only the stolen children)', nat)]
     rest = per_worker - sum(v for _, v in parts)
     w1_chunked = statistics.median(chunked)
     print(f'W1 map {args.map} (in chunks): {w1_chunked:.2f} us per child, '
           f'{1e6 / w1_chunked:,.0f} tasks/s')
-    print(f'maps of {unchunked} (one task per child): {w1_task:.1f} us per task, '
+    print(f'maps of {unchunked} (one task per child, most claimed by the parent): '
+          f'{w1_task:.1f} us per task, '
           f'{1e6 / w1_task:,.0f} tasks/s; 2 workers, so {per_worker:.1f} us of a worker per task')
     print('| part | us per task (median) |')
     print('| --- | ---: |')

@@ -169,6 +169,11 @@ impl Ctx {
         let mut s = self.shared.lock();
         let s = &mut *s;
         let got = s.core.claim(self.key, fut.handle.mailbox, &mut s.out)?;
+        if got.is_some() {
+            self.shared.claimed(s);
+        }
+        // what the step produced so far (log records above all) leaves now, as it would at the
+        // end of a task
         self.shared.send_now(s);
         Ok(got)
     }

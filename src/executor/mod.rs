@@ -72,9 +72,18 @@ pub(crate) struct Shared {
     /// The executor's channel to the transport thread, for what a task's runtime call must send
     /// before its step ends ([`Shared::send_now`]).
     outbound: crate::transport::LocalSender<Outbox>,
+    /// The task being polled, as the transport thread sees it.
+    running: Arc<LiveTasks>,
 }
 
 impl Shared {
+    /// The running task starts a child it claimed, inside its own poll: as at the start of a
+    /// task, the worker is not occupied (it serves its queue) and the poll's clock restarts.
+    pub(crate) fn claimed(&self, s: &mut WorkerState) {
+        self.running.restart();
+        s.core.set_occupied(false, &mut s.out);
+    }
+
     /// Hand what the core wants sent to the transport thread now, in the middle of a step (on
     /// the executor's own channel, so its messages keep their order): a long step that keeps
     /// children in the worker's queue reports it at once, so an idle worker can steal them.
@@ -204,6 +213,16 @@ impl LiveTasks {
         slot.as_ref().map(|t| (t.key, t.since))
     }
 
+    /// The running task began another task inside its poll (a claimed child): the poll counts
+    /// from now for the occupied threshold and the stall warning.
+    fn restart(&self) {
+        if let Ok(mut slot) = self.slot.lock() {
+            if let Some(t) = slot.as_mut() {
+                t.since = Instant::now();
+            }
+        }
+    }
+
     /// Raise the running task's cancel flag (shutdown: cooperative tasks end early).
     pub fn cancel_current(&self) {
         if let Ok(slot) = self.slot.lock() {
@@ -305,6 +324,7 @@ impl Executor {
             cache: RefCell::new(Cache::default()),
             current: Cell::new(None),
             outbound: outbound.clone(),
+            running: Arc::clone(&running),
         });
         Executor {
             shared,

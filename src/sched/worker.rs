@@ -505,10 +505,15 @@ impl WorkerCore {
     fn report_queued(&mut self, out: &mut Outbox) {
         self.told = self.delayed.len() as u64;
         let msg = match self.told {
-            0 => Up::Waiting {
-                idle: 0,
-                receipt: self.receipt,
-            },
+            0 => {
+                // the boss now counts this worker busy: its next idle moment must say so
+                // again, even without a batch read since the last
+                self.last_waiting = None;
+                Up::Waiting {
+                    idle: 0,
+                    receipt: self.receipt,
+                }
+            }
             queued => Up::Submit {
                 tasks: Vec::new(),
                 queued,
@@ -1517,6 +1522,38 @@ mod tests {
             (w.stats().started, w.stats().finished),
             (3, 2),
             "root + 2 claimed"
+        );
+    }
+
+    #[test]
+    fn a_worker_that_said_it_drained_says_again_when_it_idles() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        // idle once with the root waiting: the boss hears it
+        let m = w.submit(root, vec![child()], &mut out).unwrap();
+        assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
+        out.clear();
+        assert!(w.next_ready(&mut out).is_none());
+        assert!(matches!(
+            out[..],
+            [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]
+        ));
+        // the root resumes with no batch read since, claims a local child, and its queue
+        // drains (idle: 0 at the boss); idle again, it must say so again
+        w.handle(result(m, 0, 1), &mut out);
+        assert!(matches!(w.next_ready(&mut out), Some(Ready::Resume(_))));
+        let m2 = w.submit_local(root, vec![child()], &mut out).unwrap();
+        assert!(w.claim(root, m2, &mut out).unwrap().is_some());
+        assert!(matches!(
+            out.last(),
+            Some((_, Msg::Up(Up::Waiting { idle: 0, .. })))
+        ));
+        w.finish(root, Ok(vec![]), &mut out);
+        out.clear();
+        assert!(w.next_ready(&mut out).is_none());
+        assert!(
+            matches!(out[..], [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]),
+            "{out:?}"
         );
     }
 
