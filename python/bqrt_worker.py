@@ -174,6 +174,8 @@ class Task:
     # awaits, and its name
     slot = -1
     name = ''
+    # the length and header of its children's envelopes, when they keep its log context
+    child_prefix: bytes | None = None
 
     def __init__(self, envelope: bytes, depth: int) -> None:
         kind = envelope[:1]
@@ -185,10 +187,10 @@ class Task:
         self.level: int = int(header.get('level') or 0)
         self.max_depth: int = int(header.get('max_depth', -1))
         self.context: dict[str, str] = header.get('context') or {}
-        # the length and header of this task's envelope, which its children of the same log
-        # context share
+        # the length and header of this task's envelope
         self.prefix = envelope[1:5 + n]
-        self.depth = depth
+        # the true depth (the rank's count misses the children claimed on the way)
+        self.depth = int(header.get('depth', depth))
         self.root = kind == b'R'
         self.json = kind == b'J'
         # Mailboxes of this task's maps in chunks: [children per chunk, the function's key,
@@ -222,18 +224,22 @@ class Task:
 
     def child(self, fnargs: tuple[Any, Any, Any], context: dict[str, str]) -> bytes:
         """The envelope of a child task running fn(*args, **kwargs)."""
-        if context is self.context or context == self.context:
-            prefix = self.prefix
-        else:
-            key = (self.prefix, tuple(context.items()))
+        own = context is self.context
+        prefix = self.child_prefix if own else None
+        if prefix is None:
+            key = (self.prefix, self.depth, tuple(context.items()))
             prefix = _prefixes.get(key)
             if prefix is None:
                 if len(_prefixes) >= 256:
                     _prefixes.clear()
+                # the child's depth: the rank counts a child submitted by a child claimed in
+                # this step as this task's (decision 64)
                 prefix = _prefixes[key] = _header_prefix({
-                    'path': self.path, 'level': self.level,
-                    'max_depth': self.max_depth, 'context': context,
+                    'path': self.path, 'level': self.level, 'max_depth': self.max_depth,
+                    'context': context, 'depth': self.depth + 1,
                 })
+            if own:
+                self.child_prefix = prefix
         kind, body = _dumps_call(fnargs)
         return kind + prefix + body
 

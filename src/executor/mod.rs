@@ -87,10 +87,18 @@ impl Shared {
     /// Hand what the core wants sent to the transport thread now, in the middle of a step (on
     /// the executor's own channel, so its messages keep their order): a long step that keeps
     /// children in the worker's queue reports it at once, so an idle worker can steal them.
+    /// Children submitted to the boss stay until the step ends, as ever: a cancel in the same
+    /// step still takes them back before they leave.
     pub(crate) fn send_now(&self, s: &mut WorkerState) {
-        if !s.out.is_empty() {
-            let _ = self.outbound.send(std::mem::take(&mut s.out));
+        let leaves = |m: &crate::protocol::Msg| !matches!(m, crate::protocol::Msg::Up(crate::protocol::Up::Submit { tasks, .. }) if !tasks.is_empty());
+        if !s.out.iter().any(|(_, m)| leaves(m)) {
+            return;
         }
+        let (now, later): (Outbox, Outbox) = std::mem::take(&mut s.out)
+            .into_iter()
+            .partition(|(_, m)| leaves(m));
+        s.out = later;
+        let _ = self.outbound.send(now);
     }
 }
 

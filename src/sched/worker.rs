@@ -198,6 +198,10 @@ pub struct WorkerCore {
     /// Some task that needs resources reached the delayed queue: steals then hand back only
     /// tasks that need none (a thief may not offer what they need).
     bound: bool,
+    /// A steal found less here than it asked for since the last local submit: some worker is
+    /// idle for want of tasks, so the next local submit goes to the boss instead, which places
+    /// it on idle workers at once.
+    hungry: bool,
     pub stats: WorkerStats,
 }
 
@@ -223,6 +227,7 @@ impl WorkerCore {
             reported_queued: 0,
             offers: 0,
             bound: false,
+            hungry: false,
             stats: WorkerStats::default(),
         }
     }
@@ -303,6 +308,7 @@ impl WorkerCore {
                 };
                 self.told = self.delayed.len() as u64;
                 self.stats.stolen_from += tasks.len() as u64;
+                self.hungry = tasks.len() < max as usize;
                 let stolen = Up::Stolen {
                     tasks,
                     left,
@@ -743,6 +749,7 @@ impl WorkerCore {
                 sent: Vec::new(),
             },
         );
+        let local = local && !std::mem::take(&mut self.hungry);
         let tasks = match local {
             false => tasks,
             true => {
@@ -1555,6 +1562,35 @@ mod tests {
             matches!(out[..], [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn after_a_steal_found_too_little_the_next_local_submit_goes_to_the_boss() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        // a steal that found what it asked for leaves local submits local
+        w.submit_local(root, vec![child(), child()], &mut out)
+            .unwrap();
+        w.handle(Msg::Down(Down::Steal { max: 1 }), &mut out);
+        out.clear();
+        w.submit_local(root, vec![child()], &mut out).unwrap();
+        assert_eq!(w.delayed_len(), 2);
+        w.handle(Msg::Down(Down::Steal { max: 4 }), &mut out);
+        out.clear();
+        out.clear();
+        // some worker was idle: the boss places these at once
+        let m = w
+            .submit_local(root, vec![child(), child()], &mut out)
+            .unwrap();
+        assert!(
+            matches!(&out[..], [(_, Msg::Up(Up::Submit { tasks, .. }))] if tasks.len() == 2),
+            "{out:?}"
+        );
+        assert_eq!(w.claim(root, m, &mut out).unwrap(), None);
+        // and the next one stays here again
+        out.clear();
+        w.submit_local(root, vec![child()], &mut out).unwrap();
+        assert_eq!(w.delayed_len(), 1);
     }
 
     #[test]

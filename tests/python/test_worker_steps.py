@@ -4,6 +4,7 @@ the worker's process gives bqrt_worker are replaced by a recording fake, whose q
 the worker's."""
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import sys
@@ -211,3 +212,19 @@ def test_without_claims_every_await_ends_the_step(fake) -> None:  # type: ignore
     assert task.step(0, None) == ('await', 1, False)
     end = task.step(1, ([pickle.dumps(1), pickle.dumps(1)], False))
     assert end[0] == 'done' and pickle.loads(end[1]) == 3
+
+
+def test_children_of_a_claimed_child_carry_their_true_depth(fake) -> None:  # type: ignore[no-untyped-def]
+    # the rank counts what a claimed child submits as its host's children; the envelope says
+    # how deep they really are, for the job's max_depth log filter where they run
+    def depth(envelope: bytes) -> int:
+        n = int.from_bytes(envelope[1:5], 'little')
+        return int(json.loads(envelope[5:5 + n])['depth'])
+
+    fake.claims = True
+    claim = fake.claim
+    fake.worker._bqrt.claim = lambda box: claim(box) if box == 1 else None
+    task = task_of(fake, tp.tree, 2)  # the rank starts it at depth 1
+    assert task.step(0, None) == ('await', 2, False)
+    assert [depth(e) for e, _ in fake.submits[0]] == [2, 2]
+    assert [depth(e) for e, _ in fake.submits[1]] == [3, 3]
