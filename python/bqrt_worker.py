@@ -5,7 +5,9 @@ A BQSKit task reaches a worker as an *envelope* of bytes::
     kind (1 byte: b'R' root job, b'C' child task pickled with dill, b'P' child task pickled with
           pickle, b'J' a native client's call of a Python function)
     u32 little-endian length of the header, then the header: JSON
-        {"path": [...client sys.path...], "level": int, "max_depth": int, "context": {...}}
+        {"path": [...client sys.path...], "level": int, "max_depth": int, "context": {...},
+         "depth": int (a child's: its depth in the job's tree, which the rank's count misses
+         for children of children claimed into a step; decision 64)}
     body: b'R' the client's SUBMIT frame, a pickled (RuntimeMessage.SUBMIT, CompilationTask);
           b'C' the dill bytes of (fn, args, kwargs), exactly as BQSKit ships them; b'P' the same
           tuple pickled with pickle, used when pickle can (module-level functions and plain
@@ -43,9 +45,9 @@ _applied_path: list[str] | None = None
 _ready = False
 # Parsed envelope headers by their bytes: the children of a task share one header.
 _headers: dict[bytes, dict[str, Any]] = {}
-# Headers of children whose log context is not their parent's: by the parent's header and the
+# Length and header of children's envelopes: by their parent's header, its depth and their log
 # context.
-_prefixes: dict[tuple[bytes, tuple[tuple[str, str], ...]], bytes] = {}
+_prefixes: dict[tuple[bytes, int, tuple[tuple[str, str], ...]], bytes] = {}
 
 
 def _setup() -> None:
