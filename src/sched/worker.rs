@@ -625,23 +625,14 @@ impl WorkerCore {
             out.remove(i);
         }
         if let Some(task) = task {
-            self.keep(task.addr.mailbox, vec![task], out);
+            let target = task.addr.mailbox_addr();
+            if let Some(mb) = self.mailboxes.get_mut(&task.addr.mailbox) {
+                mb.add_location(self.rank, target, out);
+                self.stats.kept += 1;
+                self.bound |= task.needs != 0;
+                self.delayed.push_back(task);
+            }
         }
-    }
-
-    /// Queue here children of this worker's own `mailbox` that it keeps instead of sending them
-    /// to the boss (work-first, local submits): the mailbox learns they live here. False when
-    /// the mailbox is gone (nothing is kept).
-    fn keep(&mut self, mailbox: MailboxId, tasks: Vec<TaskMsg>, out: &mut Outbox) -> bool {
-        let rank = self.rank;
-        let Some(mb) = self.mailboxes.get_mut(&mailbox) else {
-            return false;
-        };
-        mb.add_location(rank, MailboxAddr { rank, mailbox }, out);
-        self.stats.kept += tasks.len() as u64;
-        self.bound |= tasks.iter().any(|t| t.needs != 0);
-        self.delayed.extend(tasks);
-        true
     }
 
     /// Send the server the task counts gathered since the last report, and the queue length, if
@@ -765,7 +756,14 @@ impl WorkerCore {
                 let offers = self.offers;
                 let (kept, up): (Vec<TaskMsg>, Vec<TaskMsg>) =
                     tasks.into_iter().partition(|t| t.needs & !offers == 0);
-                if !kept.is_empty() && self.keep(mailbox, kept, out) {
+                if !kept.is_empty() {
+                    let target = MailboxAddr { rank, mailbox };
+                    if let Some(mb) = self.mailboxes.get_mut(&mailbox) {
+                        mb.add_location(rank, target, out);
+                    }
+                    self.stats.kept += kept.len() as u64;
+                    self.bound |= kept.iter().any(|t| t.needs != 0);
+                    self.delayed.extend(kept);
                     let n = self.delayed.len() as u64;
                     self.stats.max_delayed = self.stats.max_delayed.max(n);
                     if up.is_empty() && self.told == 0 {
