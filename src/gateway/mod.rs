@@ -227,9 +227,13 @@ fn accept(
             }
             let Ok(stream) = stream else { continue };
             next += 1;
-            let n = active.fetch_add(1, Ordering::SeqCst) + 1;
-            if n > cfg.max_connections + RESERVE + HARD_SLACK {
-                active.fetch_sub(1, Ordering::SeqCst);
+            active.fetch_add(1, Ordering::SeqCst);
+            // After a burst of connections whose peers already left, their threads may not have
+            // counted themselves out yet (on a loaded machine, hundreds of them): a client
+            // arriving then must not be closed for them, so wait for the reaping first.
+            let hard = cfg.max_connections + RESERVE + HARD_SLACK;
+            if over_cap_within(&active, hard, HARD_GRACE) {
+                let n = active.fetch_sub(1, Ordering::SeqCst);
                 log::debug!(target: "bqrt::gateway", "connection closed at once: {n} open");
                 drop(stream);
                 continue;
@@ -260,10 +264,20 @@ fn accept(
 /// reaped before it is refused (after a burst, their threads may not have run yet).
 const CAP_GRACE: Duration = Duration::from_millis(200);
 
+/// How long the acceptor waits for finished connections to be reaped before it closes one past
+/// the hard limit. Longer than [`CAP_GRACE`]: this close gives no reason, and only a flood of
+/// live connections meets it (whose extra connections wait in the listen queue meanwhile).
+const HARD_GRACE: Duration = Duration::from_secs(1);
+
 /// Whether the connections counted in `active` (this one included) are more than `cap`, once
 /// finished ones had [`CAP_GRACE`] to leave.
 pub(crate) fn over_cap(active: &AtomicUsize, cap: usize) -> bool {
-    let until = std::time::Instant::now() + CAP_GRACE;
+    over_cap_within(active, cap, CAP_GRACE)
+}
+
+/// [`over_cap`] with its own grace.
+fn over_cap_within(active: &AtomicUsize, cap: usize, grace: Duration) -> bool {
+    let until = std::time::Instant::now() + grace;
     while active.load(Ordering::SeqCst) > cap && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(1));
     }
