@@ -17,6 +17,7 @@ pub mod session;
 pub mod size;
 pub mod supervisor;
 pub mod task;
+pub mod unpickle;
 
 use crate::executor::Registry;
 use std::path::PathBuf;

@@ -8,8 +8,9 @@
 //!
 //! BQSKit's client reads log records correctly only while it waits for a reply, so LOG
 //! messages are sent while a request is outstanding and held (bounded) otherwise; they are
-//! flushed before the reply. Frames are decoded by a restricted unpickler
-//! (python/bqrt_codec.py) that imports and runs nothing of the client's; the SUBMIT frame
+//! flushed before the reply. Frames are decoded with the meaning of a restricted unpickler
+//! (python/bqrt_codec.py) that imports and runs nothing of the client's: in Rust where
+//! [`unpickle`] is sure of the answer, else by that unpickler itself; the SUBMIT frame
 //! itself travels to a worker unopened. Only loopback peers of the runtime's own user (or
 //! peers on `--bqskit-allow`) are served, because the protocol carries pickled code: see
 //! docs/operations.md, "Who can connect".
@@ -26,6 +27,7 @@
 
 use super::interp;
 use super::pickle::{self, msg, Status};
+use super::unpickle::{self, ClientMsg};
 use crate::gateway::bell::{Bell, Wake};
 use crate::gateway::frame::{self, Budget, Limits, Prefix, ReadError};
 use crate::gateway::{Admission, ForeignProtocol, Link};
@@ -139,18 +141,18 @@ impl ForeignProtocol for BqskitProtocol {
     }
 }
 
-/// A client message, as far as rank 0 reads it.
-enum ClientMsg {
-    Connect(Vec<String>),
-    Disconnect,
-    Submit { id: String, level: i64, depth: i64 },
-    Status(String),
-    Request(String),
-    Cancel(String),
-    Other(i64),
+/// A client frame: read without the interpreter when [`unpickle`] is sure of it, else by the
+/// restricted unpickler, which also words the errors.
+fn decode(frame: &[u8]) -> Result<ClientMsg, String> {
+    match unpickle::decode(frame) {
+        Some(m) => Ok(m),
+        None => decode_in_python(frame),
+    }
 }
 
-fn decode(frame: &[u8]) -> Result<ClientMsg, String> {
+/// A client frame read by the restricted unpickler (python/bqrt_codec.py).
+#[doc(hidden)]
+pub fn decode_in_python(frame: &[u8]) -> Result<ClientMsg, String> {
     interp::start()?;
     Python::with_gil(|py| {
         let codec = interp::codec(py).map_err(|e| interp::describe(py, &e))?;
