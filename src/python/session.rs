@@ -27,7 +27,7 @@
 
 use super::interp;
 use super::pickle::{self, msg, Status};
-use super::unpickle::{self, ClientMsg};
+use super::unpickle::{self, ClientMsg, Verdict};
 use crate::gateway::bell::{Bell, Wake};
 use crate::gateway::frame::{self, Budget, Limits, Prefix, ReadError};
 use crate::gateway::{Admission, ForeignProtocol, Link};
@@ -141,12 +141,14 @@ impl ForeignProtocol for BqskitProtocol {
     }
 }
 
-/// A client frame: read without the interpreter when [`unpickle`] is sure of it, else by the
-/// restricted unpickler, which also words the errors.
+/// A client frame: read without the interpreter when [`unpickle`] is sure of it, refused when
+/// it would cost the unpickler memory out of proportion, else read by the restricted
+/// unpickler, which also words the errors.
 fn decode(frame: &[u8]) -> Result<ClientMsg, String> {
-    match unpickle::decode(frame) {
-        Some(m) => Ok(m),
-        None => decode_in_python(frame),
+    match unpickle::judge(frame) {
+        Verdict::Read(m) => Ok(m),
+        Verdict::Refused(why) => Err(why),
+        Verdict::Unsure => decode_in_python(frame),
     }
 }
 

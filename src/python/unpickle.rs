@@ -94,6 +94,120 @@ struct Machine<'a> {
     memo: std::collections::HashMap<usize, usize>,
 }
 
+/// What rank 0 makes of a client frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Read(ClientMsg),
+    /// Refused before any unpickler sees it, with the reason.
+    Refused(String),
+    /// For the restricted unpickler to decide.
+    Unsure,
+}
+
+/// Read `frame` here, refuse it, or leave it to the restricted unpickler.
+pub fn judge(frame: &[u8]) -> Verdict {
+    match decode(frame) {
+        Some(m) => Verdict::Read(m),
+        None => match scan(frame) {
+            Ok(()) => Verdict::Unsure,
+            Err(why) => Verdict::Refused(why),
+        },
+    }
+}
+
+/// Walk the opcodes without running them, for what would cost the unpickler memory out of
+/// all proportion to the frame: a memo index past the frame's end makes CPython's unpickler
+/// grow its memo table to twice that index (a 150-byte frame took 13-39 s and gigabytes).
+/// A pickler numbers its memo entries from 0, one per opcode at most, so no client's frame
+/// has one. The walk stops where the unpickler would stop (`STOP`, an unknown opcode).
+fn scan(frame: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    let too_far = |i: u64| -> Result<(), String> {
+        if i > frame.len() as u64 {
+            Err(format!(
+                "frame refused: memo index {i} past the end of a {}-byte pickle (not a BQSKit client's frame)",
+                frame.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let bytes = |at: usize, n: usize| frame.get(at..at.checked_add(n)?);
+    let line_end = |at: usize| {
+        frame
+            .get(at..)
+            .and_then(|r| r.iter().position(|&b| b == b'\n'))
+            .map(|n| at + n + 1)
+    };
+    let len = |at: usize, n: usize| -> Option<u64> {
+        let b = bytes(at, n)?;
+        let mut a = [0u8; 8];
+        a[..n].copy_from_slice(b);
+        Some(u64::from_le_bytes(a))
+    };
+    while let Some(&op) = frame.get(at) {
+        at += 1;
+        let next = match op {
+            b'('
+            | b'0'
+            | b'1'
+            | b'2'
+            | b'N'
+            | b')'
+            | b't'
+            | b']'
+            | b'l'
+            | b'a'
+            | b'e'
+            | b'}'
+            | b'd'
+            | b's'
+            | b'u'
+            | b'R'
+            | b'b'
+            | b'o'
+            | b'Q'
+            | 0x81
+            | 0x85..=0x89
+            | 0x8f..=0x94
+            | 0x97
+            | 0x98 => Some(at),
+            b'.' => return Ok(()),
+            b'K' | b'h' | b'q' | 0x80 | 0x82 => Some(at + 1),
+            b'M' | 0x83 => Some(at + 2),
+            b'J' | b'j' | 0x84 => Some(at + 4),
+            b'r' => {
+                too_far(len(at, 4).unwrap_or(0))?;
+                Some(at + 4)
+            }
+            b'G' | 0x95 => Some(at + 8),
+            b'U' | b'C' | 0x8a | 0x8c => len(at, 1).map(|n| at + 1 + n as usize),
+            b'T' | b'B' | b'X' | 0x8b => len(at, 4).map(|n| at + 4 + n as usize),
+            0x8d | 0x8e | 0x96 => {
+                len(at, 8).and_then(|n| usize::try_from(n).ok()?.checked_add(at + 8))
+            }
+            b'p' => {
+                let end = line_end(at);
+                if let Some(e) = end {
+                    let text = String::from_utf8_lossy(&frame[at..e - 1]);
+                    if let Ok(i) = text.trim().parse::<u64>() {
+                        too_far(i)?;
+                    }
+                }
+                end
+            }
+            b'I' | b'L' | b'S' | b'V' | b'F' | b'P' | b'g' => line_end(at),
+            b'c' | b'i' => line_end(at).and_then(line_end),
+            _ => return Ok(()), // the unpickler stops here
+        };
+        match next {
+            Some(n) if n <= frame.len() => at = n,
+            _ => return Ok(()), // truncated: the unpickler stops here too
+        }
+    }
+    Ok(())
+}
+
 /// The message in `frame`, or `None` when the restricted unpickler must decide.
 pub fn decode(frame: &[u8]) -> Option<ClientMsg> {
     let mut m = Machine {
@@ -739,5 +853,24 @@ mod tests {
         assert_eq!(decode(&frame(3, b"(N")), None);
         assert_eq!(decode(&frame(3, b"h\x09")), None);
         assert_eq!(decode(&frame(7, b"N")), None);
+    }
+
+    #[test]
+    fn a_memo_index_past_the_frame_is_refused_before_any_unpickler() {
+        // LONG_BINPUT 680 million: CPython's unpickler would grow its memo to twice that
+        match judge(&frame(3, b"N\x72\x94\x5d\x94\x28")) {
+            Verdict::Refused(why) => assert!(why.contains("memo index 680811924"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        // also behind an opcode this machine leaves to the unpickler, and as text (PUT)
+        assert!(matches!(
+            judge(&frame(3, b"I1\np999999999\n")),
+            Verdict::Refused(_)
+        ));
+        // small indices, and truncated or unknown opcodes, are the unpickler's to judge
+        assert_eq!(judge(&frame(3, b"I1\np7\n")), Verdict::Unsure);
+        assert_eq!(judge(b"\x80\x04\x72\x94"), Verdict::Unsure);
+        assert_eq!(judge(b"\xff\x72\x94\x5d\x94\x28"), Verdict::Unsure);
+        assert!(matches!(judge(&frame(5, &uuid(ID))), Verdict::Read(_)));
     }
 }
