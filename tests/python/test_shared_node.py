@@ -245,6 +245,30 @@ def test_huge_bqskit_frames_stay_within_the_receive_budget(strict) -> None:  # t
     assert top.returncode == 0, top.stderr
 
 
+def test_a_small_frame_cannot_make_rank_0_allocate_gigabytes(strict) -> None:  # type: ignore[no-untyped-def]
+    """A pickle's memo index past its end would make an unpickler grow its memo table to twice
+    that index (a 150-byte frame: gigabytes, seconds of CPU): refused at once, rank 0 unmoved,
+    and the runtime keeps serving."""
+    import pickle
+    pid = rank0(strict)
+    before = rss(pid)
+    for op in (b'r\x94\x5d\x94\x28', b'p999999999\n'):  # LONG_BINPUT, PUT
+        head = pickle.dumps((RuntimeMessage.STATUS, None), protocol=2)[:-1]
+        conn = connect(strict)
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        frame = head + op + b'.'
+        start = time.time()
+        sock.sendall(struct.pack('>I', len(frame)) + frame)
+        msg, payload = conn.recv()
+        assert msg == RuntimeMessage.ERROR and 'memo index' in payload, (msg, payload)
+        assert time.time() - start < 5
+        sock.close()
+        conn.close()
+    assert rss(pid) - before < 64 << 20, f'rank 0 grew by {(rss(pid) - before) >> 20} MiB'
+    top = native(strict, 'top', '--once')
+    assert top.returncode == 0, top.stderr
+
+
 def test_a_client_that_reads_no_replies_cannot_make_rank_0_buffer_its_requests(strict) -> None:  # type: ignore[no-untyped-def]
     """A BQSKit connection reads a client's next frame only once it handled the last, so a
     client that sends without reading its replies fills TCP's buffers, not rank 0's memory."""
