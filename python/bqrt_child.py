@@ -28,7 +28,9 @@ only while no frame waits on the pipe: a task that arrives meanwhile waits at mo
 import under way, and imports on its own what it needs first (a first job that needs only
 ``bqskit.compiler`` does not wait for ``bqskit.passes``). An import that fails is left to the
 first task that needs it, which reports it with its traceback. Once the list is done, what the
-imports made is frozen out of the cyclic garbage collector's reach (``gc.freeze``).
+imports made is frozen out of the cyclic garbage collector's reach (``gc.freeze``). Before the
+warm-up, ``ctypes.util.find_library`` is made to remember what it found (BQSKit calls it, and
+so runs ``ldconfig -p``, at every seeded instantiation).
 
 Mailbox ids are chosen here, so a submit needs no reply. SIGUSR1 during a step raises
 :class:`TaskCancelled` in the task (the rank's cooperative cancel; it kills this process if the
@@ -212,6 +214,37 @@ def _on_usr1(_sig: int, _frame: Any) -> None:
         raise TaskCancelled('bqrt: the task was cancelled')
 
 
+def _remember_libraries() -> None:
+    """Make ``ctypes.util.find_library`` remember what it found, for this process's life.
+
+    On Linux each call runs ``ldconfig -p`` in a subprocess (about 1 ms), and BQSKit calls it
+    at every seeded instantiation (``bqskit.utils.random.seed_random_sources``, to seed libc's
+    ``rand``): 237 processes in one ``qft_8`` compile at -O1. The libraries a name resolves to
+    do not change under a running worker; a name not found is looked up again next time.
+    Modules that imported the function by name before (``from ctypes.util import
+    find_library``, as BQSKit does) get the remembering one too."""
+    import ctypes.util
+    look_up = ctypes.util.find_library
+    found: dict[str, str] = {}
+
+    def find_library(name: str) -> str | None:
+        hit = found.get(name)
+        if hit is None:
+            hit = look_up(name)
+            if hit is not None:
+                found[name] = hit
+        return hit
+
+    find_library.__doc__ = look_up.__doc__
+    ctypes.util.find_library = find_library
+    for m in list(sys.modules.values()):
+        try:
+            if getattr(m, 'find_library', None) is look_up:
+                m.find_library = find_library  # type: ignore[union-attr]
+        except Exception:  # a module with its own attribute access; not one that imported it
+            pass
+
+
 def main(worker_source: str, compile_source: str, warm: list[str], rank: int) -> None:
     global _rank
     _rank = rank
@@ -256,7 +289,12 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
         else:
             _send(b'e' + str(r[1]).encode('utf-8', 'replace'))
 
+    remembering = False
     while True:
+        if not remembering and not _pending():
+            # ctypes.util takes ~25 ms to import: while no frame waits, like the warm-up
+            _remember_libraries()
+            remembering = True
         while warming and not _pending():
             try:
                 __import__(warming.pop(0))

@@ -102,6 +102,34 @@ async def make_h() -> Circuit:
     return c
 
 
+def library_lookups(_: int) -> tuple[list[Any], int]:
+    """What ``find_library('c')`` gives in this worker, 3 times and through BQSKit's own
+    reference to it, and how many processes the lookups started."""
+    import ctypes.util
+    import subprocess
+
+    from bqskit.utils import random as bqskit_random
+    started = []
+    start = subprocess.Popen.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        started.append(args[0] if args else kwargs.get('args'))
+        start(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = counting  # type: ignore[method-assign]
+    try:
+        names = [ctypes.util.find_library('c') for _ in range(3)]
+        names += [bqskit_random.find_library('c') for _ in range(3)]
+    finally:
+        subprocess.Popen.__init__ = start  # type: ignore[method-assign]
+    return names, len(started)
+
+
+class LibraryLookupPass(BasePass):
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['out'] = await get_runtime().map(library_lookups, list(range(8)))
+
+
 class MapPass(BasePass):
     async def run(self, circuit: Circuit, data: PassData) -> None:
         data['out'] = await get_runtime().map(identity, list(range(10)))

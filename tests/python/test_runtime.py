@@ -27,6 +27,18 @@ def test_simple_map(compiler) -> None:  # type: ignore[no-untyped-def]
     assert data['out'] == list(range(10))
 
 
+def test_workers_remember_the_libraries_they_looked_up(compiler) -> None:  # type: ignore[no-untyped-def]
+    """BQSKit looks up libc at every seeded instantiation, and each lookup runs ``ldconfig
+    -p`` in a subprocess: a worker remembers the answer (the same one)."""
+    import ctypes.util
+    libc = ctypes.util.find_library('c')
+    assert libc
+    _, data = compile_data(compiler, [tp.LibraryLookupPass()])
+    for names, started in data['out']:
+        assert names == [libc] * 6, names
+        assert started <= 1, started  # the first lookup of a fresh process, at most
+
+
 def test_2level_map(compiler) -> None:  # type: ignore[no-untyped-def]
     _, data = compile_data(compiler, [tp.TwoLevelMapPass(1000)])
     assert data['out'] == [[2 * i, 2 * i + 1] for i in range(1000)]
