@@ -5,6 +5,9 @@ A frame is a pickled ``(RuntimeMessage, payload)``. Rank 0 needs only a few fiel
 unpickler: every class resolves to an inert stub except ``uuid.UUID``. Nothing from the client
 is imported or executed here, so rank 0 needs neither bqskit nor the client's modules. The
 frame's bytes go to a worker untouched, which unpickles them for real.
+
+This module defines what rank 0 reads; src/python/unpickle.rs reads the same in Rust wherever it
+is sure to agree (all of BQSKit's own frames), so this runs only for the frames it leaves here.
 """
 from __future__ import annotations
 

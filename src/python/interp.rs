@@ -1,7 +1,8 @@
 //! The embedded interpreter of rank 0: started once on first use, with the Python
 //! environment's `sys.path` and bqrt's frame decoder (compiled into the binary, so nothing has
-//! to be installed next to it). It decodes BQSKit clients' frames; tasks never run in it (they
-//! run in each worker's supervised process, [`super::child`]).
+//! to be installed next to it). It decodes the BQSKit client frames that [`super::unpickle`]
+//! leaves to it (none of those BQSKit's client sends); tasks never run in it (they run in each
+//! worker's supervised process, [`super::child`]).
 
 use super::env::PythonEnv;
 use pyo3::prelude::*;

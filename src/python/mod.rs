@@ -3,8 +3,9 @@
 //! protocol is served on the gateway's port ([`session`]), and `bqrt compile` compiles a circuit
 //! with BQSKit through bqrt ([`compile`]).
 //!
-//! Python is found once per rank before MPI starts ([`env`]); rank 0 embeds it lazily to decode
-//! BQSKit clients' frames ([`interp`]).
+//! Python is found once per rank before MPI starts ([`env`]); rank 0 reads BQSKit clients'
+//! frames in Rust ([`unpickle`]) and embeds it lazily for the frames that reader leaves to the
+//! restricted unpickler ([`interp`]).
 
 pub mod call;
 pub mod child;

@@ -1577,7 +1577,6 @@ mod tests {
         assert_eq!(w.delayed_len(), 2);
         w.handle(Msg::Down(Down::Steal { max: 4 }), &mut out);
         out.clear();
-        out.clear();
         // some worker was idle: the boss places these at once
         let m = w
             .submit_local(root, vec![child(), child()], &mut out)
