@@ -4,7 +4,8 @@ A worker rank runs its BQSKit tasks here, not in its own address space, so that 
 crashes the interpreter (a segfault in a C extension, ``os._exit``, the kernel's OOM killer)
 takes down only this process: the rank fails the task that was running, restarts the others
 and starts a fresh process. The rank talks to this process over two pipes, file descriptors 3
-(rank to child) and 4 (child to rank). Every message is a frame::
+(rank to child) and 4 (child to rank), and shares two more things with it: a token table (fd 5,
+see :class:`_Tokens`) and a bell (fd 6, see :func:`_send`). Every message is a frame::
 
     u32 little-endian length of the rest, then one kind byte, then the body
 
@@ -15,10 +16,11 @@ next results (u64 id, u32 n, n x (u32 slot, u32 len, bytes)), ``X`` close a task
 0xFFFFFFFF for none; then u32 len, name, envelope), ``Q`` quit.
 
 Child to rank, during a step of one task: ``s`` submit (u64 mailbox, u8 flags: 1 one task, 2
-keep the children in the worker's queue; u32 n, n x (u32 len, name, u32 len, envelope), and
-optionally u32 len, the resources the children need, comma-separated), ``k`` claim a child of a
-mailbox back from the worker's queue, to run it inside this step (u64 mailbox), ``c`` cancel (u64
-mailbox), ``m`` communicate (u64 mailbox, message), ``g`` get the task's messages, ``l`` a log
+keep the children in the worker's queue, 8 tokens follow; u32 n, with flag 8 u32 n and n x u32
+tokens, one per child; n x (u32 len, name, u32 len, envelope), and optionally u32 len, the
+resources the children need, comma-separated), ``k`` claim a child of a mailbox back from the
+worker's queue, to run it inside this step (u64 mailbox; a child with a token is taken back by
+it instead, without a frame), ``c`` cancel (u64 mailbox), ``m`` communicate (u64 mailbox, message), ``g`` get the task's messages, ``l`` a log
 record (i32 level, u32 len, name, text); then the step's end: ``d`` done (result), ``e`` failed
 (traceback text) or ``a`` awaits (u64 mailbox, u8 next). Once, before anything else: ``H``
 ready.
@@ -83,10 +85,29 @@ def _recv() -> bytes:
     return out
 
 
+# Frames sent in the middle of a step, which the rank reads within a millisecond; after any
+# other frame (one this process then waits on, or a step's end) it rings the rank's bell (fd 6,
+# an eventfd), so that a step that submits many children does not wake the rank at each one.
+_QUIET = frozenset(b'scml')
+_bell = True
+
+
+_U32 = struct.Struct('<I').pack
+
+
 def _send(data: bytes) -> None:
-    view = memoryview(struct.pack('<I', len(data)) + data)
-    while view:
-        view = view[os.write(_OUT, view):]
+    global _bell
+    frame = _U32(len(data)) + data
+    n = os.write(_OUT, frame)
+    if n < len(frame):
+        view = memoryview(frame)[n:]
+        while view:
+            view = view[os.write(_OUT, view):]
+    if _bell and data[0] not in _QUIET:
+        try:
+            os.eventfd_write(6, 1)
+        except OSError:  # no bell: the rank then reads every frame as it comes
+            _bell = False
 
 
 def _blobs(items: list[bytes]) -> bytes:
@@ -126,6 +147,85 @@ def _boxes() -> set[int]:
     return _run.boxes[_run.tid]
 
 
+class _Tokens:
+    """The token table this process shares with its rank (fd 5; src/python/tokens.rs): one
+    spin lock per token, taken once by whichever side gets it first, then one byte per token
+    the rank sets once it holds no reference to it. A child submitted with a token is taken
+    back here without a message (decision 67)."""
+
+    COUNT = 16384
+
+    def __init__(self) -> None:
+        import ctypes
+        import mmap
+        size = os.fstat(5).st_size
+        lock = ctypes.sizeof(ctypes.c_int)
+        if size != self.COUNT * (lock + 1):
+            raise OSError(f'a token table of {size} bytes')
+        self.mm = mm = mmap.mmap(5, size)
+        os.close(5)
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+        libc = ctypes.CDLL(None)
+        self.trylock = libc.pthread_spin_trylock
+        self.trylock.argtypes = [ctypes.c_void_p]
+        self.trylock.restype = ctypes.c_int
+        init = libc.pthread_spin_init
+        init.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        init.restype = ctypes.c_int
+        # what a free lock looks like in this C library (the rank made every lock free)
+        self.unlocked = mm[0:lock]
+        self.lock = lock
+        self.released = self.COUNT * lock
+        self.free = list(range(self.COUNT - 1, -1, -1))
+        self.pending: list[int] = []  # done with here, maybe still referenced by the rank
+
+    def alloc(self, k: int) -> list[int] | None:
+        """`k` free tokens, each set free to take, or None when too few are."""
+        free = self.free
+        if len(free) < k:
+            mm, rel, still = self.mm, self.released, []
+            for t in self.pending:
+                (free if mm[rel + t] else still).append(t)
+            self.pending = still
+            if len(free) < k:
+                return None
+        toks = free[-k:]
+        del free[-k:]
+        mm, lock, unlocked, rel = self.mm, self.lock, self.unlocked, self.released
+        for t in toks:
+            mm[t * lock:t * lock + lock] = unlocked
+            mm[rel + t] = 0
+        return toks
+
+    def take(self, t: int) -> bool:
+        return self.trylock(self.base + t * self.lock) == 0
+
+
+_tokens: _Tokens | None = None
+_counted: dict[int, struct.Struct] = {}  # packers of a count and that many u32, by count
+_tokens_tried = False
+# Boxes whose first children have tokens: [children, tokens, the next slot to try]
+_taking: dict[int, list[Any]] = {}
+
+
+def _token_table() -> _Tokens | None:
+    global _tokens, _tokens_tried
+    if not _tokens_tried:
+        _tokens_tried = True
+        try:
+            _tokens = _Tokens()
+        except Exception:  # no table (or not one this process can use): claims go by message
+            _tokens = None
+    return _tokens
+
+
+def _forget(box: int) -> None:
+    """Done with `box` here: its tokens may be reused once the rank released them."""
+    rec = _taking.pop(box, None)
+    if rec is not None and _tokens is not None:
+        _tokens.pending.extend(rec[1])
+
+
 def _submit(
     children: list[tuple[bytes, str]], single: bool, needs: str = '', local: bool = False,
 ) -> int:
@@ -134,11 +234,25 @@ def _submit(
     _next_box += 1
     box = _next_box
     flags = (1 if single else 0) | (2 if local else 0)
+    k = len(children)
+    # children that need resources go by message: this worker may not offer them, and only the
+    # rank knows (it sends them to its boss)
+    table = _token_table() if local and not needs else None
+    toks = table.alloc(k) if table is not None else None
+    if toks is not None:
+        flags |= 8
+        _taking[box] = [children, toks, k - 1]
     parts = [struct.pack('<cQBI', b's', box, flags, len(children))]
+    if toks is not None:
+        packer = _counted.get(k)
+        if packer is None:
+            packer = struct.Struct(f'<I{k}I')
+            if k <= 64:
+                _counted[k] = packer
+        parts.append(packer.pack(k, *toks))
     for envelope, name in children:
         label = name.encode('utf-8', 'replace')
-        parts.append(struct.pack('<I', len(label)) + label)
-        parts.append(struct.pack('<I', len(envelope)) + envelope)
+        parts += (_U32(len(label)), label, _U32(len(envelope)), envelope)
     if needs:
         spec = needs.encode('utf-8', 'replace')
         parts.append(struct.pack('<I', len(spec)) + spec)
@@ -149,9 +263,21 @@ def _submit(
 
 def _claim(box: int) -> tuple[int, str, bytes] | None:
     """(slot, name, envelope) of a child of `box` taken back from the worker's queue to run
-    here, or None when none waits there."""
+    here, or None when none waits there: by its token when it has one, last first, else by
+    asking the rank."""
     if box not in _boxes():
         raise KeyError(box)
+    rec = _taking.get(box)
+    if rec is not None and _tokens is not None:
+        children, toks, i = rec
+        while i >= 0:
+            if _tokens.take(toks[i]):
+                rec[2] = i - 1
+                envelope, name = children[i]
+                return i, name, envelope
+            i -= 1
+        _forget(box)  # the others are the rank's: awaited through it
+        return None
     _send(struct.pack('<cQ', b'k', box))
     body = _recv()
     if body[:1] != b'K':
@@ -169,6 +295,7 @@ def _cancel(box: int) -> None:
         raise KeyError(box)
     boxes.discard(box)
     _send(struct.pack('<cQ', b'c', box))
+    _forget(box)
 
 
 def _communicate(box: int, msg: bytes) -> None:
@@ -282,7 +409,8 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
             _send(struct.pack('<cQB', b'a', r[1], 1 if r[2] else 0))
             return
         del tasks[tid]
-        _run.boxes.pop(tid, None)
+        for box in _run.boxes.pop(tid, ()):
+            _forget(box)
         awaiting.pop(tid, None)
         if r[0] == 'done':
             _send(b'd' + r[1])
@@ -329,6 +457,7 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
             box = awaiting.pop(tid, None)
             if box is not None:
                 _run.boxes.get(tid, set()).discard(box)
+                _forget(box)
             step(tid, 1, (_parse_blobs(body, 14, n), bool(single)))
         elif kind == b'N':
             tid, n = struct.unpack_from('<QI', body, 1)
@@ -342,7 +471,8 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
         elif kind == b'X':
             (tid,) = struct.unpack_from('<Q', body, 1)
             task = tasks.pop(tid, None)
-            _run.boxes.pop(tid, None)
+            for box in _run.boxes.pop(tid, ()):
+                _forget(box)
             awaiting.pop(tid, None)
             if task is not None:
                 try:

@@ -367,6 +367,12 @@ impl Sim {
                 .collect()
         };
         let resourced = masks.iter().any(|&m| m != 0);
+        let managers = |employees: &[(Rank, u32)]| -> Vec<bool> {
+            employees
+                .iter()
+                .map(|e| matches!(lay.roles.get(e.0 .0 as usize), Some(Role::Manager { .. })))
+                .collect()
+        };
         let nodes: Vec<Node> = lay
             .roles
             .iter()
@@ -374,6 +380,7 @@ impl Sim {
             .map(|(r, role)| match role {
                 Role::Server { employees } => {
                     let mut s = ServerCore::new(employees, cfg.seed);
+                    s.boss.set_managers(&managers(employees));
                     if resourced {
                         s.boss.set_classes(classes(employees));
                     }
@@ -384,6 +391,7 @@ impl Sim {
                 } => {
                     let mut m =
                         ManagerCore::new(Rank(r as u32), *parent, employees, cfg.seed ^ r as u64);
+                    m.boss.set_managers(&managers(employees));
                     if resourced {
                         m.boss.set_classes(classes(employees));
                     }
@@ -971,6 +979,7 @@ fn children(c: &[Script]) -> Vec<ChildSpec> {
             format: Format::Bincode,
             context: Vec::new(),
             needs: s.needs(),
+            token: None,
         })
         .collect()
 }
@@ -1006,7 +1015,7 @@ fn step(
                 t.mailboxes.push(core.submit(key, children(&c), out).ok()?);
                 t.stage = 1;
             }
-            match call(core.wait(key, t.mailboxes[0], WaitKind::All)) {
+            match call(core.wait(key, t.mailboxes[0], WaitKind::All, out)) {
                 WaitPoll::All(v) => Some(Ok(1 + v.iter().map(|b| decode_u64(b)).sum::<u64>())),
                 _ => None,
             }
@@ -1018,7 +1027,7 @@ fn step(
             }
             loop {
                 if t.got == c.len() {
-                    match call(core.wait(key, t.mailboxes[0], WaitKind::All)) {
+                    match call(core.wait(key, t.mailboxes[0], WaitKind::All, out)) {
                         WaitPoll::All(v) => {
                             let all: u64 = v.iter().map(|b| decode_u64(b)).sum();
                             assert_eq!(all, t.acc, "next and await disagree");
@@ -1027,7 +1036,7 @@ fn step(
                         other => panic!("complete mailbox not ready: {other:?}"),
                     }
                 }
-                match call(core.wait(key, t.mailboxes[0], WaitKind::Next)) {
+                match call(core.wait(key, t.mailboxes[0], WaitKind::Next, out)) {
                     WaitPoll::Next(pairs) => {
                         assert!(!pairs.is_empty(), "next returned nothing before completion");
                         t.got += pairs.len();
@@ -1049,7 +1058,7 @@ fn step(
                 t.stage = 1;
             }
             while (t.got) < c.len() {
-                match call(core.wait(key, t.mailboxes[t.got], WaitKind::All)) {
+                match call(core.wait(key, t.mailboxes[t.got], WaitKind::All, out)) {
                     WaitPoll::All(v) => {
                         t.acc += decode_u64(&v[0]);
                         t.got += 1;

@@ -76,6 +76,7 @@ impl Ctx {
             format: Format::Bincode,
             context: opts.context.clone(),
             needs: 0,
+            token: None,
         })
     }
 
@@ -189,6 +190,7 @@ impl Ctx {
                 format: c.format,
                 context: c.context,
                 needs: c.needs,
+                token: c.token,
             })
             .collect();
         let mailbox = match local {
@@ -197,7 +199,7 @@ impl Ctx {
                 let mut s = self.shared.lock();
                 let s = &mut *s;
                 let mailbox = s.core.submit_local(self.key, specs, &mut s.out)?;
-                self.shared.send_now(s);
+                self.shared.send_now_but(s, false);
                 mailbox
             }
         };
@@ -358,7 +360,9 @@ impl Handle {
         let Some(current) = self.shared.current.get() else {
             return Err(CallError::NotOwner);
         };
-        let r = self.shared.lock().core.wait(current, self.mailbox, kind);
+        let mut s = self.shared.lock();
+        let s = &mut *s;
+        let r = s.core.wait(current, self.mailbox, kind, &mut s.out);
         if matches!(r, Ok(WaitPoll::All(_)) | Err(CallError::Gone)) {
             self.live = false;
         }
@@ -472,6 +476,9 @@ pub struct RawChild {
     pub context: Vec<(String, String)>,
     /// Resources needed (a mask from [`crate::topology::resources::needs`]; 0: none).
     pub needs: u64,
+    /// Its token, when the submitting task may take it back without a message
+    /// ([`crate::sched::Tokens`]).
+    pub token: Option<crate::sched::Token>,
 }
 
 /// A result with its slot: `(slot, encoded value)`.

@@ -14,7 +14,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::tokens::SharedTokens;
 
 const CHILD_SRC: &str = include_str!("../../python/bqrt_child.py");
 const WORKER_SRC: &str = include_str!("../../python/bqrt_worker.py");
@@ -69,6 +72,8 @@ pub enum FromChild {
         single: bool,
         /// Keep the children in this worker's queue, where the task may claim them.
         local: bool,
+        /// The tokens of the first children, one each, in order (decision 67).
+        tokens: Vec<u32>,
         children: Vec<(String, Vec<u8>)>,
         /// Resources the children need, comma-separated (empty: none).
         needs: String,
@@ -120,6 +125,13 @@ pub struct Child {
     reaped: Option<ExitStatus>,
     /// When the last frame went to the child: a reply soon after is waited for by spinning.
     sent: Instant,
+    /// The token table it shares (`python::tokens`), when one could be made.
+    pub tokens: Option<Arc<SharedTokens>>,
+    /// The bell it rings after frames to read at once (its descriptor 6), when one could be
+    /// made; without it, every frame wakes the rank.
+    bell: Option<OwnedFd>,
+    /// How long the next wait on the bell sleeps at most before it looks at the pipe.
+    lazy: Duration,
 }
 
 /// The least room a read from the child gets, and the largest buffer kept between frames.
@@ -131,6 +143,46 @@ const KEPT_ROOM: usize = 1 << 20;
 /// side on a virtual machine whose idle cores halt, more than most steps of a small task
 /// (docs/decisions.md, 56); a longer step pays one spin and then sleeps as before.
 pub const REPLY_SPIN: Duration = Duration::from_micros(100);
+
+/// How often a wait past the reply spin looks at the pipe for frames the child sent without
+/// ringing its bell: every [`LAZY`] after such a frame, backing off to [`LAZY_MOST`] while none
+/// comes (a long computation).
+pub const LAZY: Duration = Duration::from_millis(1);
+pub const LAZY_MOST: Duration = Duration::from_millis(4);
+
+/// Wait up to `wait` for `fd` to be readable: 1 readable (or hung up), 0 not, -1 interrupted.
+fn wait_readable(fd: RawFd, wait: Duration) -> io::Result<i32> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd and a valid timespec; no signal mask change
+    let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(-1);
+        }
+        return Err(e);
+    }
+    Ok(n)
+}
+
+/// An eventfd the child rings after a frame the rank should read at once.
+fn bell() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new descriptor or -1
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is new and owned by nobody else
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
@@ -169,6 +221,29 @@ impl Child {
         widen(&to);
         let (child_in, child_out) = (high(child_in)?, high(child_out)?);
         let (fd_in, fd_out) = (child_in.as_raw_fd(), child_out.as_raw_fd());
+        // without a token table, the process claims every child by message
+        let tokens = match SharedTokens::new() {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                log::warn!("rank {}: no token table for its Python process ({e}); children are claimed by message", spec.rank);
+                None
+            }
+        };
+        let table = match &tokens {
+            Some(t) => {
+                // SAFETY: t's descriptor is open for the duration of this call
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(t.fd()) };
+                Some(high(fd.try_clone_to_owned()?)?)
+            }
+            None => None,
+        };
+        let fd_table = table.as_ref().map(|t| t.as_raw_fd());
+        let ring = bell().ok();
+        let ring_high = match &ring {
+            Some(b) => Some(high(b.try_clone()?)?),
+            None => None,
+        };
+        let fd_bell = ring_high.as_ref().map(|b| b.as_raw_fd());
         let limit = spec.memory_limit;
         let mut cmd = Command::new(spec.python);
         cmd.arg("-c")
@@ -180,6 +255,16 @@ impl Child {
             cmd.pre_exec(move || {
                 if libc::dup2(fd_in, 3) < 0 || libc::dup2(fd_out, 4) < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(fd) = fd_table {
+                    if libc::dup2(fd, 5) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                if let Some(fd) = fd_bell {
+                    if libc::dup2(fd, 6) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 libc::signal(libc::SIGINT, libc::SIG_IGN);
@@ -196,8 +281,10 @@ impl Child {
             });
         }
         let proc = cmd.spawn()?;
-        drop((child_in, child_out));
+        drop((child_in, child_out, table, ring_high));
         let mut child = Child::over(proc, File::from(to), File::from(from));
+        child.tokens = tokens;
+        child.bell = ring;
         let mut boot = Vec::new();
         boot.extend_from_slice(CHILD_SRC.as_bytes());
         boot.push(0);
@@ -232,6 +319,9 @@ impl Child {
             killed: None,
             reaped: None,
             sent: Instant::now(),
+            tokens: None,
+            bell: None,
+            lazy: LAZY,
         }
     }
 
@@ -245,44 +335,68 @@ impl Child {
 
     /// The next message, waiting at most `timeout` (`Ok(None)`: nothing yet). An error means the
     /// child is gone or spoke nonsense: see [`Child::end`].
+    ///
+    /// Past the reply spin, the wait sleeps on the child's bell, which it rings after the frames
+    /// it then waits on (a claim, a step's end), and looks at the pipe every [`LAZY`] or so:
+    /// the frames it sends in the middle of a step (submits, cancels, log records) wake nobody,
+    /// so a step that submits thousands of children is not preempted by its own executor at
+    /// each one.
     pub fn recv(&mut self, timeout: Duration) -> io::Result<Option<FromChild>> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(msg) = self.parse()? {
                 return Ok(Some(msg));
             }
-            let mut pfd = libc::pollfd {
-                fd: self.from.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
             let spinning = self.sent.elapsed() < REPLY_SPIN;
-            let ms = match spinning {
-                true => 0,
-                false => timeout.as_millis().min(i32::MAX as u128) as i32,
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (fd, wait) = match (spinning, &self.bell) {
+                (true, _) => (self.from.as_raw_fd(), Duration::ZERO),
+                (false, Some(bell)) => (bell.as_raw_fd(), left.min(self.lazy)),
+                (false, None) => (self.from.as_raw_fd(), left),
             };
-            // SAFETY: one valid pollfd
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if n == 0 && spinning {
+            let n = wait_readable(fd, wait)?;
+            if spinning && n == 0 {
                 std::thread::yield_now();
                 continue;
             }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    return Ok(None);
+            if let Some(bell) = &self.bell {
+                if !spinning {
+                    let mut b = [0u8; 8];
+                    // SAFETY: reading 8 bytes into our buffer; the eventfd does not block
+                    unsafe { libc::read(bell.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
                 }
-                return Err(e);
             }
-            if n == 0 {
+            if n < 0 {
+                return Ok(None); // interrupted
+            }
+            let read = self.read_ready()?;
+            if self.bell.is_some() && !spinning {
+                self.lazy = match read {
+                    true => LAZY,
+                    false if n == 0 => (self.lazy * 2).min(LAZY_MOST),
+                    false => self.lazy,
+                };
+            }
+            if !read && left.is_zero() {
                 return Ok(None);
             }
-            self.make_room();
-            match self.from.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
-                Ok(k) => self.end += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        }
+    }
+
+    /// Read what the pipe holds, without waiting; whether anything was read.
+    fn read_ready(&mut self) -> io::Result<bool> {
+        if wait_readable(self.from.as_raw_fd(), Duration::ZERO)? <= 0 {
+            return Ok(false);
+        }
+        self.make_room();
+        match self.from.read(&mut self.buf[self.end..]) {
+            Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+            Ok(k) => {
+                self.end += k;
+                Ok(true)
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -561,6 +675,20 @@ fn decode(frame: &[u8]) -> Result<FromChild, String> {
             let mailbox = c.u64()?;
             let flags = c.u8()?;
             let n = c.u32()?;
+            let mut tokens = Vec::new();
+            if flags & 8 != 0 {
+                let k = c.u32()?;
+                if k > n {
+                    return Err(format!("a submit of {n} children with {k} tokens"));
+                }
+                for _ in 0..k {
+                    let t = c.u32()?;
+                    if t >= super::tokens::TOKENS as usize {
+                        return Err(format!("token {t} is out of range"));
+                    }
+                    tokens.push(t as u32);
+                }
+            }
             let mut children = Vec::with_capacity(n.min(1 << 16));
             for _ in 0..n {
                 let name = text(c.blob()?);
@@ -575,6 +703,7 @@ fn decode(frame: &[u8]) -> Result<FromChild, String> {
                 mailbox,
                 single: flags & 1 != 0,
                 local: flags & 2 != 0,
+                tokens,
                 children,
                 needs,
             }
@@ -628,6 +757,7 @@ mod tests {
                 mailbox: 7,
                 single: true,
                 local: false,
+                tokens: Vec::new(),
                 children: vec![("fn".into(), b"abc".to_vec())],
                 needs: String::new(),
             })

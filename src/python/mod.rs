@@ -18,6 +18,7 @@ pub mod session;
 pub mod size;
 pub mod supervisor;
 pub mod task;
+pub mod tokens;
 pub mod unpickle;
 
 use crate::executor::Registry;

@@ -14,9 +14,10 @@
 use super::child::{Child, FromChild, Spec, ToChild};
 use crate::executor::{Ctx, RawChild, RawFuture, TaskWaker};
 use crate::protocol::Format;
+use crate::sched::{Token, Tokens};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often a waiting step looks at its cancel flag and its process's memory.
@@ -317,6 +318,7 @@ impl Supervisor {
                         mailbox,
                         single,
                         local,
+                        tokens,
                         children,
                         needs,
                     } => {
@@ -329,15 +331,25 @@ impl Supervisor {
                                 continue;
                             }
                         };
+                        let table: Option<Arc<dyn Tokens>> =
+                            child.tokens.clone().map(|t| t as Arc<dyn Tokens>);
                         let raw = children
                             .into_iter()
-                            .map(|(name, args)| RawChild {
+                            .enumerate()
+                            .map(|(i, (name, args))| RawChild {
                                 function: function.to_string(),
                                 args,
                                 format: Format::Bincode,
                                 label: Some(name),
                                 context: Vec::new(),
                                 needs,
+                                token: match (&table, tokens.get(i)) {
+                                    (Some(table), Some(&index)) => Some(Token {
+                                        tokens: table.clone(),
+                                        index,
+                                    }),
+                                    _ => None,
+                                },
                             })
                             .collect();
                         let submitted = match local {

@@ -94,6 +94,8 @@ pub(crate) struct Offers {
     pub(crate) own: u64,
     /// A boss's employees' classes, in its employee order (empty: nobody offers anything).
     pub(crate) employees: Vec<Vec<(u64, u32)>>,
+    /// Which of a boss's employees are managers, in its employee order.
+    pub(crate) managers: Vec<bool>,
 }
 
 pub(crate) fn run_member<F: Fabric>(
@@ -125,6 +127,7 @@ fn run_manager<F: Fabric>(
 ) -> Result<i32, TransportError> {
     let me = fabric.rank();
     let mut core = ManagerCore::new(me, parent, employees, seed ^ u64::from(me.0));
+    core.boss.set_managers(&offers.managers);
     if !offers.employees.is_empty() {
         core.boss.set_classes(offers.employees);
     }

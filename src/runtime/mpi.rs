@@ -393,6 +393,10 @@ fn offers_of(s: &Started) -> Offers {
         Role::Worker { .. } => Vec::new(),
     };
     Offers {
+        managers: employees
+            .iter()
+            .map(|e| matches!(s.lay.roles.get(e.0 .0 as usize), Some(Role::Manager { .. })))
+            .collect(),
         own: masks[me],
         employees: match masks.iter().any(|&m| m != 0) {
             true => employees
@@ -474,6 +478,7 @@ where
                 heartbeat,
                 registry,
             );
+            logic.core.boss.set_managers(&offers.managers);
             if !offers.employees.is_empty() {
                 logic.core.boss.set_classes(offers.employees);
             }

@@ -56,6 +56,10 @@ pub(crate) struct Employee {
     pub(crate) rank: Rank,
     /// Workers under this employee (1 for a worker).
     pub(crate) workers: u32,
+    /// A manager (of one worker or more), not a worker: what it was given beyond its idle
+    /// workers it keeps while they are busy, so neither its idle nor its occupied reports say
+    /// that its queue drained.
+    manager: bool,
     /// Believed idle workers.
     pub(crate) idle: u32,
     /// When (in this boss's count of idle reports) this employee last went from no idle worker
@@ -129,6 +133,7 @@ impl Boss {
             .map(|&(rank, workers)| Employee {
                 rank,
                 workers,
+                manager: false,
                 idle: workers,
                 idle_since: 0,
                 unreceipted: VecDeque::new(),
@@ -175,6 +180,14 @@ impl Boss {
             e.classes = c;
         }
         self.resourced = self.employees.iter().any(|e| e.plain < e.workers);
+    }
+
+    /// Which employees are managers, in the order of [`Boss::new`]'s list (the others are
+    /// workers; a manager may have one worker, like a worker).
+    pub(crate) fn set_managers(&mut self, managers: &[bool]) {
+        for (e, &m) in self.employees.iter_mut().zip(managers) {
+            e.manager = m;
+        }
     }
 
     pub(crate) fn employee(&self, rank: Rank) -> Option<usize> {
@@ -241,7 +254,7 @@ impl Boss {
         }
         let unaccounted: u64 = emp.unreceipted.iter().map(|&(_, n, _)| u64::from(n)).sum();
         let new_idle = (u64::from(idle.min(emp.workers))).saturating_sub(unaccounted) as u32;
-        let worker = emp.workers == 1;
+        let worker = !emp.manager;
         if worker && idle > 0 {
             self.set_occupied(e, 0); // a worker that waits for work is not inside a task
         }
@@ -274,7 +287,7 @@ impl Boss {
     pub(crate) fn on_occupied(&mut self, e: usize, workers: u32, returned: usize) {
         self.set_occupied(e, workers);
         let emp = &self.employees[e];
-        let backlog = match emp.workers == 1 && workers > 0 {
+        let backlog = match !emp.manager && workers > 0 {
             // an occupied worker hands back all it holds, and all that reaches it
             true => 0,
             false => emp.backlog.saturating_sub(returned as u64),
@@ -345,6 +358,25 @@ impl Boss {
         }
         self.send_batches(per, false, false, out);
         rest
+    }
+
+    /// Place a job's first task: on the employee that became idle last (its worker's process
+    /// and caches are warm, and a client's stream of small jobs stays on one worker while the
+    /// others keep serving steals), or as [`place_all`](Self::place_all) when none is idle or
+    /// the task needs resources.
+    pub(crate) fn place_root(&mut self, task: TaskMsg, out: &mut Outbox) {
+        let latest = (0..self.employees.len())
+            .filter(|&i| self.employees[i].idle > 0)
+            .max_by_key(|&i| self.employees[i].idle_since);
+        match latest {
+            Some(i) if task.needs == 0 || !self.resourced => {
+                let mut per: Vec<Vec<TaskMsg>> =
+                    (0..self.employees.len()).map(|_| Vec::new()).collect();
+                per[i].push(task);
+                self.send_batches(per, false, false, out);
+            }
+            _ => self.place_all(vec![task], out),
+        }
     }
 
     /// Place every task: idle slots first, then the least backlog per worker.
@@ -724,6 +756,54 @@ pub(crate) mod tests {
         // rank 2 answered before reading batch 2: that overflow is still queued there
         b.on_stolen(1, 0, BatchSeq(1));
         assert_eq!(b.backlog_total(), 1);
+    }
+
+    #[test]
+    fn a_manager_of_one_worker_keeps_its_queue_through_its_reports() {
+        // two nodes: a manager with one worker (rank 1) and one with two (rank 4)
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(4), 2)], 3);
+        b.set_managers(&[true, true]);
+        let mut out = Outbox::new();
+        b.place_all(tasks(3), &mut out); // an idle slot each: batch 1 everywhere
+        b.on_occupied(1, 2, 0); // rank 4's workers are inside long tasks
+        out.clear();
+        b.place_all(tasks(1), &mut out); // overflow: to rank 1, the one not occupied
+        assert!(matches!(out[..], [(Rank(1), _)]), "{out:?}");
+        // rank 1's worker goes into a long task, and its idle count stays 0
+        b.on_occupied(0, 1, 0);
+        b.on_waiting(0, 0, BatchSeq(2));
+        assert_eq!(b.backlog_total(), 1, "the manager still holds the overflow");
+        // rank 4's workers are free and idle: one steals it
+        b.on_occupied(1, 0, 0);
+        b.on_waiting(1, 2, BatchSeq(u64::MAX));
+        out.clear();
+        b.plan_steals(b.idle_total(), &mut out);
+        assert_eq!(steals(&out).first().map(|s| s.0), Some(1), "{out:?}");
+        // a worker (not a manager) in rank 1's place hands its queue back as it is occupied
+        let mut w = Boss::new(&[(Rank(1), 1), (Rank(4), 2)], 3);
+        w.place_all(tasks(3), &mut out);
+        w.on_occupied(1, 2, 0);
+        w.place_all(tasks(1), &mut out);
+        w.on_occupied(0, 1, 0);
+        assert_eq!(w.backlog_total(), 0);
+    }
+
+    #[test]
+    fn a_jobs_first_task_goes_to_the_employee_idle_last() {
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1), (Rank(3), 1)], 9);
+        let mut out = Outbox::new();
+        b.place_all(tasks(3), &mut out);
+        b.on_waiting(2, 1, BatchSeq(1)); // rank 3 idles first
+        b.on_waiting(0, 1, BatchSeq(1)); // then rank 1
+        out.clear();
+        let mut root = tasks(1);
+        b.place_root(root.remove(0), &mut out);
+        assert!(matches!(out[..], [(Rank(1), _)]), "{out:?}");
+        // with nobody idle, it is placed like any task
+        b.on_waiting(2, 0, BatchSeq(1));
+        out.clear();
+        b.place_root(tasks(1).remove(0), &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

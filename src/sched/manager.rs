@@ -35,6 +35,8 @@ pub struct ManagerCore {
     reported_idle: u32,
     /// Occupied workers last reported upward.
     reported_occupied: u32,
+    /// This group's backlog as last reported upward.
+    reported_backlog: u64,
     upstream: Option<UpstreamSteal>,
 }
 
@@ -49,6 +51,7 @@ impl ManagerCore {
             receipt: BatchSeq(0),
             reported_idle,
             reported_occupied: 0,
+            reported_backlog: 0,
             upstream: None,
         }
     }
@@ -111,6 +114,7 @@ impl ManagerCore {
                         let rest = self.boss.place_idle(tasks, out);
                         if !rest.is_empty() {
                             out.push((self.parent, self.submit(rest)));
+                            self.reported_backlog = self.boss.backlog_total();
                         }
                     }
                     Up::Waiting { idle, receipt } => self.boss.on_waiting(e, idle, receipt),
@@ -134,7 +138,10 @@ impl ManagerCore {
                             Some(up) => up.collected.extend(rest),
                             None if self.boss.any_available() => self.boss.place_all(rest, out),
                             None if rest.is_empty() => {}
-                            None => out.push((self.parent, self.submit(rest))),
+                            None => {
+                                out.push((self.parent, self.submit(rest)));
+                                self.reported_backlog = self.boss.backlog_total();
+                            }
                         }
                     }
                 }
@@ -161,6 +168,19 @@ impl ManagerCore {
             ));
         }
         self.report_idle(out);
+        self.report_backlog(out);
+    }
+
+    /// Tell the boss when this group starts or stops holding queued tasks: the children a
+    /// worker keeps in its own queue (decision 64) are seen above only through this count, so
+    /// an idle worker of another group can steal them.
+    fn report_backlog(&mut self, out: &mut Outbox) {
+        let backlog = self.boss.backlog_total();
+        if self.upstream.is_some() || (backlog > 0) == (self.reported_backlog > 0) {
+            return;
+        }
+        self.reported_backlog = backlog;
+        out.push((self.parent, self.submit(Vec::new())));
     }
 
     /// Tasks for the boss to place, with this group's backlog.
@@ -217,6 +237,58 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_queue_a_worker_keeps_is_reported_above_while_the_group_is_busy() {
+        let mut m = ManagerCore::new(Rank(1), Rank::SERVER, &[(Rank(2), 1)], 4);
+        let mut out = Outbox::new();
+        let assign = Down::Assign {
+            seq: BatchSeq(1),
+            tasks: tasks(1),
+            overflow: false,
+            all_occupied: false,
+        };
+        m.handle(Rank::SERVER, Msg::Down(assign), &mut out); // its one worker is busy
+        out.clear();
+        // the worker keeps 2 children in its queue (a local submit) and says so
+        let kept = Up::Submit {
+            tasks: Vec::new(),
+            queued: 2,
+            receipt: BatchSeq(1),
+        };
+        m.handle(Rank(2), Msg::Up(kept), &mut out);
+        let above: Vec<u64> = out
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Msg::Up(Up::Submit { queued, .. }) if *to == Rank::SERVER => Some(*queued),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(above, vec![2], "the server must hear of it: {out:?}");
+        // it drains: the server hears that too, once
+        out.clear();
+        let drained = Up::Submit {
+            tasks: Vec::new(),
+            queued: 0,
+            receipt: BatchSeq(1),
+        };
+        m.handle(Rank(2), Msg::Up(drained), &mut out);
+        m.handle(
+            Rank(2),
+            Msg::Up(Up::Waiting {
+                idle: 0,
+                receipt: BatchSeq(1),
+            }),
+            &mut out,
+        );
+        let zeros = out
+            .iter()
+            .filter(|(to, m)| {
+                *to == Rank::SERVER && matches!(m, Msg::Up(Up::Submit { queued: 0, .. }))
+            })
+            .count();
+        assert_eq!(zeros, 1, "{out:?}");
     }
 
     #[test]

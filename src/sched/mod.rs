@@ -14,5 +14,6 @@ pub mod worker;
 pub use manager::ManagerCore;
 pub use server::{ClusterView, JobSpec, ServerCore, ServerEvent};
 pub use worker::{
-    CallError, ChildSpec, Claimed, Ready, TaskKey, WaitKind, WaitPoll, WorkerCore, WorkerStats,
+    CallError, ChildSpec, Claimed, Ready, TaskKey, Token, Tokens, WaitKind, WaitPoll, WorkerCore,
+    WorkerStats,
 };

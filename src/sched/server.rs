@@ -154,7 +154,7 @@ impl ServerCore {
                 changed: false,
             },
         );
-        self.boss.place_all(vec![task], out);
+        self.boss.place_root(task, out);
         true
     }
 

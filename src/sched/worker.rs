@@ -16,6 +16,9 @@
 //!   with a `Cancel`, which closes every race between placement, stealing and cancellation
 //!   without tombstones: a `Cancel` for tasks a rank does not hold is a no-op.
 //! * A task that receives its last awaited result is queued once (`waiting` is cleared on wake).
+//! * A delayed child with a [`Token`] leaves the queue only through its token: whichever side
+//!   takes it first runs the child (this worker, or the task that submitted it, inside its own
+//!   step); a child found with its token taken counts as run there.
 
 use super::idmap::{IdMap, IdSet};
 use crate::protocol::Outbox;
@@ -24,6 +27,7 @@ use crate::protocol::{
     Msg, Peer, Rank, Subtree, TaskMsg, Up,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// A queue the boss counts at this many tasks or more is reported again each time it halves;
@@ -57,6 +61,26 @@ pub struct ChildSpec {
     pub context: Vec<(String, String)>,
     /// Resources the child needs (`TaskMsg::needs`).
     pub needs: u64,
+    /// Its token, when the submitting task may take it back without a message.
+    pub token: Option<Token>,
+}
+
+/// The tokens of children that the task submitting them may take back without a message: the
+/// process running that task shares them with this worker (decision 67). A child with a token
+/// runs where its token was taken first.
+pub trait Tokens: Send + Sync + std::fmt::Debug {
+    /// Take token `index`: true when this worker now owns its child, false when the other side
+    /// took it first (it runs the child inside its step).
+    fn take(&self, index: u32) -> bool;
+    /// This worker holds no more reference to token `index` (the other side may reuse it).
+    fn release(&self, index: u32);
+}
+
+/// A child's token: its index in the table the submitting task's process shares.
+#[derive(Clone, Debug)]
+pub struct Token {
+    pub tokens: Arc<dyn Tokens>,
+    pub index: u32,
 }
 
 /// What the executor should run next.
@@ -174,6 +198,8 @@ pub struct WorkerCore {
     tasks: IdMap<TaskKey, Started>,
     by_parent: IdMap<MailboxAddr, Vec<TaskKey>>,
     delayed: VecDeque<TaskMsg>,
+    /// The tokens of delayed children that have one, by address.
+    tokens: IdMap<Address, Token>,
     ready: VecDeque<TaskKey>,
     mailboxes: IdMap<MailboxId, Mailbox>,
     receipt: BatchSeq,
@@ -215,6 +241,7 @@ impl WorkerCore {
             tasks: IdMap::default(),
             by_parent: IdMap::default(),
             delayed: VecDeque::new(),
+            tokens: IdMap::default(),
             ready: VecDeque::new(),
             mailboxes: IdMap::default(),
             receipt: BatchSeq(0),
@@ -300,8 +327,15 @@ impl WorkerCore {
             Msg::Down(Down::Steal { max }) => {
                 let (tasks, left) = match self.bound {
                     false => {
-                        let n = (max as usize).min(self.delayed.len());
-                        let tasks: Vec<TaskMsg> = self.delayed.drain(..n).collect();
+                        let mut tasks = Vec::new();
+                        while tasks.len() < max as usize {
+                            let Some(t) = self.delayed.pop_front() else {
+                                break;
+                            };
+                            if self.own(&t) {
+                                tasks.push(t);
+                            }
+                        }
                         (tasks, self.delayed.len() as u64)
                     }
                     true => self.steal_free(max as usize),
@@ -350,9 +384,13 @@ impl WorkerCore {
     fn steal_free(&mut self, max: usize) -> (Vec<TaskMsg>, u64) {
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(self.delayed.len());
-        for t in self.delayed.drain(..) {
+        for t in std::mem::take(&mut self.delayed) {
             match t.needs == 0 && taken.len() < max {
-                true => taken.push(t),
+                true => {
+                    if self.own(&t) {
+                        taken.push(t);
+                    }
+                }
                 false => kept.push_back(t),
             }
         }
@@ -440,7 +478,8 @@ impl WorkerCore {
     }
 
     fn hand_back(&mut self, out: &mut Outbox) {
-        let tasks: Vec<TaskMsg> = self.delayed.drain(..).collect();
+        let all: Vec<TaskMsg> = self.delayed.drain(..).collect();
+        let tasks: Vec<TaskMsg> = all.into_iter().filter(|t| self.own(t)).collect();
         self.told = 0;
         self.stats.stolen_from += tasks.len() as u64;
         let msg = Up::Occupied { workers: 1, tasks };
@@ -542,7 +581,14 @@ impl WorkerCore {
                 return Some(Ready::Resume(key));
             }
         }
-        if let Some(mut msg) = self.delayed.pop_back() {
+        let mut next = None;
+        while let Some(t) = self.delayed.pop_back() {
+            if self.own(&t) {
+                next = Some(t);
+                break;
+            }
+        }
+        if let Some(mut msg) = next {
             // busy, and the queue drained, or went down by half or more since the boss last
             // heard: its estimate becomes exact again, so its steals go where tasks wait
             self.report_shrunk(out);
@@ -708,10 +754,12 @@ impl WorkerCore {
         self.stats.submitted += n as u64;
         p.tasks.spawned += n as u64;
         self.progress.entry(p.msg.job).or_default().0 += n as u64;
+        let mut tokens: Vec<Option<Token>> = Vec::with_capacity(n);
         let tasks: Vec<TaskMsg> = children
             .into_iter()
             .enumerate()
             .map(|(i, c)| {
+                tokens.push(c.token);
                 let mut context = p.msg.context.clone();
                 for (k, v) in c.context {
                     match context.iter_mut().find(|(ek, _)| *ek == k) {
@@ -749,33 +797,36 @@ impl WorkerCore {
                 sent: Vec::new(),
             },
         );
+        let tasks: Vec<(TaskMsg, Option<Token>)> = tasks.into_iter().zip(tokens).collect();
         let local = local && !std::mem::take(&mut self.hungry);
-        let tasks = match local {
+        let up = match local {
             false => tasks,
             true => {
                 let offers = self.offers;
-                let (kept, up): (Vec<TaskMsg>, Vec<TaskMsg>) =
-                    tasks.into_iter().partition(|t| t.needs & !offers == 0);
-                if !kept.is_empty() {
-                    let target = MailboxAddr { rank, mailbox };
-                    if let Some(mb) = self.mailboxes.get_mut(&mailbox) {
-                        mb.add_location(rank, target, out);
-                    }
-                    self.stats.kept += kept.len() as u64;
-                    self.bound |= kept.iter().any(|t| t.needs != 0);
-                    self.delayed.extend(kept);
-                    let n = self.delayed.len() as u64;
-                    self.stats.max_delayed = self.stats.max_delayed.max(n);
-                    if up.is_empty() && self.told == 0 {
-                        // the boss counts no task here: an idle worker's steal should come
-                        // here (a report at each growth kept the transport thread busy beside
-                        // the step: decision 64)
-                        self.report_queued(out);
-                    }
-                }
+                let (kept, up): (Vec<_>, Vec<_>) =
+                    tasks.into_iter().partition(|(t, _)| t.needs & !offers == 0);
+                let report = up.is_empty();
+                let kept = kept
+                    .into_iter()
+                    .map(|(t, token)| {
+                        if let Some(token) = token {
+                            self.tokens.insert(t.addr, token);
+                        }
+                        t
+                    })
+                    .collect();
+                self.keep(mailbox, kept, report, out);
                 up
             }
         };
+        // a child that leaves this worker is this worker's only once it took its token
+        let tasks: Vec<TaskMsg> = up
+            .into_iter()
+            .filter_map(|(t, token)| match token {
+                Some(token) => self.own_token(&t, token).then_some(t),
+                None => Some(t),
+            })
+            .collect();
         if tasks.is_empty() {
             return Ok(mailbox);
         }
@@ -789,6 +840,97 @@ impl WorkerCore {
         Ok(mailbox)
     }
 
+    /// Put a running task's children of `mailbox` in this worker's queue (where it may claim
+    /// them, and idle workers steal them); with `report`, tell the boss when it counts no task
+    /// here.
+    fn keep(&mut self, mailbox: MailboxId, kept: Vec<TaskMsg>, report: bool, out: &mut Outbox) {
+        if kept.is_empty() {
+            return;
+        }
+        let rank = self.rank;
+        let target = MailboxAddr { rank, mailbox };
+        if let Some(mb) = self.mailboxes.get_mut(&mailbox) {
+            mb.add_location(rank, target, out);
+        }
+        self.stats.kept += kept.len() as u64;
+        self.bound |= kept.iter().any(|t| t.needs != 0);
+        self.delayed.extend(kept);
+        let n = self.delayed.len() as u64;
+        self.stats.max_delayed = self.stats.max_delayed.max(n);
+        if report && self.told == 0 {
+            // the boss counts no task here: an idle worker's steal should come here (a report
+            // at each growth kept the transport thread busy beside the step: decision 64)
+            self.report_queued(out);
+        }
+    }
+
+    /// Whether this worker may take the delayed child `t` out of its queue to run or send it:
+    /// yes when it has no token or this worker took its token; otherwise the task that
+    /// submitted it took it, to run it inside its step, and it counts as run there.
+    fn own(&mut self, t: &TaskMsg) -> bool {
+        if self.tokens.is_empty() {
+            return true;
+        }
+        match self.tokens.remove(&t.addr) {
+            Some(token) => self.own_token(t, token),
+            None => true,
+        }
+    }
+
+    fn own_token(&mut self, t: &TaskMsg, token: Token) -> bool {
+        let mine = token.tokens.take(token.index);
+        token.tokens.release(token.index);
+        if !mine {
+            if let Some(owner) = self.mailboxes.get(&t.addr.mailbox).map(|mb| mb.owner) {
+                self.ran_inside(owner, t.addr.mailbox, t);
+            }
+        }
+        mine
+    }
+
+    /// Before its owner claims from, awaits or cancels `mailbox`: its delayed children whose
+    /// tokens the owner took ran inside its step and leave the queue; the others are this
+    /// worker's from now on (their tokens taken here).
+    fn settle(&mut self, mailbox: MailboxId, out: &mut Outbox) {
+        if self.tokens.is_empty() {
+            return;
+        }
+        let rank = self.rank;
+        let ours = |t: &TaskMsg| t.addr.rank == rank && t.addr.mailbox == mailbox;
+        if !self
+            .delayed
+            .iter()
+            .any(|t| ours(t) && self.tokens.contains_key(&t.addr))
+        {
+            return;
+        }
+        for t in std::mem::take(&mut self.delayed) {
+            if !ours(&t) || self.own(&t) {
+                self.delayed.push_back(t);
+            }
+        }
+        // the boss's count of this queue stays true, as after a claim
+        self.report_shrunk(out);
+    }
+
+    /// A child of `mailbox` ran inside the step of its owner `task` (claimed, or taken back by its token).
+    fn ran_inside(&mut self, task: TaskKey, mailbox: MailboxId, child: &TaskMsg) {
+        let Some(mb) = self.mailboxes.get_mut(&mailbox) else {
+            return;
+        };
+        match mb.results.get_mut(child.addr.slot as usize) {
+            Some(r) if r.is_none() => *r = Some(Vec::new()),
+            _ => panic!("bqrt bug: claimed task {} was already done", child.addr),
+        }
+        mb.received += 1;
+        self.stats.started += 1;
+        self.stats.finished += 1;
+        self.progress.entry(child.job).or_default().1 += 1;
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.tasks.finished += 1;
+        }
+    }
+
     /// A running task takes back the last child of its own mailbox that still waits in this
     /// worker's queue, to run it inside its own step: `(slot, name, args)`, or `None` when
     /// none waits here (they started, were stolen or handed back). The slot counts as received
@@ -800,10 +942,11 @@ impl WorkerCore {
         out: &mut Outbox,
     ) -> Result<Option<Claimed>, CallError> {
         let rank = self.rank;
-        let mb = self.mailboxes.get_mut(&mailbox).ok_or(CallError::Gone)?;
+        let mb = self.mailboxes.get(&mailbox).ok_or(CallError::Gone)?;
         if mb.owner != task {
             return Err(CallError::NotOwner);
         }
+        self.settle(mailbox, out);
         let Some(at) = self
             .delayed
             .iter()
@@ -815,17 +958,7 @@ impl WorkerCore {
             return Ok(None);
         };
         let slot = child.addr.slot;
-        match mb.results.get_mut(slot as usize) {
-            Some(r) if r.is_none() => *r = Some(Vec::new()),
-            _ => panic!("bqrt bug: claimed task {} was already done", child.addr),
-        }
-        mb.received += 1;
-        self.stats.started += 1;
-        self.stats.finished += 1;
-        self.progress.entry(child.job).or_default().1 += 1;
-        if let Some(t) = self.tasks.get_mut(&task) {
-            t.tasks.finished += 1;
-        }
+        self.ran_inside(task, mailbox, &child);
         self.report_shrunk(out);
         Ok(Some(Claimed {
             slot,
@@ -850,6 +983,7 @@ impl WorkerCore {
         task: TaskKey,
         mailbox: MailboxId,
         kind: WaitKind,
+        out: &mut Outbox,
     ) -> Result<WaitPoll, CallError> {
         let Some(mb) = self.mailboxes.get_mut(&mailbox) else {
             return Err(CallError::Gone);
@@ -857,6 +991,10 @@ impl WorkerCore {
         if mb.owner != task {
             return Err(CallError::NotOwner);
         }
+        self.settle(mailbox, out);
+        let Some(mb) = self.mailboxes.get_mut(&mailbox) else {
+            return Err(CallError::Gone);
+        };
         match kind {
             WaitKind::All if mb.complete() => {
                 let mb = self.mailboxes.remove(&mailbox).ok_or(CallError::Gone)?;
@@ -929,6 +1067,7 @@ impl WorkerCore {
             Some(mb) if mb.owner != task => return Err(CallError::NotOwner),
             Some(_) => {}
         }
+        self.settle(mailbox, out);
         if let Some(t) = self.tasks.get_mut(&task) {
             t.owned.retain(|&m| m != mailbox);
         }
@@ -1002,6 +1141,15 @@ impl WorkerCore {
         let before = self.delayed.len();
         self.delayed
             .retain(|t| !all.contains(&t.addr.mailbox_addr()));
+        if !self.tokens.is_empty() {
+            self.tokens.retain(|a, token| {
+                let keep = !all.contains(&a.mailbox_addr());
+                if !keep {
+                    token.tokens.release(token.index);
+                }
+                keep
+            });
+        }
         self.stats.cancelled_delayed += (before - self.delayed.len()) as u64;
     }
 
@@ -1167,6 +1315,7 @@ mod tests {
             format: Format::Bincode,
             context: vec![],
             needs: 0,
+            token: None,
         }
     }
 
@@ -1229,29 +1378,35 @@ mod tests {
         w.handle(result(m, 2, 20), &mut out);
         w.handle(result(m, 0, 0), &mut out);
         assert_eq!(
-            w.wait(root, m, WaitKind::Next),
+            w.wait(root, m, WaitKind::Next, &mut out),
             Ok(WaitPoll::Next(vec![(2, vec![20]), (0, vec![0])]))
         );
-        assert_eq!(w.wait(root, m, WaitKind::Next), Ok(WaitPoll::Pending));
+        assert_eq!(
+            w.wait(root, m, WaitKind::Next, &mut out),
+            Ok(WaitPoll::Pending)
+        );
         w.handle(result(m, 1, 10), &mut out);
         assert!(
             matches!(w.next_ready(&mut out), Some(Ready::Resume(k)) if k == root),
             "woken by the arrival"
         );
         assert_eq!(
-            w.wait(root, m, WaitKind::Next),
+            w.wait(root, m, WaitKind::Next, &mut out),
             Ok(WaitPoll::Next(vec![(1, vec![10])]))
         );
         assert_eq!(
-            w.wait(root, m, WaitKind::Next),
+            w.wait(root, m, WaitKind::Next, &mut out),
             Ok(WaitPoll::Next(vec![])),
             "complete and consumed"
         );
         assert_eq!(
-            w.wait(root, m, WaitKind::All),
+            w.wait(root, m, WaitKind::All, &mut out),
             Ok(WaitPoll::All(vec![vec![0], vec![10], vec![20]]))
         );
-        assert_eq!(w.wait(root, m, WaitKind::All), Err(CallError::Gone));
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Err(CallError::Gone)
+        );
     }
 
     #[test]
@@ -1260,11 +1415,14 @@ mod tests {
         let mut out = Outbox::new();
         let m = w.submit(root, vec![child()], &mut out).unwrap();
         assert_eq!(
-            w.wait(TaskKey(999), m, WaitKind::All),
+            w.wait(TaskKey(999), m, WaitKind::All, &mut out),
             Err(CallError::NotOwner)
         );
         w.cancel(root, m, &mut out).unwrap();
-        assert_eq!(w.wait(root, m, WaitKind::All), Err(CallError::Gone));
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Err(CallError::Gone)
+        );
         w.handle(result(m, 0, 1), &mut out); // a late result is dropped
         assert!(
             w.submit(root, vec![], &mut out).is_err(),
@@ -1344,7 +1502,10 @@ mod tests {
     #[test]
     fn a_worker_about_to_idle_keeps_one_child() {
         let (mut w, root, m, mut out) = running_with_map(3);
-        assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Ok(WaitPoll::Pending)
+        );
         w.keep_one_for_self(&mut out);
         match &out[..] {
             [(to, Msg::Up(Up::Submit { tasks, .. }))] => {
@@ -1519,10 +1680,13 @@ mod tests {
             "slot 0 was stolen"
         );
         // the claimed slots count as done: the stolen child's result completes the mailbox
-        assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Ok(WaitPoll::Pending)
+        );
         w.handle(result(m, 0, 7), &mut out);
         assert_eq!(
-            w.wait(root, m, WaitKind::All),
+            w.wait(root, m, WaitKind::All, &mut out),
             Ok(WaitPoll::All(vec![vec![7], vec![], vec![]]))
         );
         assert_eq!(
@@ -1532,13 +1696,167 @@ mod tests {
         );
     }
 
+    fn stolen_slots(out: &Outbox) -> Vec<u32> {
+        out.iter()
+            .flat_map(|(_, m)| match m {
+                Msg::Up(Up::Stolen { tasks, .. }) => tasks.iter().map(|t| t.addr.slot).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// A token table whose other side (the task's process) takes with `took`.
+    #[derive(Debug, Default)]
+    struct FakeTokens {
+        taken: std::sync::Mutex<Vec<bool>>,
+        released: std::sync::Mutex<Vec<u32>>,
+    }
+
+    impl FakeTokens {
+        fn new(n: usize) -> Arc<FakeTokens> {
+            Arc::new(FakeTokens {
+                taken: std::sync::Mutex::new(vec![false; n]),
+                released: std::sync::Mutex::new(Vec::new()),
+            })
+        }
+        /// The task's process takes a token: true when it got it.
+        fn took(&self, i: u32) -> bool {
+            self.take(i)
+        }
+    }
+
+    impl Tokens for FakeTokens {
+        fn take(&self, i: u32) -> bool {
+            let mut t = self.taken.lock().unwrap();
+            !std::mem::replace(&mut t[i as usize], true)
+        }
+        fn release(&self, i: u32) {
+            self.released.lock().unwrap().push(i);
+        }
+    }
+
+    fn with_tokens(tokens: &Arc<FakeTokens>, n: u32) -> Vec<ChildSpec> {
+        (0..n)
+            .map(|i| ChildSpec {
+                token: Some(Token {
+                    tokens: tokens.clone(),
+                    index: i,
+                }),
+                ..child()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_child_with_a_token_runs_once_where_its_token_was_taken_first() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let tokens = FakeTokens::new(4);
+        let m = w
+            .submit_local(root, with_tokens(&tokens, 4), &mut out)
+            .unwrap();
+        assert_eq!(w.delayed_len(), 4);
+        // the task takes slots 3 and 0 back without a message; a thief then asks for two
+        assert!(tokens.took(3) && tokens.took(0));
+        out.clear();
+        w.handle(Msg::Down(Down::Steal { max: 2 }), &mut out);
+        assert_eq!(
+            stolen_slots(&out),
+            vec![1, 2],
+            "slot 0 ran inside its parent"
+        );
+        assert!(
+            !tokens.took(1) && !tokens.took(2),
+            "the thief's are the worker's"
+        );
+        // the task awaits what it did not run: its two count as run there
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Ok(WaitPoll::Pending)
+        );
+        assert_eq!(w.delayed_len(), 0);
+        w.handle(result(m, 1, 1), &mut out);
+        w.handle(result(m, 2, 2), &mut out);
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Ok(WaitPoll::All(vec![vec![], vec![1], vec![2], vec![]]))
+        );
+        let mut released = tokens.released.lock().unwrap().clone();
+        released.sort();
+        assert_eq!(released, vec![0, 1, 2, 3], "every token released once");
+    }
+
+    #[test]
+    fn a_child_whose_token_its_task_took_is_never_started_sent_or_handed_back() {
+        let (mut w, root) = running();
+        let mut out = Outbox::new();
+        let tokens = FakeTokens::new(2);
+        let m = w
+            .submit_local(root, with_tokens(&tokens, 2), &mut out)
+            .unwrap();
+        assert!(tokens.took(1));
+        // the worker runs its queue: slot 1 ran inside, slot 0 starts here
+        match w.next_ready(&mut out) {
+            Some(Ready::Start { .. }) => {}
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(w.delayed_len(), 0);
+        assert!(!tokens.took(0));
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Ok(WaitPoll::Pending)
+        );
+        // becoming occupied hands back only what is the worker's
+        let fresh = FakeTokens::new(2);
+        let m3 = w
+            .submit_local(root, with_tokens(&fresh, 2), &mut out)
+            .unwrap();
+        assert!(fresh.took(0));
+        out.clear();
+        w.set_occupied(true, &mut out);
+        let handed: Vec<(MailboxId, u32)> = out
+            .iter()
+            .flat_map(|(_, m)| match m {
+                Msg::Up(Up::Occupied { tasks, .. }) => tasks
+                    .iter()
+                    .map(|t| (t.addr.mailbox, t.addr.slot))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert!(
+            handed.contains(&(m3, 1)) && !handed.contains(&(m3, 0)),
+            "{handed:?}"
+        );
+        // after a steal that found too little, a submit goes to the boss: only the children
+        // whose tokens the worker took leave
+        w.set_occupied(false, &mut out);
+        w.handle(Msg::Down(Down::Steal { max: 9 }), &mut out);
+        let more = FakeTokens::new(3);
+        assert!(more.took(2));
+        out.clear();
+        w.submit_local(root, with_tokens(&more, 3), &mut out)
+            .unwrap();
+        let sent: Vec<u32> = out
+            .iter()
+            .flat_map(|(_, m)| match m {
+                Msg::Up(Up::Submit { tasks, .. }) => tasks.iter().map(|t| t.addr.slot).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(sent, vec![0, 1]);
+    }
+
     #[test]
     fn a_worker_that_said_it_drained_says_again_when_it_idles() {
         let (mut w, root) = running();
         let mut out = Outbox::new();
         // idle once with the root waiting: the boss hears it
         let m = w.submit(root, vec![child()], &mut out).unwrap();
-        assert_eq!(w.wait(root, m, WaitKind::All), Ok(WaitPoll::Pending));
+        assert_eq!(
+            w.wait(root, m, WaitKind::All, &mut out),
+            Ok(WaitPoll::Pending)
+        );
         out.clear();
         assert!(w.next_ready(&mut out).is_none());
         assert!(matches!(
@@ -1669,7 +1987,10 @@ mod tests {
     #[test]
     fn a_kept_child_waiting_behind_a_resumption_is_reported() {
         let (mut w, root, m, mut out) = running_with_map(2);
-        assert_eq!(w.wait(root, m, WaitKind::Next), Ok(WaitPoll::Pending));
+        assert_eq!(
+            w.wait(root, m, WaitKind::Next, &mut out),
+            Ok(WaitPoll::Pending)
+        );
         w.keep_one_for_self(&mut out);
         // a result arrives before the kept child starts: the root resumes first
         w.handle(result(m, 0, 7), &mut out);

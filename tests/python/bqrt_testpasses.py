@@ -273,13 +273,33 @@ def listen(limit: float) -> Any:
     return 'no message'
 
 
+def listen_in(d: str, limit: float) -> dict[str, Any]:
+    """Register in `d` (see `arrive`), then listen: what it heard, and where."""
+    me = arrive(d)
+    return {'rank': me['rank'], 'heard': listen(limit)}
+
+
 class CommunicatePass(BasePass):
+    """Maps `n` listeners, waits until all of them run (30 s at most), sends them one message,
+    and records what each heard and where it ran, and where this task ran."""
+
+    def __init__(self, n: int, d: str) -> None:
+        self.n, self.d = n, d
+
     async def run(self, circuit: Circuit, data: PassData) -> None:
-        fut = get_runtime().map(listen, [30.0, 30.0])
-        # the listeners start on other workers meanwhile; whoever starts late gets a later copy
-        for _ in range(20):
-            await get_runtime().submit(sleepy, 0.05)
-            get_runtime().communicate(fut, {'hello': 1})
+        rt = get_runtime()
+        n = self.n
+        fut = rt.map(listen_in, [self.d] * n, [30.0] * n)
+        # A child claimed into this step at once sends the worker's report of its queue, so
+        # idle workers steal the listeners now. Then this step waits without yielding: its
+        # worker starts no listener itself (one there could hear nothing, as this task could
+        # not send), so each listener runs on another worker, all at once, before the message.
+        await rt.submit(identity, None)
+        started = wait_for_arrivals(self.d, n, 30.0)
+        if started < n:
+            raise RuntimeError(f'{started} of {n} listeners started within 30 s')
+        data['sender'] = worker_rank()
+        rt.communicate(fut, {'hello': 1})
         data['heard'] = await fut
 
 
@@ -371,8 +391,64 @@ def worker_rank() -> int:
 
 
 def mark_rank(path: str) -> None:
-    with open(path, 'w') as f:
-        f.write(str(worker_rank()))
+    """Write "RANK PID": this task's worker rank and its Python process."""
+    import os
+    with open(path + '.tmp', 'w') as f:
+        f.write(f'{worker_rank()} {os.getpid()}')
+    os.replace(path + '.tmp', path)
+
+
+# barriers: tasks that run at the same time, each holding its worker (computing, not
+# awaiting), so n of them that met ran on n distinct workers
+def arrive(d: str) -> dict[str, Any]:
+    """Register in the directory `d` as a task running now: its worker's rank, its Python
+    process and the time (one file each, written whole)."""
+    import json
+    import os
+    import uuid
+    me = {'rank': worker_rank(), 'pid': os.getpid(), 'at': time.time()}
+    name = uuid.uuid4().hex
+    with open(os.path.join(d, f'.{name}'), 'w') as f:
+        json.dump(me, f)
+    os.replace(os.path.join(d, f'.{name}'), os.path.join(d, f'{name}.json'))
+    return me
+
+
+def arrivals(d: str) -> int:
+    import os
+    return sum(1 for name in os.listdir(d) if name.endswith('.json'))
+
+
+def wait_for_arrivals(d: str, n: int, limit: float) -> int:
+    """Wait, without yielding, until `n` tasks arrived in `d` or `limit` seconds passed;
+    returns how many arrived."""
+    end = time.monotonic() + limit
+    while True:
+        got = arrivals(d)
+        if got >= n or time.monotonic() > end:
+            return got
+        time.sleep(0.005)
+
+
+def meet(d: str, n: int, limit: float) -> dict[str, Any]:
+    """Arrive in `d`, then wait until `n` tasks did (`limit` seconds at most): where it ran,
+    when it arrived, and how many tasks it met (`n` unless the limit passed)."""
+    me = arrive(d)
+    me['met'] = wait_for_arrivals(d, n, limit)
+    return me
+
+
+async def meet_everywhere(n: int, d: str, limit: float = 30.0) -> list[dict[str, Any]]:
+    """`n` children that wait for each other: with `n` workers, every worker runs one."""
+    return await get_runtime().map(meet, [d] * n, [n] * n, [limit] * n)
+
+
+class MeetPass(BasePass):
+    def __init__(self, n: int, d: str, limit: float = 30.0) -> None:
+        self.n, self.d, self.limit = n, d, limit
+
+    async def run(self, circuit: Circuit, data: PassData) -> None:
+        data['met'] = await meet_everywhere(self.n, self.d, self.limit)
 
 
 class CrashPass(BasePass):
@@ -470,15 +546,17 @@ class AllocatePass(BasePass):
         data['allocated'] = await get_runtime().submit(allocate, self.mib)
 
 
-async def ranks_of(n: int, t: float) -> list[int]:
-    """The ranks that ran `n` short tasks."""
-    return await get_runtime().map(rank_after, [t] * n)
-
-
 def where(_i: int) -> tuple[str, str]:
     """The worker group and GPU of the worker a task ran on ('' on BQSKit's own runtime)."""
     import os
     return os.environ.get('BQRT_GROUP', ''), os.environ.get('CUDA_VISIBLE_DEVICES', '')
+
+
+def where_slowly(i: int) -> tuple[str, str]:
+    """`where`, after 5 ms: long enough that a parent cannot run all of a map of them itself
+    before idle workers steal some (children it takes back by token cost microseconds)."""
+    time.sleep(0.005)
+    return where(i)
 
 
 class ResourcePass(BasePass):
@@ -492,7 +570,7 @@ class ResourcePass(BasePass):
         import bqrt_resources
         data['needing'] = await bqrt_resources.map(where, list(range(self.n)), needs=self.needs)
         data['one'] = await bqrt_resources.submit(where, 0, needs=[self.needs])
-        data['free'] = await get_runtime().map(where, list(range(self.n)))
+        data['free'] = await get_runtime().map(where_slowly, list(range(self.n)))
 
 
 class LogThenBlockPass(BasePass):

@@ -95,6 +95,20 @@ class Runtime:
         self.log.close()
 
 
+def top(rt: Runtime) -> dict[str, int]:
+    """`bqrt top --once`'s counts: workers, busy, idle, queued, jobs, clients."""
+    p = subprocess.run(
+        [str(BIN), 'top', '--once', '--server', f'{rt.host}:{rt.port}',
+         '--token-file', str(rt.dir / 'token')],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.splitlines()[1].replace('(', ' ').replace(')', ' ').replace(',', ' ')
+    words = line.split()
+    return {k: int(words[words.index(k) + 1]) for k in
+            ('workers', 'busy', 'idle', 'queued', 'jobs', 'clients')}
+
+
 def cmdline(pid: int) -> bytes:
     try:
         return Path(f'/proc/{pid}/cmdline').read_bytes()

@@ -1,7 +1,6 @@
 """Failing passes, and status/cancel of unknown or finished jobs (BQSKit's defects, fixed)."""
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 
@@ -11,7 +10,7 @@ from bqskit.compiler.status import CompilationStatus
 from bqskit.ir.circuit import Circuit
 
 import bqrt_testpasses as tp
-from conftest import BIN
+from conftest import top
 from test_runtime import error_text
 
 
@@ -81,20 +80,6 @@ def test_failed_job_status_is_done_and_result_raises(runtime) -> None:  # type: 
             time.sleep(0.1)
         with pytest.raises(RuntimeError):
             c.result(job)
-
-
-def top(runtime) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """`bqrt top --once`'s counts: workers, busy, idle, queued, jobs, clients."""
-    p = subprocess.run(
-        [str(BIN), 'top', '--once', '--server', f'{runtime.host}:{runtime.port}',
-         '--token-file', str(runtime.dir / 'token')],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert p.returncode == 0, p.stderr
-    line = p.stdout.splitlines()[1].replace('(', ' ').replace(')', ' ').replace(',', ' ')
-    words = line.split()
-    return {k: int(words[words.index(k) + 1]) for k in
-            ('workers', 'busy', 'idle', 'queued', 'jobs', 'clients')}
 
 
 def test_disconnect_cancels_jobs(runtime, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from bqskit.ir.circuit import Circuit
 from bqskit.ir.gates import HGate, XGate
 
 import bqrt_testpasses as tp
+from conftest import top
 
 
 def compile_data(compiler, passes, circuit=None, **kw):  # type: ignore[no-untyped-def]
@@ -127,9 +128,14 @@ def test_cancel_consumed_future_raises_keyerror(compiler) -> None:  # type: igno
     assert data['keyerror']
 
 
-def test_communicate_reaches_running_tasks(compiler) -> None:  # type: ignore[no-untyped-def]
-    _, data = compile_data(compiler, [tp.CommunicatePass()])
-    assert data['heard'] == [{'hello': 1}, {'hello': 1}]
+def test_communicate_reaches_running_tasks(runtime, compiler, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a listener on every worker but the sender's, all running when the one message is sent
+    n = top(runtime)['workers'] - 1
+    assert n >= 1, 'needs 2 workers or more'
+    _, data = compile_data(compiler, [tp.CommunicatePass(n, str(tmp_path))])
+    assert [h['heard'] for h in data['heard']] == [{'hello': 1}] * n, data['heard']
+    ranks = {h['rank'] for h in data['heard']} | {data['sender']}
+    assert len(ranks) == n + 1, data
 
 
 def test_cache(compiler) -> None:  # type: ignore[no-untyped-def]
