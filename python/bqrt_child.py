@@ -93,6 +93,7 @@ _bell = True
 
 
 _U32 = struct.Struct('<I').pack
+_S_HEAD = struct.Struct('<cQBI').pack
 
 
 def _send(data: bytes) -> None:
@@ -237,12 +238,15 @@ def _submit(
     k = len(children)
     # children that need resources go by message: this worker may not offer them, and only the
     # rank knows (it sends them to its boss)
-    table = _token_table() if local and not needs else None
-    toks = table.alloc(k) if table is not None else None
+    toks = None
+    if local and not needs:
+        table = _tokens if _tokens_tried else _token_table()
+        if table is not None:
+            toks = table.alloc(k)
     if toks is not None:
         flags |= 8
         _taking[box] = [children, toks, k - 1]
-    parts = [struct.pack('<cQBI', b's', box, flags, len(children))]
+    parts = [_S_HEAD(b's', box, flags, k)]
     if toks is not None:
         packer = _counted.get(k)
         if packer is None:
@@ -270,8 +274,9 @@ def _claim(box: int) -> tuple[int, str, bytes] | None:
     rec = _taking.get(box)
     if rec is not None and _tokens is not None:
         children, toks, i = rec
+        trylock, base, lock = _tokens.trylock, _tokens.base, _tokens.lock
         while i >= 0:
-            if _tokens.take(toks[i]):
+            if trylock(base + toks[i] * lock) == 0:
                 rec[2] = i - 1
                 envelope, name = children[i]
                 return i, name, envelope

@@ -517,8 +517,10 @@ def _learn(key: tuple[str, str] | None, seconds: list[float]) -> None:
 
 def _chunk_size(fn: Any, n: int) -> int:
     """Children per chunk of a map of `n` children of `fn`; 0: no chunks at all."""
+    if n < 2 * CHUNK_LEAST:
+        return 0
     key = _fn_key(fn)
-    if n < 2 * CHUNK_LEAST or key is None:
+    if key is None:
         return 0
     seconds = _child_seconds.get(key)
     if seconds is None:
