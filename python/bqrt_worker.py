@@ -43,8 +43,9 @@ _cache: dict[str, Any] = {}
 _active: Task | None = None
 _applied_path: list[str] | None = None
 _ready = False
-# Parsed envelope headers by their bytes: the children of a task share one header.
-_headers: dict[bytes, dict[str, Any]] = {}
+# Parsed envelope headers by their bytes: the children of a task share one header. Each is
+# (path, level, max_depth, context, depth or None), shared by its tasks and never changed.
+_headers: dict[bytes, tuple[list[str], int, int, dict[str, str], int | None]] = {}
 # Length and header of children's envelopes: by their parent's header, its depth and their log
 # context.
 _prefixes: dict[tuple[bytes, int, tuple[tuple[str, str], ...]], bytes] = {}
@@ -101,13 +102,18 @@ def _header_prefix(header: dict[str, Any]) -> bytes:
     return len(h).to_bytes(4, 'little') + h
 
 
-def _parse_header(raw: bytes) -> dict[str, Any]:
-    header = _headers.get(raw)
-    if header is None:
+def _parse_header(raw: bytes) -> tuple[list[str], int, int, dict[str, str], int | None]:
+    settings = _headers.get(raw)
+    if settings is None:
         if len(_headers) >= 256:
             _headers.clear()
-        header = _headers[raw] = json.loads(raw)
-    return header
+        h = json.loads(raw)
+        depth = h.get('depth')
+        settings = _headers[raw] = (
+            h.get('path') or [], int(h.get('level') or 0), int(h.get('max_depth', -1)),
+            h.get('context') or {}, None if depth is None else int(depth),
+        )
+    return settings
 
 
 def _dumps_call(fnargs: tuple[Any, Any, Any]) -> tuple[bytes, bytes]:
@@ -182,17 +188,14 @@ class Task:
     def __init__(self, envelope: bytes, depth: int) -> None:
         kind = envelope[:1]
         n = int.from_bytes(envelope[1:5], 'little')
-        header = _parse_header(envelope[5:5 + n])
-        body = envelope[5 + n:]
         # shared with every task of the same header (_headers), never changed
-        self.path: list[str] = header.get('path') or []
-        self.level: int = int(header.get('level') or 0)
-        self.max_depth: int = int(header.get('max_depth', -1))
-        self.context: dict[str, str] = header.get('context') or {}
+        self.path, self.level, self.max_depth, self.context, true_depth = _parse_header(
+            envelope[5:5 + n])
+        body = envelope[5 + n:]
         # the length and header of this task's envelope
         self.prefix = envelope[1:5 + n]
         # the true depth (the rank's count misses the children claimed on the way)
-        self.depth = int(header.get('depth', depth))
+        self.depth = depth if true_depth is None else true_depth
         self.root = kind == b'R'
         self.json = kind == b'J'
         # Mailboxes of this task's maps in chunks: [children per chunk, the function's key,
