@@ -199,7 +199,7 @@ impl Ctx {
                 let mut s = self.shared.lock();
                 let s = &mut *s;
                 let mailbox = s.core.submit_local(self.key, specs, &mut s.out)?;
-                self.shared.send_now_but(s, false);
+                self.shared.send_now(s);
                 mailbox
             }
         };

@@ -90,18 +90,7 @@ impl Shared {
     /// Children submitted to the boss stay until the step ends, as ever: a cancel in the same
     /// step still takes them back before they leave.
     pub(crate) fn send_now(&self, s: &mut WorkerState) {
-        self.send_now_but(s, true);
-    }
-
-    /// [`Shared::send_now`], children submitted to the boss included when `!keep_submits`: what
-    /// a local submit sends its boss (children this worker cannot run, or all of them after a
-    /// steal found it short) goes at once, since its task may take the others back and go on
-    /// computing without ending its step (decision 67).
-    pub(crate) fn send_now_but(&self, s: &mut WorkerState, keep_submits: bool) {
-        let leaves = |m: &crate::protocol::Msg| {
-            !keep_submits
-                || !matches!(m, crate::protocol::Msg::Up(crate::protocol::Up::Submit { tasks, .. }) if !tasks.is_empty())
-        };
+        let leaves = |m: &crate::protocol::Msg| !matches!(m, crate::protocol::Msg::Up(crate::protocol::Up::Submit { tasks, .. }) if !tasks.is_empty());
         if !s.out.iter().any(|(_, m)| leaves(m)) {
             return;
         }

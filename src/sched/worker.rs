@@ -798,13 +798,19 @@ impl WorkerCore {
             },
         );
         let tasks: Vec<(TaskMsg, Option<Token>)> = tasks.into_iter().zip(tokens).collect();
-        let local = local && !std::mem::take(&mut self.hungry);
+        let hungry = std::mem::take(&mut self.hungry);
         let up = match local {
             false => tasks,
             true => {
+                // After a steal found the queue short, children go to the boss, placed on idle
+                // workers at once; not those with a token: their task may take them back and
+                // go on computing, and what goes to the boss leaves only as its step ends (a
+                // cancel in the same step takes it back before it leaves). Idle workers steal
+                // those instead.
                 let offers = self.offers;
-                let (kept, up): (Vec<_>, Vec<_>) =
-                    tasks.into_iter().partition(|(t, _)| t.needs & !offers == 0);
+                let (kept, up): (Vec<_>, Vec<_>) = tasks
+                    .into_iter()
+                    .partition(|(t, token)| t.needs & !offers == 0 && (!hungry || token.is_some()));
                 let report = up.is_empty();
                 let kept = kept
                     .into_iter()
@@ -1828,15 +1834,15 @@ mod tests {
             handed.contains(&(m3, 1)) && !handed.contains(&(m3, 0)),
             "{handed:?}"
         );
-        // after a steal that found too little, a submit goes to the boss: only the children
-        // whose tokens the worker took leave
+        // after a steal that found too little, a submit goes to the boss, but children with a
+        // token stay (their task may take them back and compute on; thieves steal them)
         w.set_occupied(false, &mut out);
         w.handle(Msg::Down(Down::Steal { max: 9 }), &mut out);
         let more = FakeTokens::new(3);
-        assert!(more.took(2));
+        let mut children = with_tokens(&more, 3);
+        children.push(child());
         out.clear();
-        w.submit_local(root, with_tokens(&more, 3), &mut out)
-            .unwrap();
+        w.submit_local(root, children, &mut out).unwrap();
         let sent: Vec<u32> = out
             .iter()
             .flat_map(|(_, m)| match m {
@@ -1844,7 +1850,8 @@ mod tests {
                 _ => Vec::new(),
             })
             .collect();
-        assert_eq!(sent, vec![0, 1]);
+        assert_eq!(sent, vec![3], "only the child without a token");
+        assert_eq!(w.delayed_len(), 3);
     }
 
     #[test]
