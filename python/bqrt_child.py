@@ -20,10 +20,10 @@ keep the children in the worker's queue, 8 tokens follow; u32 n, with flag 8 u32
 tokens, one per child; n x (u32 len, name, u32 len, envelope), and optionally u32 len, the
 resources the children need, comma-separated), ``k`` claim a child of a mailbox back from the
 worker's queue, to run it inside this step (u64 mailbox; a child with a token is taken back by
-it instead, without a frame), ``c`` cancel (u64 mailbox), ``m`` communicate (u64 mailbox, message), ``g`` get the task's messages, ``l`` a log
-record (i32 level, u32 len, name, text); then the step's end: ``d`` done (result), ``e`` failed
-(traceback text) or ``a`` awaits (u64 mailbox, u8 next). Once, before anything else: ``H``
-ready.
+it instead, without a frame), ``c`` cancel (u64 mailbox), ``m`` communicate (u64 mailbox,
+message), ``g`` get the task's messages, ``l`` a log record (i32 level, u32 len, name, text);
+then the step's end: ``d`` done (result), ``e`` failed (traceback text) or ``a`` awaits (u64
+mailbox, u8 next). Once, before anything else: ``H`` ready.
 
 The warm-up imports (BQSKit's compiler and passes) run after ``H``, one module at a time and
 only while no frame waits on the pipe: a task that arrives meanwhile waits at most for the
@@ -154,14 +154,13 @@ class _Tokens:
     the rank sets once it holds no reference to it. A child submitted with a token is taken
     back here without a message (decision 67)."""
 
-    COUNT = 16384
-
     def __init__(self) -> None:
         import ctypes
         import mmap
         size = os.fstat(5).st_size
         lock = ctypes.sizeof(ctypes.c_int)
-        if size != self.COUNT * (lock + 1):
+        count, rest = divmod(size, lock + 1)
+        if count == 0 or rest:
             raise OSError(f'a token table of {size} bytes')
         self.mm = mm = mmap.mmap(5, size)
         os.close(5)
@@ -170,14 +169,11 @@ class _Tokens:
         self.trylock = libc.pthread_spin_trylock
         self.trylock.argtypes = [ctypes.c_void_p]
         self.trylock.restype = ctypes.c_int
-        init = libc.pthread_spin_init
-        init.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        init.restype = ctypes.c_int
         # what a free lock looks like in this C library (the rank made every lock free)
         self.unlocked = mm[0:lock]
         self.lock = lock
-        self.released = self.COUNT * lock
-        self.free = list(range(self.COUNT - 1, -1, -1))
+        self.released = count * lock
+        self.free = list(range(count - 1, -1, -1))
         self.pending: list[int] = []  # done with here, maybe still referenced by the rank
 
     def alloc(self, k: int) -> list[int] | None:
@@ -197,9 +193,6 @@ class _Tokens:
             mm[t * lock:t * lock + lock] = unlocked
             mm[rel + t] = 0
         return toks
-
-    def take(self, t: int) -> bool:
-        return self.trylock(self.base + t * self.lock) == 0
 
 
 _tokens: _Tokens | None = None

@@ -367,12 +367,6 @@ impl Sim {
                 .collect()
         };
         let resourced = masks.iter().any(|&m| m != 0);
-        let managers = |employees: &[(Rank, u32)]| -> Vec<bool> {
-            employees
-                .iter()
-                .map(|e| matches!(lay.roles.get(e.0 .0 as usize), Some(Role::Manager { .. })))
-                .collect()
-        };
         let nodes: Vec<Node> = lay
             .roles
             .iter()
@@ -380,7 +374,7 @@ impl Sim {
             .map(|(r, role)| match role {
                 Role::Server { employees } => {
                     let mut s = ServerCore::new(employees, cfg.seed);
-                    s.boss.set_managers(&managers(employees));
+                    s.boss.set_managers(&lay.managers(employees));
                     if resourced {
                         s.boss.set_classes(classes(employees));
                     }
@@ -391,7 +385,7 @@ impl Sim {
                 } => {
                     let mut m =
                         ManagerCore::new(Rank(r as u32), *parent, employees, cfg.seed ^ r as u64);
-                    m.boss.set_managers(&managers(employees));
+                    m.boss.set_managers(&lay.managers(employees));
                     if resourced {
                         m.boss.set_classes(classes(employees));
                     }

@@ -229,21 +229,23 @@ impl Child {
                 None
             }
         };
-        let table = match &tokens {
-            Some(t) => {
-                // SAFETY: t's descriptor is open for the duration of this call
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(t.fd()) };
-                Some(high(fd.try_clone_to_owned()?)?)
-            }
-            None => None,
-        };
-        let fd_table = table.as_ref().map(|t| t.as_raw_fd());
         let ring = bell().ok();
-        let ring_high = match &ring {
-            Some(b) => Some(high(b.try_clone()?)?),
-            None => None,
-        };
-        let fd_bell = ring_high.as_ref().map(|b| b.as_raw_fd());
+        // the copies the child gets as its descriptors 5 and 6 (numbered 10 or above, as the
+        // pipes are)
+        let table = tokens
+            .as_ref()
+            .map(|t| t.fd().try_clone_to_owned().and_then(high))
+            .transpose()?;
+        let ring_high = ring
+            .as_ref()
+            .map(|b| b.try_clone().and_then(high))
+            .transpose()?;
+        let moves = [
+            (Some(fd_in), 3),
+            (Some(fd_out), 4),
+            (table.as_ref().map(|t| t.as_raw_fd()), 5),
+            (ring_high.as_ref().map(|b| b.as_raw_fd()), 6),
+        ];
         let limit = spec.memory_limit;
         let mut cmd = Command::new(spec.python);
         cmd.arg("-c")
@@ -253,17 +255,11 @@ impl Child {
         // SAFETY: only async-signal-safe calls between fork and exec
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd_in, 3) < 0 || libc::dup2(fd_out, 4) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if let Some(fd) = fd_table {
-                    if libc::dup2(fd, 5) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                if let Some(fd) = fd_bell {
-                    if libc::dup2(fd, 6) < 0 {
-                        return Err(io::Error::last_os_error());
+                for (fd, to) in moves {
+                    if let Some(fd) = fd {
+                        if libc::dup2(fd, to) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
                     }
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

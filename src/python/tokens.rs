@@ -14,7 +14,7 @@
 
 use crate::sched::Tokens;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Tokens in one table: children queued at once with one (more go without: claimed by message).
@@ -77,8 +77,8 @@ impl SharedTokens {
     }
 
     /// The descriptor the process maps.
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     fn lock(&self, i: u32) -> *mut libc::pthread_spinlock_t {

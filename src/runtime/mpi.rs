@@ -393,10 +393,7 @@ fn offers_of(s: &Started) -> Offers {
         Role::Worker { .. } => Vec::new(),
     };
     Offers {
-        managers: employees
-            .iter()
-            .map(|e| matches!(s.lay.roles.get(e.0 .0 as usize), Some(Role::Manager { .. })))
-            .collect(),
+        managers: s.lay.managers(&employees),
         own: masks[me],
         employees: match masks.iter().any(|&m| m != 0) {
             true => employees

@@ -114,7 +114,6 @@ impl ManagerCore {
                         let rest = self.boss.place_idle(tasks, out);
                         if !rest.is_empty() {
                             out.push((self.parent, self.submit(rest)));
-                            self.reported_backlog = self.boss.backlog_total();
                         }
                     }
                     Up::Waiting { idle, receipt } => self.boss.on_waiting(e, idle, receipt),
@@ -140,7 +139,6 @@ impl ManagerCore {
                             None if rest.is_empty() => {}
                             None => {
                                 out.push((self.parent, self.submit(rest)));
-                                self.reported_backlog = self.boss.backlog_total();
                             }
                         }
                     }
@@ -179,15 +177,15 @@ impl ManagerCore {
         if self.upstream.is_some() || (backlog > 0) == (self.reported_backlog > 0) {
             return;
         }
-        self.reported_backlog = backlog;
         out.push((self.parent, self.submit(Vec::new())));
     }
 
-    /// Tasks for the boss to place, with this group's backlog.
-    fn submit(&self, tasks: Vec<TaskMsg>) -> Msg {
+    /// Tasks for the boss to place, with this group's backlog (now the one last reported).
+    fn submit(&mut self, tasks: Vec<TaskMsg>) -> Msg {
+        self.reported_backlog = self.boss.backlog_total();
         Msg::Up(Up::Submit {
             tasks,
-            queued: self.boss.backlog_total(),
+            queued: self.reported_backlog,
             receipt: self.receipt,
         })
     }

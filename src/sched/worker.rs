@@ -83,6 +83,13 @@ pub struct Token {
     pub index: u32,
 }
 
+/// An end of the delayed queue: thieves take the oldest, the worker itself runs the newest.
+#[derive(Clone, Copy)]
+enum End {
+    Oldest,
+    Newest,
+}
+
 /// What the executor should run next.
 #[derive(Debug)]
 pub enum Ready {
@@ -329,12 +336,10 @@ impl WorkerCore {
                     false => {
                         let mut tasks = Vec::new();
                         while tasks.len() < max as usize {
-                            let Some(t) = self.delayed.pop_front() else {
+                            let Some(t) = self.pop_owned(End::Oldest) else {
                                 break;
                             };
-                            if self.own(&t) {
-                                tasks.push(t);
-                            }
+                            tasks.push(t);
                         }
                         (tasks, self.delayed.len() as u64)
                     }
@@ -581,14 +586,7 @@ impl WorkerCore {
                 return Some(Ready::Resume(key));
             }
         }
-        let mut next = None;
-        while let Some(t) = self.delayed.pop_back() {
-            if self.own(&t) {
-                next = Some(t);
-                break;
-            }
-        }
-        if let Some(mut msg) = next {
+        if let Some(mut msg) = self.pop_owned(End::Newest) {
             // busy, and the queue drained, or went down by half or more since the boss last
             // heard: its estimate becomes exact again, so its steals go where tasks wait
             self.report_shrunk(out);
@@ -880,6 +878,20 @@ impl WorkerCore {
         match self.tokens.remove(&t.addr) {
             Some(token) => self.own_token(t, token),
             None => true,
+        }
+    }
+
+    /// The oldest or newest delayed child this worker may take ([`own`](Self::own)); the
+    /// children passed over on the way ran inside their task and leave the queue.
+    fn pop_owned(&mut self, end: End) -> Option<TaskMsg> {
+        loop {
+            let t = match end {
+                End::Oldest => self.delayed.pop_front(),
+                End::Newest => self.delayed.pop_back(),
+            }?;
+            if self.own(&t) {
+                return Some(t);
+            }
         }
     }
 
@@ -1671,14 +1683,7 @@ mod tests {
         let claimed = w.claim(root, m, &mut out).unwrap().map(|c| c.slot);
         assert_eq!(claimed, Some(2), "the last child first");
         w.handle(Msg::Down(Down::Steal { max: 1 }), &mut out);
-        let stolen: Vec<u32> = out
-            .iter()
-            .flat_map(|(_, m)| match m {
-                Msg::Up(Up::Stolen { tasks, .. }) => tasks.iter().map(|t| t.addr.slot).collect(),
-                _ => Vec::new(),
-            })
-            .collect();
-        assert_eq!(stolen, vec![0], "a thief takes the oldest");
+        assert_eq!(stolen_slots(&out), vec![0], "a thief takes the oldest");
         assert_eq!(w.claim(root, m, &mut out).unwrap().map(|c| c.slot), Some(1));
         assert_eq!(
             w.claim(root, m, &mut out).unwrap(),

@@ -59,6 +59,16 @@ pub struct Layout {
     pub node_of: Vec<u32>,
 }
 
+impl Layout {
+    /// Which of a boss's `employees` are managers (the others are workers), in their order.
+    pub fn managers(&self, employees: &[(Rank, u32)]) -> Vec<bool> {
+        employees
+            .iter()
+            .map(|e| matches!(self.roles.get(e.0 .0 as usize), Some(Role::Manager { .. })))
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 enum Unit {
     NodeManager { rank: Rank, workers: Vec<Rank> },
