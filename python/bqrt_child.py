@@ -20,7 +20,8 @@ keep the children in the worker's queue, 8 tokens follow; u32 n, with flag 8 u32
 tokens, one per child; n x (u32 len, name, u32 len, envelope), and optionally u32 len, the
 resources the children need, comma-separated), ``k`` claim a child of a mailbox back from the
 worker's queue, to run it inside this step (u64 mailbox; a child with a token is taken back by
-it instead, without a frame), ``c`` cancel (u64 mailbox), ``m`` communicate (u64 mailbox,
+it instead, without a frame), ``c`` cancel (u64 mailbox; one freeing a box every child of
+which ran in the step leaves with the next frame), ``m`` communicate (u64 mailbox,
 message), ``g`` get the task's messages, ``l`` a log record (i32 level, u32 len, name, text);
 then the step's end: ``d`` done (result), ``e`` failed (traceback text) or ``a`` awaits (u64
 mailbox, u8 next). Once, before anything else: ``H`` ready.
@@ -99,6 +100,9 @@ _S_HEAD = struct.Struct('<cQBI').pack
 def _send(data: bytes) -> None:
     global _bell
     frame = _U32(len(data)) + data
+    if _later:
+        frame = b''.join(_later) + frame
+        _later.clear()
     n = os.write(_OUT, frame)
     if n < len(frame):
         view = memoryview(frame)[n:]
@@ -109,6 +113,11 @@ def _send(data: bytes) -> None:
             os.eventfd_write(6, 1)
         except OSError:  # no bell: the rank then reads every frame as it comes
             _bell = False
+
+
+# Frames that may wait for the next one (see _release), each with its length
+_later: list[bytes] = []
+_C_FRAME = struct.Struct('<IcQ').pack
 
 
 def _blobs(items: list[bytes]) -> bytes:
@@ -262,10 +271,10 @@ def _claim(box: int) -> tuple[int, str, bytes] | None:
     """(slot, name, envelope) of a child of `box` taken back from the worker's queue to run
     here, or None when none waits there: by its token when it has one, last first, else by
     asking the rank."""
-    if box not in _boxes():
-        raise KeyError(box)
     rec = _taking.get(box)
-    if rec is not None and _tokens is not None:
+    if rec is None and box not in _boxes():
+        raise KeyError(box)
+    if rec is not None:
         children, toks, i = rec
         trylock, base, lock = _tokens.trylock, _tokens.base, _tokens.lock
         while i >= 0:
@@ -276,6 +285,8 @@ def _claim(box: int) -> tuple[int, str, bytes] | None:
             i -= 1
         _forget(box)  # the others are the rank's: awaited through it
         return None
+    if box not in _boxes():
+        raise KeyError(box)
     _send(struct.pack('<cQ', b'k', box))
     body = _recv()
     if body[:1] != b'K':
@@ -293,6 +304,17 @@ def _cancel(box: int) -> None:
         raise KeyError(box)
     boxes.discard(box)
     _send(struct.pack('<cQ', b'c', box))
+    _forget(box)
+
+
+def _release(box: int) -> None:
+    """Cancel `box`, every child of which ran here: there is nothing left to stop, so the frame
+    leaves with the next one (at the latest the step's end) instead of a write of its own."""
+    boxes = _boxes()
+    if box not in boxes:
+        raise KeyError(box)
+    boxes.discard(box)
+    _later.append(_C_FRAME(9, b'c', box))
     _forget(box)
 
 
@@ -376,7 +398,8 @@ def main(worker_source: str, compile_source: str, warm: list[str], rank: int) ->
     signal.signal(signal.SIGUSR1, _on_usr1)
     native = types.ModuleType('_bqrt')
     for f, name in [
-        (_submit, 'submit'), (_claim, 'claim'), (_cancel, 'cancel'), (_communicate, 'communicate'),
+        (_submit, 'submit'), (_claim, 'claim'), (_cancel, 'cancel'), (_release, 'release'),
+        (_communicate, 'communicate'),
         (_get_messages, 'get_messages'), (_has_box, 'has_box'), (_log, 'log'),
         (_worker_id, 'worker_id'),
     ]:

@@ -49,6 +49,12 @@ _headers: dict[bytes, tuple[list[str], int, int, dict[str, str], int | None]] = 
 # Length and header of children's envelopes: by their parent's header, its depth and their log
 # context.
 _prefixes: dict[tuple[bytes, int, tuple[tuple[str, str], ...]], bytes] = {}
+# What a task's containers are until their first entry: empty, and read-only so that a write
+# meant for a task's own container fails loudly.
+_EMPTY: Any = types.MappingProxyType({})
+# Results of a child run inside its parent's step that go to the parent as they are: values no
+# one can change, so a copy (the pickle a result takes through the rank) would be the same.
+_ATOMS = frozenset({int, float, bool, str, bytes, type(None), complex})
 
 
 def _setup() -> None:
@@ -184,69 +190,85 @@ class Task:
     name = ''
     # the length and header of its children's envelopes, when they keep its log context
     child_prefix: bytes | None = None
+    # Made at their first entry (read-only and empty until then; a leaf of a tree of small tasks
+    # needs none of them):
+    # Mailboxes of this task's maps in chunks: [children per chunk, the function's key,
+    # chunks whose results `next` has not given yet]
+    chunked: Any = _EMPTY
+    # Boxes this task submitted to its worker's queue: (children, one task?, their calls, their
+    # envelopes' header, their log context; the last three None unless every child has the same
+    # context and its own task). The task may claim them back to run inside the step (see
+    # `step`); what it claimed of the box it awaits: their results by slot.
+    local: Any = _EMPTY
+    claimed: Any = _EMPTY
+    # On the task the rank steps: the children running inside its step, innermost last.
+    inline: Any = ()
 
     def __init__(self, envelope: bytes, depth: int) -> None:
-        kind = envelope[:1]
         n = int.from_bytes(envelope[1:5], 'little')
+        raw = envelope[5:5 + n]
+        settings = _headers.get(raw)
+        if settings is None:
+            settings = _parse_header(raw)
         # shared with every task of the same header (_headers), never changed
-        self.path, self.level, self.max_depth, self.context, true_depth = _parse_header(
-            envelope[5:5 + n])
-        body = envelope[5 + n:]
+        self.path, self.level, self.max_depth, self.context, true_depth = settings
         # the length and header of this task's envelope
         self.prefix = envelope[1:5 + n]
         # the true depth (the rank's count misses the children claimed on the way)
         self.depth = depth if true_depth is None else true_depth
-        self.root = kind == b'R'
-        self.json = kind == b'J'
-        # Mailboxes of this task's maps in chunks: [children per chunk, the function's key,
-        # chunks whose results `next` has not given yet]
-        self.chunked: dict[int, list[Any]] = {}
-        # Boxes this task submitted to its worker's queue: (children, one task?). The task may
-        # claim them back to run inside the step (see `step`); what it claimed of the box it
-        # awaits: their results by slot.
-        self.local: dict[int, tuple[int, bool]] = {}
-        self.claimed: dict[int, bytes] = {}
-        # On the task the rank steps: the children running inside its step, innermost last.
-        self.inline: list[Task] = []
-        _apply_path(self.path)
-        _setup()
-        if self.root:
+        if self.path is not _applied_path:
+            _apply_path(self.path)
+        if not _ready:
+            _setup()
+        kind = envelope[:1]
+        if kind == b'P':
+            fn, args, kwargs = pickle.loads(envelope[5 + n:])
+            self.coro = _coroutine(fn, args, kwargs)
+            return
+        body = envelope[5 + n:]
+        if kind == b'R':
+            self.root = True
             _msg, comp_task = pickle.loads(body)
             self.coro = comp_task.run()
-        elif kind == b'P':
-            fn, args, kwargs = pickle.loads(body)
-            self.coro = _coroutine(fn, args, kwargs)
         elif kind == b'C':
             import dill
             fn, args, kwargs = dill.loads(body)
             self.coro = _coroutine(fn, args, kwargs)
         elif kind == b'J':
+            self.json = True
             spec = json.loads(body)
             fn = _resolve(spec['call'])
             self.coro = _run(fn, spec.get('args', []), spec.get('kwargs', {}))
         else:
             raise RuntimeError(f'bqrt: unknown BQSKit task envelope kind {kind!r}')
 
+    root = False  # a client's job (kind b'R')
+    json = False  # a native client's call (kind b'J')
+
+    def child_head(self, context: dict[str, str]) -> bytes:
+        """The length and header of the envelope of a child with this log context."""
+        own = context is self.context
+        if own and self.child_prefix is not None:
+            return self.child_prefix
+        key = (self.prefix, self.depth, tuple(context.items()))
+        prefix = _prefixes.get(key)
+        if prefix is None:
+            if len(_prefixes) >= 256:
+                _prefixes.clear()
+            # the child's depth: the rank counts a child submitted by a child claimed in this
+            # step as this task's (decision 64)
+            prefix = _prefixes[key] = _header_prefix({
+                'path': self.path, 'level': self.level, 'max_depth': self.max_depth,
+                'context': context, 'depth': self.depth + 1,
+            })
+        if own:
+            self.child_prefix = prefix
+        return prefix
+
     def child(self, fnargs: tuple[Any, Any, Any], context: dict[str, str]) -> bytes:
         """The envelope of a child task running fn(*args, **kwargs)."""
-        own = context is self.context
-        prefix = self.child_prefix if own else None
-        if prefix is None:
-            key = (self.prefix, self.depth, tuple(context.items()))
-            prefix = _prefixes.get(key)
-            if prefix is None:
-                if len(_prefixes) >= 256:
-                    _prefixes.clear()
-                # the child's depth: the rank counts a child submitted by a child claimed in
-                # this step as this task's (decision 64)
-                prefix = _prefixes[key] = _header_prefix({
-                    'path': self.path, 'level': self.level, 'max_depth': self.max_depth,
-                    'context': context, 'depth': self.depth + 1,
-                })
-            if own:
-                self.child_prefix = prefix
         kind, body = _dumps_call(fnargs)
-        return kind + prefix + body
+        return kind + self.child_head(context) + body
 
     def step(self, kind: int, payload: Any) -> tuple[Any, ...]:
         """Advance the task: kind 0 start, 1 all results (values, single), 2 next pairs.
@@ -256,72 +278,101 @@ class Task:
         this step, on top of the awaiting coroutine, instead of ending the step: a tree of small
         tasks then runs without a step through the rank per task, while idle workers steal what
         is still queued. Only what was not claimed is awaited through the rank (decision 64)."""
-        task = self.inline[-1] if self.inline else self
+        inline = self.inline
+        task = inline[-1] if inline else self
+        claim = _bqrt.claim
         try:
             value = None if kind == 0 else task._resume(kind, payload)
             while True:
                 r = task._advance(value)
-                if r[0] == 'await':
-                    if r[2] or r[1] not in task.local:
+                what = r[0]
+                if what == 'await':
+                    box = r[1]
+                    record = task.local.get(box)
+                    if record is None or r[2]:
                         return r
                 elif task is self:
                     return r
                 else:
                     # a child that ran inside this step ended
-                    self.inline.pop()
-                    if r[0] != 'done':
+                    inline.pop()
+                    if what == 'value':
+                        result = r[1]
+                    elif what == 'done':
+                        result = _loads(r[1])
+                    else:
                         return ('error', f"{r[1]}bqrt: raised by child task '{task.name}', "
                                 "which ran inside its parent's step\n")
-                    task._drop_boxes()
-                    parent = self.inline[-1] if self.inline else self
-                    parent.claimed[task.slot] = r[1]
+                    if task.local:
+                        task._drop_boxes()
+                    parent = inline[-1] if inline else self
+                    if parent.claimed is _EMPTY:
+                        parent.claimed = {task.slot: result}
+                    else:
+                        parent.claimed[task.slot] = result
                     task = parent
-                n, single = task.local[task.waiting]
-                if len(task.claimed) < n:
-                    claim = _bqrt.claim(task.waiting)
-                    if claim is None:
-                        return ('await', task.waiting, False)
-                    slot, name, envelope = claim
-                    child = Task(envelope, task.depth + 1)
+                    box = task.waiting
+                    record = task.local[box]
+                n = record[0]
+                claimed = task.claimed
+                if len(claimed) < n:
+                    got = claim(box)
+                    if got is None:
+                        return ('await', box, False)
+                    slot, name, envelope = got
+                    child = _shared(task, record, slot, envelope)
+                    if child is None:
+                        child = Task(envelope, task.depth + 1)
                     child.slot, child.name = slot, name
-                    self.inline.append(child)
+                    if not inline:
+                        inline = self.inline = []
+                    inline.append(child)
                     task, value = child, None
                     continue
                 # every child ran here: the box is released, its results are at hand
-                _bqrt.cancel(task.waiting)
-                value = task._resume(1, ([b''] * n, single))
+                _bqrt.release(box)
+                del task.local[box]
+                task.claimed = _EMPTY
+                values = [claimed[i] for i in range(n)]
+                if task.chunked and box in task.chunked:
+                    value = _unchunk(task.chunked.pop(box), values)
+                else:
+                    value = values[0] if record[1] else values
         except BaseException:
             return _error()
 
     def _resume(self, kind: int, payload: Any) -> Any:
         """What the coroutine's await gives: kind 1 all results, 2 next pairs."""
+        box = self.waiting
         if kind == 1:
-            raw = payload[0]
-            if self.local.pop(self.waiting, None) is not None and self.claimed:
-                for slot, b in self.claimed.items():
-                    raw[slot] = b
-                self.claimed = {}
-            values = [_loads(b) for b in raw]
-            value = values[0] if payload[1] else values
-            chunked = self.chunked.pop(self.waiting, None)
-            if chunked is not None:
-                _learn(chunked[1], [secs for _, secs in values])
-                value = [v for part, _ in values for v in part]
-            return value
+            raw, single = payload
+            claimed = self.claimed
+            if box in self.local:
+                del self.local[box]
+            if claimed:
+                # what ran inside the step is at hand already
+                self.claimed = _EMPTY
+                values = [claimed[i] if i in claimed else _loads(b) for i, b in enumerate(raw)]
+            else:
+                values = [_loads(b) for b in raw]
+            if self.chunked and box in self.chunked:
+                return _unchunk(self.chunked.pop(box), values)
+            return values[0] if single else values
         value = [(i, _loads(b)) for i, b in payload]
-        chunked = self.chunked.get(self.waiting)
+        chunked = self.chunked.get(box)
         if chunked is not None:
             c = chunked[0]
             _learn(chunked[1], [secs for _, (_, secs) in value])
             chunked[2] -= len(value)
             if chunked[2] <= 0:
-                del self.chunked[self.waiting]
+                del self.chunked[box]
             value = [(i * c + j, v) for i, (part, _) in value for j, v in enumerate(part)]
         return value
 
     def _advance(self, value: Any) -> tuple[Any, ...]:
-        """Send `value` into the coroutine: ('done', bytes), ('error', text) or ('await',
-        mailbox, next)."""
+        """Send `value` into the coroutine: ('done', bytes), ('value', v) (a child inside its
+        parent's step that returned one of _ATOMS), ('error', text) or ('await', mailbox,
+        next)."""
         global _active
         # The root logger's level is the job's while its task steps. Setting a level clears
         # every logger's cache (over a hundred loggers once bqskit is imported: ~6 us), so it is
@@ -334,21 +385,23 @@ class Task:
         try:
             future = self.coro.send(value)
         except StopIteration as e:
+            if self.slot >= 0 and type(e.value) in _ATOMS:
+                return ('value', e.value)
             return self._finish(e.value)
         except BaseException:
             return _error()
         finally:
             _active = None
-        RuntimeFuture = _runtime_future()
         try:
-            if not isinstance(future, RuntimeFuture):
+            if not isinstance(future, _future_class or _runtime_future()):
                 raise RuntimeError('Can only await on a BQSKit RuntimeFuture.')
-            if not _bqrt.has_box(future.mailbox_id):
+            box = future.mailbox_id
+            if box not in self.local and not _bqrt.has_box(box):
                 raise RuntimeError('Cannot await on a canceled task.')
         except RuntimeError:
             return _error()
-        self.waiting = future.mailbox_id
-        return ('await', future.mailbox_id, bool(future._next_flag))
+        self.waiting = box
+        return ('await', box, bool(future._next_flag))
 
     def _drop_boxes(self) -> None:
         """A child that ran inside its parent's step ended: what it submitted and did not
@@ -403,6 +456,36 @@ def _loads(b: bytes) -> Any:
     except Exception:
         import dill
         return dill.loads(b)
+
+
+def _shared(parent: Task, record: tuple[Any, ...], slot: int, envelope: bytes) -> Task | None:
+    """The child in `slot` of a box its parent submitted (`record`, its entry in the parent's
+    `local`), made from the parent's own (fn, args, kwargs) instead of its envelope, when they
+    are the same: a plain function (pickled by reference) and arguments no one can change (so
+    a copy is the same); else None. Saves reading the envelope back."""
+    fnargs = record[2]
+    if fnargs is None or envelope[:1] != b'P':
+        return None
+    fn, args, kwargs = fnargs[slot]
+    if type(fn) is not types.FunctionType or kwargs:
+        return None
+    for a in args:
+        if type(a) not in _ATOMS:
+            return None
+    child = _new_task(Task)
+    child.path, child.level, child.max_depth = parent.path, parent.level, parent.max_depth
+    child.context, child.prefix, child.depth = record[4], record[3], parent.depth + 1
+    child.coro = _coroutine(fn, args, kwargs)
+    return child
+
+
+_new_task = object.__new__
+
+
+def _unchunk(chunked: list[Any], values: list[Any]) -> list[Any]:
+    """The results of a chunked map, from its chunks' (results, seconds per child)."""
+    _learn(chunked[1], [secs for _, secs in values])
+    return [v for part, _ in values for v in part]
 
 
 def start(envelope: bytes, depth: int) -> tuple[Any, ...]:
@@ -558,29 +641,65 @@ async def _chunk(
     return out, (time.perf_counter() - began) / len(argsets)
 
 
+def _children(
+    task: Task, fnargs: list[tuple[Any, Any, Any]], names: Any, contexts: Any,
+) -> list[tuple[bytes, str]]:
+    """(envelope, name) of each child: `names` and `contexts` one for each, or one name (a
+    str) and one context (a dict) for all."""
+    if type(names) is not str or type(contexts) is not dict:
+        return [(task.child(fa, contexts[i]), names[i]) for i, fa in enumerate(fnargs)]
+    head = task.child_head(contexts)
+    if getattr(fnargs[0][0], '__module__', None) == '__main__':
+        return [(task.child(fa, contexts), names) for fa in fnargs]
+    # the common case, _dumps_call's first branch inlined
+    out = []
+    dumps, most, head_p = pickle.dumps, pickle.HIGHEST_PROTOCOL, b'P' + head
+    for fa in fnargs:
+        try:
+            body = dumps(fa, most)
+        except Exception:
+            out.append((task.child(fa, contexts), names))
+            continue
+        if b'__main__' in body:
+            out.append((task.child(fa, contexts), names))
+        else:
+            out.append((head_p + body, names))
+    return out
+
+
 def _submit(
-    task: Task, fnargs: list[tuple[Any, Any, Any]], names: list[str],
-    contexts: list[dict[str, str]], needs: str, chunk: int,
+    task: Task, fnargs: list[tuple[Any, Any, Any]], names: Any, contexts: Any, needs: str,
+    chunk: int,
 ) -> Any:
-    """Submit `fnargs` as children of `task` (a name and a log context each), in chunks of
-    `chunk` (0: each child a task of its own; a chunk takes its first child's name and
-    context); the RuntimeFuture of the map."""
-    from bqskit.runtime.future import RuntimeFuture
+    """Submit `fnargs` as children of `task` (names and log contexts as `_children` takes
+    them), in chunks of `chunk` (0: each child a task of its own; a chunk takes its first
+    child's name and context); the RuntimeFuture of the map."""
     if chunk <= 0:
-        children = [(task.child(fa, contexts[i]), names[i]) for i, fa in enumerate(fnargs)]
-        box = _bqrt.submit(children, False, needs, True)
-        task.local[box] = (len(children), False)
-        return RuntimeFuture(box)
-    fn, kwargs = fnargs[0][0], fnargs[0][2]
-    children = []
-    for k in range(0, len(fnargs), chunk):
-        argsets = [fa[1] for fa in fnargs[k:k + chunk]]
-        call = (_chunk, (fn, argsets, kwargs, names[k], needs), {})
-        children.append((task.child(call, contexts[k]), names[k]))
+        children = _children(task, fnargs, names, contexts)
+        chunked = None
+    else:
+        fn, kwargs = fnargs[0][0], fnargs[0][2]
+        uniform = type(names) is str and type(contexts) is dict
+        children = []
+        for k in range(0, len(fnargs), chunk):
+            argsets = [fa[1] for fa in fnargs[k:k + chunk]]
+            name = names if uniform else names[k]
+            call = (_chunk, (fn, argsets, kwargs, name, needs), {})
+            children.append((task.child(call, contexts if uniform else contexts[k]), name))
+        chunked = [chunk, _fn_key(fn), len(children)]
     box = _bqrt.submit(children, False, needs, True)
-    task.local[box] = (len(children), False)
-    task.chunked[box] = [chunk, _fn_key(fn), len(children)]
-    return RuntimeFuture(box)
+    if task.local is _EMPTY:
+        task.local = {}
+    if chunked is None and type(contexts) is dict:
+        # what `_shared` needs: the children's calls, header and context
+        task.local[box] = (len(children), False, fnargs, task.child_head(contexts), contexts)
+    else:
+        task.local[box] = (len(children), False, None, None, None)
+    if chunked is not None:
+        if task.chunked is _EMPTY:
+            task.chunked = {}
+        task.chunked[box] = chunked
+    return (_future_class or _runtime_future())(box)
 
 
 class Handle:
@@ -593,15 +712,18 @@ class Handle:
         log_context: dict[str, str] = {}, **kwargs: Any,
     ) -> Any:
         """Submit `fn(*args, **kwargs)` as a child task; await the future for its result."""
-        from bqskit.runtime.future import RuntimeFuture
         task = _require_task()
         if task_name is not None and not isinstance(task_name, str):
             raise RuntimeError('task_name must be a string.')
         _check_context(log_context)
-        envelope = task.child((fn, args, kwargs), {**task.context, **log_context})
+        context = {**task.context, **log_context} if log_context else task.context
+        fnargs = (fn, args, kwargs)
+        envelope = task.child(fnargs, context)
         box = _bqrt.submit([(envelope, _name(fn, task_name))], True, _needs, True)
-        task.local[box] = (1, True)
-        return RuntimeFuture(box)
+        if task.local is _EMPTY:
+            task.local = {}
+        task.local[box] = (1, True, [fnargs], task.child_head(context), context)
+        return (_future_class or _runtime_future())(box)
 
     def map(
         self, fn: Any, *args: Any, task_name: Any = None,
@@ -612,18 +734,26 @@ class Handle:
         if len(args) == 0:
             raise RuntimeError('Unable to map 0 tasks.')
         n = len(args[0])
+        # one name (a str) and one context (a dict) for all children, or a list of each
+        names: Any
+        contexts: Any
         if task_name is None or isinstance(task_name, str):
-            task_name = [task_name] * n
-        if len(task_name) != n:
-            raise RuntimeError(
-                'task_name must be a string or a list of strings equal'
-                'in length to the number of tasks.',
-            )
-        one_name = all(t == task_name[0] for t in task_name)
+            names = _name(fn, task_name)
+        else:
+            if len(task_name) != n:
+                raise RuntimeError(
+                    'task_name must be a string or a list of strings equal'
+                    'in length to the number of tasks.',
+                )
+            first = task_name[0] if n else None
+            if all(t == first for t in task_name):
+                names = _name(fn, first)
+            else:
+                names = [_name(fn, t) for t in task_name]
         base = task.context
         if isinstance(log_context, dict):
             _check_context(log_context)
-            contexts = [{**base, **log_context} if log_context else base] * n
+            contexts = {**base, **log_context} if log_context else base
         else:
             if len(log_context) != n:
                 raise RuntimeError(
@@ -639,9 +769,14 @@ class Handle:
             fnargs = [(fn, sub, kwargs) for sub in zip(*args)]
         if len(fnargs) == 0:
             raise RuntimeError('Unable to map 0 tasks.')
-        names = [_name(fn, task_name[0])] * n if one_name else [_name(fn, t) for t in task_name]
-        uniform = one_name and isinstance(log_context, dict)
-        chunk = _chunk_size(fn, n) if uniform else 0
+        if type(names) is str and type(contexts) is dict:
+            chunk = _chunk_size(fn, n)
+        else:
+            chunk = 0
+            if type(names) is str:
+                names = [names] * n
+            if type(contexts) is dict:
+                contexts = [contexts] * n
         return _submit(task, fnargs, names, contexts, _needs, chunk)
 
     def needing(self, needs: str) -> Any:
@@ -653,9 +788,12 @@ class Handle:
     def cancel(self, future: Any) -> None:
         """Cancel the future's tasks and their descendants; returns at once."""
         task = _require_task()
-        _bqrt.cancel(future.mailbox_id)
-        task.chunked.pop(future.mailbox_id, None)
-        task.local.pop(future.mailbox_id, None)
+        box = future.mailbox_id
+        _bqrt.cancel(box)
+        if box in task.chunked:
+            del task.chunked[box]
+        if box in task.local:
+            del task.local[box]
 
     async def next(self, future: Any) -> list[tuple[int, Any]]:
         """Results that arrived since the last call, as (index, value) pairs."""

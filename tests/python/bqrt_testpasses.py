@@ -56,6 +56,30 @@ async def tree(depth: int) -> int:
     return 1 + left + right
 
 
+# what `grow` kept of each call, as a worker's cache would
+_kept: list[list[int]] = []
+
+
+def grow(xs: list[int], tag: str) -> tuple[list[int], list[int], str]:
+    """Change its argument, keep a list of its own and return both, with its (immutable) tag."""
+    xs.append(1)
+    mine = [5]
+    _kept.append(mine)
+    return xs, mine, tag
+
+
+async def copies() -> tuple[list[int], list[Any], list[list[int]]]:
+    """Map `grow` over one list twice, then change what came back: as on BQSKit, no side sees
+    the other's changes (each child gets a copy of its argument, the parent of its result),
+    wherever the children ran."""
+    _kept.clear()
+    xs = [0]
+    got = await get_runtime().map(grow, [xs, xs], ['a', 'b'])
+    for _, mine, _tag in got:
+        mine.append(6)
+    return xs, got, _kept
+
+
 async def fail_in_map(n: int, bad: int) -> list[int]:
     return await get_runtime().map(fail_at, list(range(n)), [bad] * n)
 

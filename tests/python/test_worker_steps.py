@@ -61,6 +61,10 @@ class Fake:
         self.cancelled.append(box)
         self.queue = [q for q in self.queue if q[0] != box]
 
+    def release(self, box: int) -> None:
+        """A box every child of which ran in the step: cancelled, as far as the rank sees."""
+        self.cancel(box)
+
     def get_messages(self) -> list[bytes]:
         out, self.inbox = self.inbox, []
         return out
@@ -73,7 +77,7 @@ class Fake:
 def fake() -> Any:
     f = Fake()
     native = types.ModuleType('_bqrt')
-    for name in ('submit', 'claim', 'cancel', 'get_messages', 'has_box'):
+    for name in ('submit', 'claim', 'cancel', 'release', 'get_messages', 'has_box'):
         setattr(native, name, getattr(f, name))
     native.log = lambda *a: None  # type: ignore[attr-defined]
     native.worker_id = lambda: 1  # type: ignore[attr-defined]
@@ -164,6 +168,19 @@ def test_a_tree_whose_children_are_all_claimed_runs_in_one_step(fake) -> None:  
     assert fake.queue == []
     # each box was released once every child of it ran here
     assert sorted(fake.cancelled) == list(range(1, 16))
+
+
+def test_a_child_run_in_its_parents_step_gets_and_gives_copies(fake) -> None:  # type: ignore[no-untyped-def]
+    # what BQSKit's pickles guarantee, kept where the process passes calls and results without
+    # them (decision 69): only what cannot change is shared
+    fake.claims = True
+    end = task_of(fake, tp.copies).step(0, None)
+    assert end[0] == 'done', end
+    xs, got, kept = pickle.loads(end[1])
+    assert xs == [0]
+    assert got == [([0, 1], [5, 6], 'a'), ([0, 1], [5, 6], 'b')]
+    assert kept == [[5], [5]]
+    assert fake.queue == []
 
 
 def test_children_a_thief_took_are_awaited_through_the_rank(fake) -> None:  # type: ignore[no-untyped-def]
