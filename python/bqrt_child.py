@@ -256,9 +256,13 @@ def _submit(
             if k <= 64:
                 _counted[k] = packer
         parts.append(packer.pack(k, *toks))
+    last, label = None, b''
     for envelope, name in children:
-        label = name.encode('utf-8', 'replace')
-        parts += (_U32(len(label)), label, _U32(len(envelope)), envelope)
+        if name is not last:  # a map's children share one name
+            last = name
+            b = name.encode('utf-8', 'replace')
+            label = _U32(len(b)) + b
+        parts += (label, _U32(len(envelope)), envelope)
     if needs:
         spec = needs.encode('utf-8', 'replace')
         parts.append(struct.pack('<I', len(spec)) + spec)

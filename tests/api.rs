@@ -407,6 +407,41 @@ fn client_cancel_of_a_running_job() {
     c.shutdown();
 }
 
+static STARTED: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn children_of_a_step_that_computes_reach_idle_workers_before_it_ends() {
+    // The parent never yields until every child has started elsewhere: its children must not
+    // wait for its step to end while three workers are idle (decision 70).
+    async fn mark(_c: Ctx, _: u64) -> TaskResult<u64> {
+        STARTED.fetch_add(1, Ordering::SeqCst);
+        Ok(1)
+    }
+    async fn computes(ctx: Ctx, n: u64) -> TaskResult<u64> {
+        let fut = ctx.map::<u64, u64>("mark", 0..n)?;
+        let end = Instant::now() + Duration::from_secs(20);
+        while STARTED.load(Ordering::SeqCst) < n {
+            if Instant::now() > end {
+                return Err(TaskError::new(format!(
+                    "{} of {n} children started within 20 s",
+                    STARTED.load(Ordering::SeqCst)
+                )));
+            }
+            std::hint::spin_loop();
+        }
+        Ok(fut.await?.iter().sum())
+    }
+    let r = Registry::new()
+        .task("mark", mark)
+        .task("computes", computes);
+    let mut c = cluster(4, r);
+    assert_eq!(
+        done_json(run(&mut c, "computes", "3")),
+        serde_json::json!(3)
+    );
+    c.shutdown();
+}
+
 static LISTENING: AtomicU64 = AtomicU64::new(0);
 
 #[test]
@@ -424,15 +459,23 @@ fn communicate_reaches_started_tasks_while_they_compute() {
     }
     async fn talker(ctx: Ctx, n: u64) -> TaskResult<Vec<String>> {
         let fut = ctx.map::<u64, String>("listener", 0..n)?;
-        // wait (by awaiting children, never sleeping blindly) until every listener runs
+        // Wait until every listener runs, without yielding: a listener never yields either,
+        // so one that this worker started while the talker awaited would hold the talker's
+        // resumption behind it. Computing, this worker is occupied and hands its queue back.
+        let end = Instant::now() + Duration::from_secs(20);
         while LISTENING.load(Ordering::SeqCst) < n {
-            let _: u64 = ctx.submit("ident", 0u64)?.await?;
+            if Instant::now() > end {
+                return Err(TaskError::new(format!(
+                    "{} of {n} listeners started within 20 s",
+                    LISTENING.load(Ordering::SeqCst)
+                )));
+            }
+            std::hint::spin_loop();
         }
         ctx.communicate(&fut, &"hello".to_string())?;
         fut.await
     }
     let r = Registry::new()
-        .task("ident", |_c: Ctx, x: u64| async move { Ok(x) })
         .task("listener", listener)
         .task("talker", talker);
     let mut c = cluster(4, r);

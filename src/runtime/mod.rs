@@ -202,6 +202,7 @@ fn run_worker<F: Fabric>(
         stall: stall::Stall::new(vigil.stall_warning),
         exit_code: 0,
         ranks: fabric.size(),
+        held: Vec::new(),
     };
     let r = drive(&mut fabric, &mut logic, &out_rx, &stop::shared(), PACE);
     // a task stuck in a long computation does not hold up shutdown: its thread simply ends

@@ -4,7 +4,7 @@
 use super::liveness::{Heartbeat, Lost, Watcher};
 use super::stop;
 use crate::executor::{lock_state, Inbound, LiveTasks, SharedState};
-use crate::protocol::{Down, JobId, Msg, Outbox, Peer, Rank};
+use crate::protocol::{Down, JobId, MailboxId, Msg, Outbox, Peer, Rank, Up};
 use crate::sched::{ClusterView, JobSpec, ManagerCore, ServerCore, ServerEvent};
 use crate::transport::{Flow, Logic};
 use crossbeam::channel::Sender;
@@ -303,6 +303,17 @@ pub(crate) struct WorkerLogic {
     pub(crate) stall: super::stall::Stall,
     pub(crate) exit_code: i32,
     pub(crate) ranks: u32,
+    /// The mailboxes of the children a long step had submitted to the boss at the last tick,
+    /// still held for the step's end (see `on_tick`).
+    pub(crate) held: Vec<MailboxId>,
+}
+
+/// The mailbox of the children an `Up::Submit` carries.
+fn submitted(msg: &Msg) -> Option<MailboxId> {
+    match msg {
+        Msg::Up(Up::Submit { tasks, .. }) => tasks.first().map(|t| t.addr.mailbox),
+        _ => None,
+    }
 }
 
 impl Logic for WorkerLogic {
@@ -392,6 +403,23 @@ impl Logic for WorkerLogic {
                     .partition::<Outbox, _>(|(_, m)| is_log(m));
                 s.out = rest;
                 out.extend(logs);
+            }
+            // Children the step submitted to the boss that were held at the last tick too leave
+            // now, with what the step produced before them, in order: a step that computes
+            // after a submit must not keep its children from idle workers until it ends. A
+            // cancel within a tick of its submit still takes the children back before they
+            // leave (decision 70).
+            if since.elapsed() >= OCCUPIED_AFTER {
+                let aged = s.out.iter().rposition(|(_, m)| {
+                    submitted(m).is_some_and(|mailbox| self.held.contains(&mailbox))
+                });
+                if let Some(last) = aged {
+                    let rest = s.out.split_off(last + 1);
+                    out.extend(std::mem::replace(&mut s.out, rest));
+                }
+                self.held = s.out.iter().filter_map(|(_, m)| submitted(m)).collect();
+            } else {
+                self.held.clear();
             }
             drop(s);
             if let Some(text) = self.stall.check(key, since) {
