@@ -52,9 +52,23 @@ _prefixes: dict[tuple[bytes, int, tuple[tuple[str, str], ...]], bytes] = {}
 # What a task's containers are until their first entry: empty, and read-only so that a write
 # meant for a task's own container fails loudly.
 _EMPTY: Any = types.MappingProxyType({})
-# Results of a child run inside its parent's step that go to the parent as they are: values no
-# one can change, so a copy (the pickle a result takes through the rank) would be the same.
+# Values no one can change, so that a copy (the pickle an argument or a result takes through the
+# rank) would be the same: see `_frozen`.
 _ATOMS = frozenset({int, float, bool, str, bytes, type(None), complex})
+
+
+def _frozen(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is one of _ATOMS, or a plain tuple or frozenset of such values (nested
+    up to 4 deep: a tuple of tuples)."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if (kind is not tuple and kind is not frozenset) or depth >= 4:
+        return False
+    for v in value:
+        if type(v) not in _ATOMS and not _frozen(v, depth + 1):
+            return False
+    return True
 
 
 def _setup() -> None:
@@ -371,8 +385,8 @@ class Task:
 
     def _advance(self, value: Any) -> tuple[Any, ...]:
         """Send `value` into the coroutine: ('done', bytes), ('value', v) (a child inside its
-        parent's step that returned one of _ATOMS), ('error', text) or ('await', mailbox,
-        next)."""
+        parent's step that returned a value `_frozen` accepts), ('error', text) or ('await',
+        mailbox, next)."""
         global _active
         # The root logger's level is the job's while its task steps. Setting a level clears
         # every logger's cache (over a hundred loggers once bqskit is imported: ~6 us), so it is
@@ -385,7 +399,7 @@ class Task:
         try:
             future = self.coro.send(value)
         except StopIteration as e:
-            if self.slot >= 0 and type(e.value) in _ATOMS:
+            if self.slot >= 0 and _frozen(e.value):
                 return ('value', e.value)
             return self._finish(e.value)
         except BaseException:
@@ -470,7 +484,7 @@ def _shared(parent: Task, record: tuple[Any, ...], slot: int, envelope: bytes) -
     if type(fn) is not types.FunctionType or kwargs:
         return None
     for a in args:
-        if type(a) not in _ATOMS:
+        if type(a) not in _ATOMS and not _frozen(a):
             return None
     child = _new_task(Task)
     child.path, child.level, child.max_depth = parent.path, parent.level, parent.max_depth

@@ -183,6 +183,17 @@ def test_a_child_run_in_its_parents_step_gets_and_gives_copies(fake) -> None:  #
     assert fake.queue == []
 
 
+def test_only_values_no_one_can_change_pass_without_a_copy(fake) -> None:  # type: ignore[no-untyped-def]
+    import collections
+    frozen = fake.worker._frozen
+    assert all(frozen(v) for v in [1, 2.5, 1j, 'text', b'raw', True, None, (1, ('a', 2.0)),
+                                    frozenset({1, 2}), ()])
+    point = collections.namedtuple('point', 'x y')
+    # mutable, holding something mutable, a subclass (which may add state), or nested too deep
+    assert not any(frozen(v) for v in [[1], {'a': 1}, {1}, (1, [2]), point(1, 2),
+                                        ((((((1,),),),),),), bytearray(b'x')])
+
+
 def test_children_a_thief_took_are_awaited_through_the_rank(fake) -> None:  # type: ignore[no-untyped-def]
     fake.claims = True
     claim = fake.claim
