@@ -560,6 +560,18 @@ impl Boss {
         self.on_queued(e, left, receipt);
     }
 
+    /// Employee `e` submits (children it sends up, or none, with the length of its queue). A
+    /// worker submits only from inside a task, so it is not idle, whatever it said last: a task
+    /// of its own resumed there (its children's results came, not a batch from here) since it
+    /// reported idle. Counted idle, it would be asked for no steal, so the queue it now holds
+    /// would wait behind that task while another worker idles.
+    pub(crate) fn on_submit(&mut self, e: usize, queued: u64, receipt: BatchSeq) {
+        if !self.employees[e].manager {
+            self.set_idle(e, 0);
+        }
+        self.on_queued(e, queued, receipt);
+    }
+
     /// Employee `e` holds `queued` delayed tasks after reading every batch up to `receipt` (said
     /// with a submission).
     pub(crate) fn on_queued(&mut self, e: usize, queued: u64, receipt: BatchSeq) {
@@ -741,6 +753,24 @@ pub(crate) mod tests {
         out.clear();
         b.plan_steals(b.idle_total(), &mut out);
         assert!(steals(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_worker_that_submits_after_it_said_idle_is_busy_and_its_queue_is_stolen() {
+        let mut b = Boss::new(&[(Rank(1), 1), (Rank(2), 1)], 5);
+        let mut out = Outbox::new();
+        b.place_all(tasks(2), &mut out); // one each, batch 1 everywhere
+                                         // both idle: rank 2's task awaits children that rank 1 ran
+        b.on_waiting(1, 1, BatchSeq(1));
+        b.on_waiting(0, 1, BatchSeq(1));
+        b.plan_steals(b.idle_total(), &mut out);
+        // the results come back, rank 2's task resumes (no batch from the boss) and keeps 16
+        // children in its queue while it computes
+        b.on_submit(1, 16, BatchSeq(1));
+        out.clear();
+        b.plan_steals(b.idle_total(), &mut out);
+        assert_eq!(b.idle_total(), 1);
+        assert_eq!(steals(&out)[0], (2, 1), "{out:?}");
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl ManagerCore {
                         queued,
                         receipt,
                     } => {
-                        self.boss.on_queued(e, queued, receipt);
+                        self.boss.on_submit(e, queued, receipt);
                         let rest = self.boss.place_idle(tasks, out);
                         if !rest.is_empty() {
                             out.push((self.parent, self.submit(rest)));

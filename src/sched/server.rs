@@ -225,7 +225,7 @@ impl ServerCore {
                         queued,
                         receipt,
                     } => {
-                        self.boss.on_queued(e, queued, receipt);
+                        self.boss.on_submit(e, queued, receipt);
                         self.boss.place_all(tasks, out);
                     }
                     Up::Waiting { idle, receipt } => self.boss.on_waiting(e, idle, receipt),

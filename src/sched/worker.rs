@@ -554,16 +554,14 @@ impl WorkerCore {
     /// drained), otherwise a submission of no task, which carries the count.
     fn report_queued(&mut self, out: &mut Outbox) {
         self.told = self.delayed.len() as u64;
+        // either message makes the boss count this worker busy (`Boss::on_submit`): its next
+        // idle moment must say so again, even without a batch read since the last
+        self.last_waiting = None;
         let msg = match self.told {
-            0 => {
-                // the boss now counts this worker busy: its next idle moment must say so
-                // again, even without a batch read since the last
-                self.last_waiting = None;
-                Up::Waiting {
-                    idle: 0,
-                    receipt: self.receipt,
-                }
-            }
+            0 => Up::Waiting {
+                idle: 0,
+                receipt: self.receipt,
+            },
             queued => Up::Submit {
                 tasks: Vec::new(),
                 queued,
@@ -835,6 +833,7 @@ impl WorkerCore {
             return Ok(mailbox);
         }
         self.told = self.delayed.len() as u64;
+        self.last_waiting = None; // as in `report_queued`
         let submit = Up::Submit {
             tasks,
             queued: self.told,
@@ -1892,6 +1891,49 @@ mod tests {
             matches!(out[..], [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_worker_that_submitted_after_it_said_idle_says_again_when_it_idles() {
+        // the boss counts a worker that submits busy (`Boss::on_submit`)
+        for local in [false, true] {
+            let (mut w, root) = running();
+            let mut out = Outbox::new();
+            let m = w.submit(root, vec![child()], &mut out).unwrap();
+            assert_eq!(
+                w.wait(root, m, WaitKind::All, &mut out),
+                Ok(WaitPoll::Pending)
+            );
+            out.clear();
+            assert!(w.next_ready(&mut out).is_none());
+            assert!(matches!(
+                out[..],
+                [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]
+            ));
+            // the root resumes with no batch read since and submits again: children to the
+            // boss, or kept here (the boss hears of the queue)
+            w.handle(result(m, 0, 1), &mut out);
+            assert!(matches!(w.next_ready(&mut out), Some(Ready::Resume(_))));
+            out.clear();
+            let m2 = match local {
+                false => w.submit(root, vec![child()], &mut out),
+                true => w.submit_local(root, vec![child()], &mut out),
+            };
+            assert!(m2.is_ok());
+            assert!(
+                out.iter()
+                    .any(|(_, m)| matches!(m, Msg::Up(Up::Submit { .. }))),
+                "{out:?}"
+            );
+            // it ends (what it did not await is cancelled, a kept child too)
+            w.finish(root, Ok(vec![]), &mut out);
+            out.clear();
+            assert!(w.next_ready(&mut out).is_none());
+            assert!(
+                matches!(out[..], [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]),
+                "local {local}: {out:?}"
+            );
+        }
     }
 
     #[test]
