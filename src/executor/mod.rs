@@ -87,8 +87,9 @@ impl Shared {
     /// Hand what the core wants sent to the transport thread now, in the middle of a step (on
     /// the executor's own channel, so its messages keep their order): a long step that keeps
     /// children in the worker's queue reports it at once, so an idle worker can steal them.
-    /// Children submitted to the boss stay until the step ends, as ever: a cancel in the same
-    /// step still takes them back before they leave.
+    /// Children submitted to the boss stay until the step ends, or until the transport
+    /// thread's tick finds them there a second time (decision 70): a cancel in the same step
+    /// still takes them back before they leave.
     pub(crate) fn send_now(&self, s: &mut WorkerState) {
         let leaves = |m: &crate::protocol::Msg| !matches!(m, crate::protocol::Msg::Up(crate::protocol::Up::Submit { tasks, .. }) if !tasks.is_empty());
         if !s.out.iter().any(|(_, m)| leaves(m)) {

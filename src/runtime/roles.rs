@@ -392,10 +392,11 @@ impl Logic for WorkerLogic {
         }
         if let Some((key, since)) = self.running.current() {
             // the log records of a step that blocks leave now, not when it ends; the rest of
-            // what it produced waits for its end (work-first may keep a child it submitted, and
-            // a child cancelled in the same step never leaves). Only once the step has run for
-            // OCCUPIED_AFTER: what the executor sent before it began was taken from the channel
-            // earlier in this turn (`drive`), so records keep their order across tasks.
+            // what it produced waits (work-first may keep a child it submitted, and a child
+            // cancelled in the same step never leaves), up to its aged submits (below). Only
+            // once the step has run for OCCUPIED_AFTER: what the executor sent before it began
+            // was taken from the channel earlier in this turn (`drive`), so records keep their
+            // order across tasks.
             let mut s = lock_state(&self.state);
             if since.elapsed() >= OCCUPIED_AFTER && s.out.iter().any(|(_, m)| is_log(m)) {
                 let (logs, rest) = std::mem::take(&mut s.out)
