@@ -407,6 +407,22 @@ fn client_cancel_of_a_running_job() {
     c.shutdown();
 }
 
+/// Compute (never yield) until `count` reaches `n`: 20 s at most, then a failure naming how many
+/// of the `what` started.
+fn spin_until_started(count: &AtomicU64, n: u64, what: &str) -> TaskResult<()> {
+    let end = Instant::now() + Duration::from_secs(20);
+    while count.load(Ordering::SeqCst) < n {
+        if Instant::now() > end {
+            let started = count.load(Ordering::SeqCst);
+            return Err(TaskError::new(format!(
+                "{started} of {n} {what} started within 20 s"
+            )));
+        }
+        std::hint::spin_loop();
+    }
+    Ok(())
+}
+
 static STARTED: AtomicU64 = AtomicU64::new(0);
 
 #[test]
@@ -419,16 +435,7 @@ fn children_of_a_step_that_computes_reach_idle_workers_before_it_ends() {
     }
     async fn computes(ctx: Ctx, n: u64) -> TaskResult<u64> {
         let fut = ctx.map::<u64, u64>("mark", 0..n)?;
-        let end = Instant::now() + Duration::from_secs(20);
-        while STARTED.load(Ordering::SeqCst) < n {
-            if Instant::now() > end {
-                return Err(TaskError::new(format!(
-                    "{} of {n} children started within 20 s",
-                    STARTED.load(Ordering::SeqCst)
-                )));
-            }
-            std::hint::spin_loop();
-        }
+        spin_until_started(&STARTED, n, "children")?;
         Ok(fut.await?.iter().sum())
     }
     let r = Registry::new()
@@ -462,16 +469,7 @@ fn communicate_reaches_started_tasks_while_they_compute() {
         // Wait until every listener runs, without yielding: a listener never yields either,
         // so one that this worker started while the talker awaited would hold the talker's
         // resumption behind it. Computing, this worker is occupied and hands its queue back.
-        let end = Instant::now() + Duration::from_secs(20);
-        while LISTENING.load(Ordering::SeqCst) < n {
-            if Instant::now() > end {
-                return Err(TaskError::new(format!(
-                    "{} of {n} listeners started within 20 s",
-                    LISTENING.load(Ordering::SeqCst)
-                )));
-            }
-            std::hint::spin_loop();
-        }
+        spin_until_started(&LISTENING, n, "listeners")?;
         ctx.communicate(&fut, &"hello".to_string())?;
         fut.await
     }

@@ -1858,11 +1858,11 @@ mod tests {
         assert_eq!(w.delayed_len(), 3);
     }
 
-    #[test]
-    fn a_worker_that_said_it_drained_says_again_when_it_idles() {
+    /// A worker whose root said it was idle while it waited for its one child, then resumed
+    /// there with that child's result, without a batch read since.
+    fn resumed_after_it_said_idle() -> (WorkerCore, TaskKey, Outbox) {
         let (mut w, root) = running();
         let mut out = Outbox::new();
-        // idle once with the root waiting: the boss hears it
         let m = w.submit(root, vec![child()], &mut out).unwrap();
         assert_eq!(
             w.wait(root, m, WaitKind::All, &mut out),
@@ -1874,10 +1874,17 @@ mod tests {
             out[..],
             [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]
         ));
-        // the root resumes with no batch read since, claims a local child, and its queue
-        // drains (idle: 0 at the boss); idle again, it must say so again
         w.handle(result(m, 0, 1), &mut out);
         assert!(matches!(w.next_ready(&mut out), Some(Ready::Resume(_))));
+        out.clear();
+        (w, root, out)
+    }
+
+    #[test]
+    fn a_worker_that_said_it_drained_says_again_when_it_idles() {
+        // the root claims a local child, and its queue drains (idle: 0 at the boss); idle
+        // again, it must say so again
+        let (mut w, root, mut out) = resumed_after_it_said_idle();
         let m2 = w.submit_local(root, vec![child()], &mut out).unwrap();
         assert!(w.claim(root, m2, &mut out).unwrap().is_some());
         assert!(matches!(
@@ -1897,24 +1904,9 @@ mod tests {
     fn a_worker_that_submitted_after_it_said_idle_says_again_when_it_idles() {
         // the boss counts a worker that submits busy (`Boss::on_submit`)
         for local in [false, true] {
-            let (mut w, root) = running();
-            let mut out = Outbox::new();
-            let m = w.submit(root, vec![child()], &mut out).unwrap();
-            assert_eq!(
-                w.wait(root, m, WaitKind::All, &mut out),
-                Ok(WaitPoll::Pending)
-            );
-            out.clear();
-            assert!(w.next_ready(&mut out).is_none());
-            assert!(matches!(
-                out[..],
-                [(_, Msg::Up(Up::Waiting { idle: 1, .. }))]
-            ));
-            // the root resumes with no batch read since and submits again: children to the
-            // boss, or kept here (the boss hears of the queue)
-            w.handle(result(m, 0, 1), &mut out);
-            assert!(matches!(w.next_ready(&mut out), Some(Ready::Resume(_))));
-            out.clear();
+            // the root submits again: children to the boss, or kept here (the boss hears of
+            // the queue)
+            let (mut w, root, mut out) = resumed_after_it_said_idle();
             let m2 = match local {
                 false => w.submit(root, vec![child()], &mut out),
                 true => w.submit_local(root, vec![child()], &mut out),
