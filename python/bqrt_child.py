@@ -289,8 +289,6 @@ def _claim(box: int) -> tuple[int, str, bytes] | None:
             i -= 1
         _forget(box)  # the others are the rank's: awaited through it
         return None
-    if box not in _boxes():
-        raise KeyError(box)
     _send(struct.pack('<cQ', b'k', box))
     body = _recv()
     if body[:1] != b'K':
@@ -302,24 +300,25 @@ def _claim(box: int) -> tuple[int, str, bytes] | None:
     return slot, body[9:9 + n].decode('utf-8', 'replace'), body[9 + n:]
 
 
-def _cancel(box: int) -> None:
+def _unbox(box: int) -> None:
+    """`box` of the running task is done with here (cancelled, or every child ran here)."""
     boxes = _boxes()
     if box not in boxes:
         raise KeyError(box)
     boxes.discard(box)
-    _send(struct.pack('<cQ', b'c', box))
     _forget(box)
+
+
+def _cancel(box: int) -> None:
+    _unbox(box)
+    _send(struct.pack('<cQ', b'c', box))
 
 
 def _release(box: int) -> None:
     """Cancel `box`, every child of which ran here: there is nothing left to stop, so the frame
     leaves with the next one (at the latest the step's end) instead of a write of its own."""
-    boxes = _boxes()
-    if box not in boxes:
-        raise KeyError(box)
-    boxes.discard(box)
+    _unbox(box)
     _later.append(_C_FRAME(9, b'c', box))
-    _forget(box)
 
 
 def _communicate(box: int, msg: bytes) -> None:

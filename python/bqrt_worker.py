@@ -220,12 +220,9 @@ class Task:
 
     def __init__(self, envelope: bytes, depth: int) -> None:
         n = int.from_bytes(envelope[1:5], 'little')
-        raw = envelope[5:5 + n]
-        settings = _headers.get(raw)
-        if settings is None:
-            settings = _parse_header(raw)
         # shared with every task of the same header (_headers), never changed
-        self.path, self.level, self.max_depth, self.context, true_depth = settings
+        self.path, self.level, self.max_depth, self.context, true_depth = _parse_header(
+            envelope[5:5 + n])
         # the length and header of this task's envelope
         self.prefix = envelope[1:5 + n]
         # the true depth (the rank's count misses the children claimed on the way)
@@ -665,7 +662,8 @@ def _children(
     head = task.child_head(contexts)
     if getattr(fnargs[0][0], '__module__', None) == '__main__':
         return [(task.child(fa, contexts), names) for fa in fnargs]
-    # the common case, _dumps_call's first branch inlined
+    # the common case: `_dumps_call`'s first branch once per map, not per child (its function
+    # check holds for every child: they share the function)
     out = []
     dumps, most, head_p = pickle.dumps, pickle.HIGHEST_PROTOCOL, b'P' + head
     for fa in fnargs:
@@ -681,6 +679,20 @@ def _children(
     return out
 
 
+def _submitted(
+    task: Task, box: int, n: int, single: bool, fnargs: Any, context: dict[str, str] | None,
+) -> Any:
+    """Record the box `task` submitted to its worker's queue (see `Task.local`; `fnargs` and
+    `context` None unless every child has that context and its own task); its future."""
+    if task.local is _EMPTY:
+        task.local = {}
+    if context is None:
+        task.local[box] = (n, single, None, None, None)
+    else:
+        task.local[box] = (n, single, fnargs, task.child_head(context), context)
+    return (_future_class or _runtime_future())(box)
+
+
 def _submit(
     task: Task, fnargs: list[tuple[Any, Any, Any]], names: Any, contexts: Any, needs: str,
     chunk: int,
@@ -690,30 +702,23 @@ def _submit(
     child's name and context); the RuntimeFuture of the map."""
     if chunk <= 0:
         children = _children(task, fnargs, names, contexts)
-        chunked = None
-    else:
-        fn, kwargs = fnargs[0][0], fnargs[0][2]
-        uniform = type(names) is str and type(contexts) is dict
-        children = []
-        for k in range(0, len(fnargs), chunk):
-            argsets = [fa[1] for fa in fnargs[k:k + chunk]]
-            name = names if uniform else names[k]
-            call = (_chunk, (fn, argsets, kwargs, name, needs), {})
-            children.append((task.child(call, contexts if uniform else contexts[k]), name))
-        chunked = [chunk, _fn_key(fn), len(children)]
-    box = _bqrt.submit(children, False, needs, True)
-    if task.local is _EMPTY:
-        task.local = {}
-    if chunked is None and type(contexts) is dict:
+        box = _bqrt.submit(children, False, needs, True)
         # what `_shared` needs: the children's calls, header and context
-        task.local[box] = (len(children), False, fnargs, task.child_head(contexts), contexts)
-    else:
-        task.local[box] = (len(children), False, None, None, None)
-    if chunked is not None:
-        if task.chunked is _EMPTY:
-            task.chunked = {}
-        task.chunked[box] = chunked
-    return (_future_class or _runtime_future())(box)
+        one_context = contexts if type(contexts) is dict else None
+        return _submitted(task, box, len(children), False, fnargs, one_context)
+    fn, kwargs = fnargs[0][0], fnargs[0][2]
+    uniform = type(names) is str and type(contexts) is dict
+    children = []
+    for k in range(0, len(fnargs), chunk):
+        argsets = [fa[1] for fa in fnargs[k:k + chunk]]
+        name = names if uniform else names[k]
+        call = (_chunk, (fn, argsets, kwargs, name, needs), {})
+        children.append((task.child(call, contexts if uniform else contexts[k]), name))
+    box = _bqrt.submit(children, False, needs, True)
+    if task.chunked is _EMPTY:
+        task.chunked = {}
+    task.chunked[box] = [chunk, _fn_key(fn), len(children)]
+    return _submitted(task, box, len(children), False, None, None)
 
 
 class Handle:
@@ -734,10 +739,7 @@ class Handle:
         fnargs = (fn, args, kwargs)
         envelope = task.child(fnargs, context)
         box = _bqrt.submit([(envelope, _name(fn, task_name))], True, _needs, True)
-        if task.local is _EMPTY:
-            task.local = {}
-        task.local[box] = (1, True, [fnargs], task.child_head(context), context)
-        return (_future_class or _runtime_future())(box)
+        return _submitted(task, box, 1, True, [fnargs], context)
 
     def map(
         self, fn: Any, *args: Any, task_name: Any = None,
